@@ -1,0 +1,228 @@
+"""The run configuration: defaults, validation, step resolution, JSON.
+
+Every knob of a run is a field here, so a test builds a run in one line
+(`Config(dataset="synthetic", model="baseline_cnn", train_steps=5)`) and train.py
+turns each field into a flag of the same name. Steps and epochs are resolved to
+step counts once, in `resolve`; the loop only ever sees steps.
+"""
+
+import dataclasses
+import json
+import math
+import os
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+# Fields that shape the checkpoint: a model dir written with other values is refused.
+CHECKPOINT_FIELDS = ("model", "num_classes", "image_size", "optimizer")
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot run; the message says which value and why."""
+
+
+def _field(default, help_text):
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  # Where and how to run.
+  strategy: str = _field("default", "tf.distribute strategy: " + "|".join(STRATEGIES))
+  cpu_devices: int = _field(0, "split the CPU into N logical devices (0: do not split)")
+  jit_compile: bool = _field(False, "compile the train step with XLA")
+  precision: str = _field("mixed_bfloat16", "|".join(PRECISIONS))
+  deterministic: bool = _field(False, "turn on TensorFlow op determinism")
+  seed: int = _field(0, "seed of initialization, shuffling and augmentation")
+  model_dir: str = _field("", "checkpoints, TensorBoard and the final model "
+                          "(default: runs/<model>_<dataset>)")
+
+  # Data.
+  dataset: str = _field("cifar10", "|".join(DATASETS))
+  data_dir: str = _field("", "image folder for --dataset=folder (class subfolders)")
+  cache_dir: str = _field("", "where decoded folders are cached "
+                          "(default: ~/.cache/research)")
+  val_split: float = _field(0.1, "fraction of the training data held out for validation "
+                            "(0: evaluate on the dataset's test split)")
+  image_size: int = _field(32, "images are resized to this square size")
+  num_classes: int = _field(0, "set from the data; given only for synthetic data")
+  synthetic_examples: int = _field(1024, "training examples of --dataset=synthetic")
+  augment: str = _field("crop,flip", "comma-separated augmentations, in order "
+                        "(empty: none)")
+  crop_padding: int = _field(4, "pixels of padding for the crop augmentation")
+  cutout_size: int = _field(8, "side in pixels of the cutout square")
+
+  # Model and optimization.
+  model: str = _field("resnet20", "architecture name from the model registry")
+  loss: str = _field("cross_entropy", "loss name from the loss registry")
+  label_smoothing: float = _field(0.0, "label smoothing in [0, 1)")
+  optimizer: str = _field("sgd", "optimizer name from the optimizer registry")
+  learning_rate: float = _field(0.1, "peak learning rate, for --batch_size examples")
+  momentum: float = _field(0.9, "momentum of sgd, beta_1 of adam/adamw")
+  nesterov: bool = _field(True, "Nesterov momentum for sgd")
+  weight_decay: float = _field(5e-4, "decoupled weight decay (0: none); "
+                               "BatchNorm and biases are excluded")
+  schedule: str = _field("cosine", "learning-rate schedule name")
+  warmup_epochs: float = _field(0.0, "linear warmup from 0, in epochs")
+
+  # Length and cadence (all steps after `resolve`).
+  epochs: float = _field(30.0, "training length in epochs (ignored if --train_steps)")
+  train_steps: int = _field(0, "training length in steps (0: use --epochs)")
+  batch_size: int = _field(128, "GLOBAL batch size, split across replicas")
+  eval_batch_size: int = _field(0, "global eval batch size (0: --batch_size)")
+  steps_per_loop: int = _field(50, "train steps per compiled call")
+  eval_every: int = _field(0, "steps between evaluations (0: once per epoch)")
+  log_every: int = _field(100, "steps between console and TensorBoard logs")
+  checkpoint_every: int = _field(0, "steps between checkpoints (0: once per epoch)")
+  keep_checkpoints: int = _field(3, "checkpoints kept in the model dir")
+
+  # Resolved by `resolve`, saved for scripts that read the run back.
+  steps_per_epoch: int = _field(0, "set from the data")
+  warmup_steps: int = _field(0, "set from --warmup_epochs")
+
+  # ---------------------------------------------------------------------------
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def augmentations(self):
+    return tuple(name.strip() for name in self.augment.split(",") if name.strip())
+
+  @property
+  def global_eval_batch_size(self):
+    return self.eval_batch_size or self.batch_size
+
+  def validate(self):
+    """Raises ConfigError on the first value that cannot run. Writes nothing."""
+    # Imported here so that config.py stays cheap to import for tools.
+    from research import augment, losses, models, optim
+
+    _choice("strategy", self.strategy, STRATEGIES)
+    _choice("dataset", self.dataset, DATASETS)
+    _choice("precision", self.precision, PRECISIONS)
+    _choice("model", self.model, models.MODELS.names())
+    _choice("loss", self.loss, losses.LOSSES.names())
+    _choice("optimizer", self.optimizer, optim.OPTIMIZERS.names())
+    _choice("schedule", self.schedule, optim.SCHEDULES.names())
+    for name in self.augmentations:
+      _choice("augment", name, augment.AUGMENTATIONS.names())
+    _at_least("batch_size", self.batch_size, 1)
+    _at_least("eval_batch_size", self.eval_batch_size, 0)
+    _at_least("steps_per_loop", self.steps_per_loop, 1)
+    _at_least("log_every", self.log_every, 1)
+    _at_least("eval_every", self.eval_every, 0)
+    _at_least("checkpoint_every", self.checkpoint_every, 0)
+    _at_least("keep_checkpoints", self.keep_checkpoints, 1)
+    _at_least("train_steps", self.train_steps, 0)
+    _at_least("cpu_devices", self.cpu_devices, 0)
+    _at_least("image_size", self.image_size, 8)
+    _at_least("crop_padding", self.crop_padding, 0)
+    _at_least("cutout_size", self.cutout_size, 1)
+    _at_least("synthetic_examples", self.synthetic_examples, 1)
+    _at_least("num_classes", self.num_classes, 0)
+    if self.train_steps == 0 and not self.epochs > 0:
+      raise ConfigError(f"--epochs must be > 0 when --train_steps=0, got {self.epochs}")
+    if not 0.0 <= self.val_split < 1.0:
+      raise ConfigError(f"--val_split must be in [0, 1), got {self.val_split}")
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ConfigError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+    if not self.learning_rate > 0:
+      raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
+    if self.weight_decay < 0 or self.warmup_epochs < 0:
+      raise ConfigError("--weight_decay and --warmup_epochs must be >= 0")
+    if not 0.0 <= self.momentum < 1.0:
+      raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+    if self.dataset == "folder":
+      if not self.data_dir:
+        raise ConfigError("--dataset=folder needs --data_dir=DIR (class subfolders)")
+      if not os.path.isdir(self.data_dir):
+        raise ConfigError(f"--data_dir {self.data_dir!r} is not a directory")
+    if self.dataset == "synthetic" and self.val_split == 0:
+      raise ConfigError("--dataset=synthetic has no test split; set --val_split > 0")
+    _safe_dir("model_dir", self.model_dir)
+    return self
+
+  def validate_replicas(self, num_replicas):
+    """The global batches must split evenly over the replicas."""
+    for name, size in (("batch_size", self.batch_size),
+                       ("eval_batch_size", self.global_eval_batch_size)):
+      if size % num_replicas:
+        raise ConfigError(
+            f"--{name}={size} does not split over {num_replicas} replicas; "
+            f"use a multiple of {num_replicas}")
+
+  def resolve(self, num_train_examples, num_classes):
+    """Returns a copy with every length and cadence as a step count."""
+    if num_train_examples < self.batch_size:
+      raise ConfigError(
+          f"--batch_size={self.batch_size} is larger than the {num_train_examples} "
+          "training examples; lower it or add data")
+    steps_per_epoch = num_train_examples // self.batch_size
+    train_steps = self.train_steps or max(1, math.ceil(self.epochs * steps_per_epoch))
+    return self.replace(
+        num_classes=num_classes,
+        steps_per_epoch=steps_per_epoch,
+        train_steps=train_steps,
+        warmup_steps=int(round(self.warmup_epochs * steps_per_epoch)),
+        eval_every=self.eval_every or steps_per_epoch,
+        checkpoint_every=self.checkpoint_every or steps_per_epoch,
+        model_dir=self.model_dir or os.path.join("runs", f"{self.model}_{self.dataset}"))
+
+  # --- serialization ---------------------------------------------------------
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+  def to_json(self):
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values):
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+  @classmethod
+  def load(cls, path):
+    with open(path) as f:
+      return cls.from_dict(json.load(f))
+
+  def save(self, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(self.to_json() + "\n")
+    os.replace(tmp, path)
+
+  def hparams(self):
+    """The flat view logged to TensorBoard's HParams dashboard."""
+    return {k: v for k, v in self.to_dict().items()
+            if isinstance(v, (bool, int, float, str)) and k not in ("model_dir", "cache_dir")}
+
+  def checkpoint_differences(self, other):
+    """Fields that shape the checkpoint and differ between two resolved configs."""
+    return [f"{name}: {getattr(other, name)!r} in the model dir, {getattr(self, name)!r} now"
+            for name in CHECKPOINT_FIELDS if getattr(self, name) != getattr(other, name)]
+
+
+def fields():
+  """(name, type, default, help) of every user-settable field, for flag definitions."""
+  derived = {"steps_per_epoch", "warmup_steps"}
+  return [(f.name, f.type, f.default, f.metadata["help"])
+          for f in dataclasses.fields(Config) if f.name not in derived]
+
+
+def _choice(name, value, choices):
+  if value not in choices:
+    raise ConfigError(f"--{name}={value!r} is not one of: {', '.join(choices)}")
+
+
+def _at_least(name, value, low):
+  if value < low:
+    raise ConfigError(f"--{name} must be >= {low}, got {value}")
+
+
+def _safe_dir(name, path):
+  if path and ".." in os.path.normpath(path).split(os.sep):
+    raise ConfigError(f"--{name}={path!r} escapes its parent directory ('..')")

@@ -1,0 +1,47 @@
+"""Scores a finished run's saved model on any folder of labelled images."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from research import data as data_lib
+from research.config import Config
+
+
+def load_run(model_dir):
+  """(config, class names, keras model) of a finished run."""
+  path = os.path.join(model_dir, "model.keras")
+  if not os.path.exists(path):
+    raise data_lib.DataError(f"{model_dir!r} has no model.keras: has the run finished?")
+  config = Config.load(os.path.join(model_dir, "config.json"))
+  with open(os.path.join(model_dir, "classes.json")) as f:
+    class_names = json.load(f)
+  return config, class_names, keras.models.load_model(path)
+
+
+def score_folder(model_dir, data_dir, batch_size=256, cache_dir=""):
+  """Top-1/top-5 accuracy of the run's model on `data_dir` (class subfolders).
+
+  The folder's classes are matched to the model's by name; it may hold a subset.
+  """
+  config, class_names, model = load_run(model_dir)
+  split, folder_names = data_lib.load_folder(data_dir, config.image_size, cache_dir)
+  unknown = sorted(set(folder_names) - set(class_names))
+  if unknown:
+    raise data_lib.DataError(f"classes not known to the model: {', '.join(unknown)}")
+  to_model = np.array([class_names.index(n) for n in folder_names], np.int32)
+  labels = to_model[split.labels]
+
+  predict = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
+  correct = top5 = 0
+  for start in range(0, len(split), batch_size):
+    logits = predict(split.images[start:start + batch_size])
+    batch_labels = labels[start:start + batch_size]
+    correct += int(np.sum(np.argmax(logits, -1) == batch_labels))
+    top5 += int(tf.reduce_sum(tf.cast(tf.math.in_top_k(
+        batch_labels, tf.cast(logits, tf.float32), min(5, logits.shape[-1])), tf.int32)))
+  return {"accuracy": correct / len(split), "top5": top5 / len(split),
+          "examples": len(split)}

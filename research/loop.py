@@ -1,0 +1,193 @@
+"""The compiled training and evaluation steps, and the outer loop that drives them.
+
+`Task` holds what the steps need (model, optimizer, loss, metrics) and builds two
+tf.functions, each running many steps over `tf.range` per call. `train` is the
+outer loop: cadence of logs, evaluations and checkpoints, all Python side effects.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from research import checkpoints, data as data_lib, distribute, losses, models, optim
+from research.metrics import Metrics
+from research.summaries import Progress, Writers, format_seconds
+
+
+class Task:
+  """Model, optimizer, loss and metrics; builds the compiled train and eval loops."""
+
+  def __init__(self, config, strategy):
+    self.config, self.strategy = config, strategy
+    self.loss_fn = losses.LOSSES.get(config.loss)
+    with strategy.scope():
+      self.model = models.build(config)
+      self.optimizer = optim.build(config)
+      # Build the slots now, under the scope: lazy creation inside the compiled
+      # replica function fails under MirroredStrategy.
+      self.optimizer.build(self.model.trainable_variables)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.train_metrics, self.eval_metrics = Metrics(), Metrics()
+    self.train_loop = self._make_train_loop()
+    self.eval_loop = self._make_eval_loop()
+
+  def _gradients(self, images, labels):
+    """Forward and backward pass of one replica's batch."""
+    config, model = self.config, self.model
+    with tf.GradientTape() as tape:
+      logits = model(images, training=True)
+      per_example = self.loss_fn(labels, logits, config)
+      # Averaged over the GLOBAL batch: replicas' gradients are then summed.
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+      if model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+      scaled = self.optimizer.scale_loss(loss)  # Identity unless mixed_float16.
+    return logits, per_example, tape.gradient(scaled, model.trainable_variables)
+
+  def _make_train_loop(self):
+    gradients = self._gradients
+    if self.config.jit_compile:
+      gradients = tf.function(gradients, jit_compile=True)
+
+    def step_fn(images, labels):
+      logits, per_example, grads = gradients(images, labels)
+      # Keras all-reduces the gradients across replicas; LossScaleOptimizer
+      # unscales them and skips the update if any is not finite.
+      self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+      self.train_metrics.update(labels, logits, per_example)
+
+    @tf.function
+    def train_loop(iterator, num_steps):
+      for _ in tf.range(num_steps):
+        self.strategy.run(step_fn, args=next(iterator))
+        self.step.assign_add(1)
+
+    return train_loop
+
+  def _make_eval_loop(self):
+    def step_fn(images, labels, mask):
+      logits = self.model(images, training=False)
+      per_example = self.loss_fn(labels, logits, self.config)
+      self.eval_metrics.update(labels, logits, per_example, mask)
+
+    @tf.function
+    def eval_loop(iterator, num_steps):
+      for _ in tf.range(num_steps):
+        self.strategy.run(step_fn, args=next(iterator))
+
+    return eval_loop
+
+  def learning_rate(self):
+    optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+    return float(optimizer.learning_rate)
+
+  def evaluate(self, split):
+    """Metrics over every example of `split`, exactly once."""
+    batch = self.config.global_eval_batch_size
+    dataset = self.strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.eval_dataset(split, batch, ctx))
+    self.eval_metrics.reset()
+    self.eval_loop(iter(dataset), tf.constant(data_lib.eval_steps(len(split), batch)))
+    return self.eval_metrics.result()
+
+
+@dataclasses.dataclass
+class Result:
+  step: int
+  train_history: list  # [(step, metrics dict)]
+  eval_history: list   # [(step, metrics dict)]
+
+  @property
+  def final_eval(self):
+    return self.eval_history[-1][1] if self.eval_history else None
+
+
+def train(config, strategy=None):
+  """Trains `config` (validated) in `config.model_dir`, resuming if it holds a checkpoint."""
+  # --- set-up: strategy, data, resolved config --------------------------------
+  strategy = strategy or distribute.make_strategy(config.strategy, config.cpu_devices)
+  config.validate_replicas(strategy.num_replicas_in_sync)
+  data = data_lib.load(config)
+  config = config.resolve(len(data.train), len(data.class_names))
+  checkpoints.check_model_dir(config)
+  keras.mixed_precision.set_global_policy(config.precision)
+  keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  chief = distribute.is_chief(strategy)
+  if chief:
+    os.makedirs(config.model_dir, exist_ok=True)
+    config.save(os.path.join(config.model_dir, "config.json"))
+    with open(os.path.join(config.model_dir, "classes.json"), "w") as f:
+      json.dump(data.class_names, f)
+
+  # --- model, optimizer, metrics, checkpoint: all under the strategy's scope ---
+  task = Task(config, strategy)
+  with strategy.scope():
+    ckpt = checkpoints.Checkpointer(os.path.join(config.model_dir, "checkpoints"),
+                                    config.keep_checkpoints, model=task.model,
+                                    optimizer=task.optimizer, step=task.step)
+  restored = ckpt.restore()
+  start = int(task.step.numpy())
+  logging.info("%s strategy, %d replica(s); %d train / %d %s examples; %s",
+               config.strategy, strategy.num_replicas_in_sync, len(data.train),
+               len(data.eval), data.eval_name,
+               f"resumed at step {start} from {restored}" if restored else "from scratch")
+
+  writers = Writers(config.model_dir, enabled=chief)
+  if start == 0:
+    writers.text("config", "```\n" + config.to_json() + "\n```")
+  train_iter = iter(strategy.distribute_datasets_from_function(
+      lambda ctx: data_lib.train_dataset(data.train, config, start, ctx)))
+
+  # --- the loop ----------------------------------------------------------------
+  result = Result(start, [], [])
+  progress = Progress(config.train_steps, start, config.steps_per_epoch)
+  step, window_seconds, window_steps = start, 0.0, 0
+  while step < config.train_steps:
+    num = min(config.steps_per_loop, config.train_steps - step,
+              *(every - step % every for every in
+                (config.log_every, config.eval_every, config.checkpoint_every)))
+    began = time.perf_counter()
+    task.train_loop(train_iter, tf.constant(num))
+    step = int(task.step.numpy())  # Waits for the call to finish.
+    window_seconds += time.perf_counter() - began
+    window_steps += num
+    done = step == config.train_steps
+
+    if step % config.log_every == 0 or done:
+      metrics = task.train_metrics.result()
+      task.train_metrics.reset()
+      images_per_second = window_steps * config.batch_size / window_seconds
+      metrics.pop("examples")
+      result.train_history.append((step, metrics))
+      writers.scalars(writers.train, step, {**metrics, "learning_rate": task.learning_rate(),
+                                            "images_per_second": images_per_second})
+      logging.info(progress.line(step, images_per_second, metrics))
+      window_seconds, window_steps = 0.0, 0
+
+    if step % config.eval_every == 0 or done:
+      metrics = task.evaluate(data.eval)
+      result.eval_history.append((step, metrics))
+      writers.scalars(writers.eval, step, {k: v for k, v in metrics.items() if k != "examples"})
+      logging.info("eval at step %d: %d %s examples | loss %.4f accuracy %.4f top5 %.4f",
+                   step, metrics["examples"], data.eval_name, metrics["loss"],
+                   metrics["accuracy"], metrics["top5"])
+
+    if step % config.checkpoint_every == 0 or done:
+      ckpt.save(step)
+    writers.flush()
+
+  # --- the end: the model as a standalone file ----------------------------------
+  result.step = step
+  if chief:
+    task.model.save(os.path.join(config.model_dir, "model.keras"))
+  logging.info("done: step %d in %s", step,
+               format_seconds(time.perf_counter() - progress.started))
+  return result

@@ -1,0 +1,9 @@
+"""The model registry: `MODELS.get(name)(num_classes, image_size) -> keras.Model`.
+
+Every model takes float images in [0, 255] and normalizes them itself, so a saved
+model scores raw pixels. Logits are float32 under any mixed-precision policy.
+Importing this package registers every family below.
+"""
+
+from research.models.registry import MODELS, build  # noqa: F401
+from research.models import cnn, resnet  # noqa: F401,E402  (registers the models)

@@ -1,0 +1,34 @@
+"""The registry and the pieces every architecture shares."""
+
+import keras
+from keras import layers
+
+from research.registry import Registry
+
+MODELS = Registry("model")
+
+# Per-channel statistics of CIFAR-10 training pixels, in [0, 255] units.
+CIFAR_MEAN = (125.3, 123.0, 113.9)
+CIFAR_VARIANCE = (63.0 ** 2, 62.1 ** 2, 66.7 ** 2)
+
+
+def build(config):
+  return MODELS.get(config.model)(config.num_classes, config.image_size)
+
+
+def standardized_input(image_size, name="images"):
+  """(Input, standardized tensor): per-channel mean/std normalization inside the model."""
+  inputs = keras.Input((image_size, image_size, 3), name=name)
+  x = layers.Normalization(mean=CIFAR_MEAN, variance=CIFAR_VARIANCE, name="standardize")(inputs)
+  return inputs, x
+
+
+def rescaled_input(image_size, name="images"):
+  """(Input, tensor in [0, 1]): the Keras tutorials' `/255` scaling."""
+  inputs = keras.Input((image_size, image_size, 3), name=name)
+  return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+
+
+def logits(x, num_classes):
+  """The classifier head; float32 so the softmax and loss never run in half precision."""
+  return layers.Dense(num_classes, dtype="float32", name="logits")(x)

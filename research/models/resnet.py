@@ -1,0 +1,40 @@
+"""CIFAR ResNets (He et al. 2016, section 4.2): 6n+2 layers, widths 16/32/64."""
+
+import keras
+from keras import layers
+
+from research.models.registry import MODELS, logits, standardized_input
+
+
+def _conv_bn(x, filters, strides=1, relu=True):
+  x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                    kernel_initializer="he_normal")(x)
+  x = layers.BatchNormalization(momentum=0.9)(x)
+  return layers.ReLU()(x) if relu else x
+
+
+def _block(x, filters, strides):
+  shortcut = x
+  if strides != 1 or x.shape[-1] != filters:
+    shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(x)
+    shortcut = layers.BatchNormalization(momentum=0.9)(shortcut)
+  y = _conv_bn(x, filters, strides)
+  y = _conv_bn(y, filters, relu=False)
+  return layers.ReLU()(layers.Add()([shortcut, y]))
+
+
+def cifar_resnet(depth, num_classes, image_size):
+  blocks = (depth - 2) // 6
+  inputs, x = standardized_input(image_size)
+  x = _conv_bn(x, 16)
+  for stage, filters in enumerate((16, 32, 64)):
+    for i in range(blocks):
+      x = _block(x, filters, strides=2 if stage and i == 0 else 1)
+  x = layers.GlobalAveragePooling2D()(x)
+  return keras.Model(inputs, logits(x, num_classes), name=f"resnet{depth}")
+
+
+for _depth in (8, 20, 56):
+  MODELS.register(f"resnet{_depth}")(
+      lambda num_classes, image_size, depth=_depth: cifar_resnet(depth, num_classes,
+                                                                  image_size))

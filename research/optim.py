@@ -1,0 +1,94 @@
+"""Optimizers and learning-rate schedules, each a registered builder.
+
+Schedules are `keras.optimizers.schedules.LearningRateSchedule`s of the step, with a
+linear warmup from 0 over `config.warmup_steps` in front of every one of them.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from research.registry import Registry
+
+OPTIMIZERS = Registry("optimizer")
+SCHEDULES = Registry("schedule")
+
+# Never decayed: BatchNorm scales/offsets and biases (matched on variable paths).
+NO_DECAY = ("gamma", "beta", "bias", "moving_mean", "moving_variance")
+
+
+class Warmup(keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warmup from 0 to the peak over `warmup_steps`, then `decay(step - warmup)`."""
+
+  def __init__(self, peak, warmup_steps, decay_steps, shape):
+    self.peak, self.warmup_steps, self.decay_steps = peak, warmup_steps, decay_steps
+    self.shape = shape  # fraction in [0, 1] of decay -> multiplier
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    warm = step / max(1, self.warmup_steps)
+    done = tf.clip_by_value((step - self.warmup_steps) / max(1, self.decay_steps), 0.0, 1.0)
+    return self.peak * tf.where(step < self.warmup_steps, warm, self.shape(done))
+
+  def get_config(self):
+    return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+            "decay_steps": self.decay_steps}
+
+
+def schedule(config):
+  shape = SCHEDULES.get(config.schedule)
+  return Warmup(config.learning_rate, config.warmup_steps,
+                max(1, config.train_steps - config.warmup_steps), shape)
+
+
+@SCHEDULES.register("constant")
+def constant(done):
+  return tf.ones_like(done)
+
+
+@SCHEDULES.register("cosine")
+def cosine(done):
+  return 0.5 * (1.0 + tf.cos(math.pi * done))
+
+
+@SCHEDULES.register("linear")
+def linear(done):
+  """Linear decay to 0: with warmup, the one-cycle triangle of the fast CIFAR recipes."""
+  return 1.0 - done
+
+
+@SCHEDULES.register("step")
+def step(done):
+  """x0.1 at 50% and 75% of training, the classic ResNet schedule."""
+  return tf.where(done < 0.5, 1.0, tf.where(done < 0.75, 0.1, 0.01))
+
+
+def build(config):
+  """The optimizer, wrapped in a LossScaleOptimizer under mixed_float16."""
+  optimizer = OPTIMIZERS.get(config.optimizer)(schedule(config), config)
+  if config.weight_decay:
+    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+  if config.precision == "mixed_float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(learning_rate, config):
+  return keras.optimizers.SGD(learning_rate, momentum=config.momentum,
+                              nesterov=config.nesterov,
+                              weight_decay=config.weight_decay or None)
+
+
+@OPTIMIZERS.register("adam")
+def adam(learning_rate, config):
+  """Adam as the Keras tutorials use it; --weight_decay is decoupled (AdamW-style)."""
+  return keras.optimizers.Adam(learning_rate, beta_1=config.momentum,
+                               weight_decay=config.weight_decay or None)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(learning_rate, config):
+  return keras.optimizers.AdamW(learning_rate, beta_1=config.momentum,
+                                weight_decay=config.weight_decay)

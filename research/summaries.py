@@ -1,0 +1,54 @@
+"""TensorBoard writers and the console progress line."""
+
+import os
+import time
+
+import tensorflow as tf
+
+
+class Writers:
+  """One summary writer per split (train, eval) under the model dir."""
+
+  def __init__(self, model_dir, enabled=True):
+    make = (lambda name: tf.summary.create_file_writer(os.path.join(model_dir, name))
+            if enabled else tf.summary.create_noop_writer())
+    self.train, self.eval = make("train"), make("eval")
+
+  def scalars(self, writer, step, values):
+    with writer.as_default(step=step):
+      for name, value in values.items():
+        tf.summary.scalar(name, value)
+
+  def text(self, name, value, step=0):
+    with self.train.as_default(step=step):
+      tf.summary.text(name, value)
+
+  def flush(self):
+    self.train.flush()
+    self.eval.flush()
+
+
+class Progress:
+  """`step 1200/35000 (3.4%) ep 3.1 | 2345 img/s | ETA 12m03s | loss ...` lines."""
+
+  def __init__(self, total_steps, start_step, steps_per_epoch):
+    self.total, self.start, self.steps_per_epoch = total_steps, start_step, steps_per_epoch
+    self.train_seconds = 0.0
+    self.started = time.perf_counter()
+
+  def line(self, step, images_per_second, metrics):
+    done = step - self.start
+    eta = ((self.total - step) * (time.perf_counter() - self.started) / done
+           if done else float("nan"))
+    shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    return (f"step {step}/{self.total} ({100 * step / self.total:.1f}%) "
+            f"ep {step / self.steps_per_epoch:.2f} | {images_per_second:.0f} img/s | "
+            f"ETA {format_seconds(eta)} | {shown}")
+
+
+def format_seconds(seconds):
+  if seconds != seconds:  # NaN
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"

@@ -1,0 +1,41 @@
+"""Scores a finished run on a folder of class subfolders.
+
+  python scripts/evaluate.py --model_dir=RUN --data_dir=DIR
+
+Prints top-1 accuracy and the example count; the last line is JSON:
+{"accuracy": ..., "top5": ..., "examples": ...}
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("model_dir", None, "a finished training run", required=True)
+flags.DEFINE_string("data_dir", None, "folder of class subfolders to score", required=True)
+flags.DEFINE_integer("batch_size", 256, "examples per forward pass")
+flags.DEFINE_string("cache_dir", "", "where decoded folders are cached")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from research import data, evaluation  # pylint: disable=g-import-not-at-top
+  if FLAGS.batch_size < 1:
+    sys.exit("error: --batch_size must be >= 1")
+  try:
+    result = evaluation.score_folder(FLAGS.model_dir, FLAGS.data_dir, FLAGS.batch_size,
+                                     FLAGS.cache_dir)
+  except data.DataError as e:
+    sys.exit(f"error: {e}")
+  print(f"top-1 accuracy {result['accuracy']:.4f} (top-5 {result['top5']:.4f}) "
+        f"on {result['examples']} images of {FLAGS.data_dir}")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from research.config import Config, ConfigError
+
+
+def test_defaults_validate():
+  Config().validate()
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(strategy="tpu"), "--strategy='tpu' is not one of"),
+    (dict(model="vgg99"), "--model='vgg99' is not one of: baseline_cnn"),
+    (dict(augment="crop,twirl"), "--augment='twirl'"),
+    (dict(precision="float8"), "--precision"),
+    (dict(val_split=1.0), "--val_split must be in [0, 1)"),
+    (dict(batch_size=0), "--batch_size must be >= 1"),
+    (dict(learning_rate=-1.0), "--learning_rate must be > 0"),
+    (dict(label_smoothing=1.0), "--label_smoothing"),
+    (dict(dataset="folder"), "--dataset=folder needs --data_dir"),
+    (dict(dataset="folder", data_dir="/no/such/dir"), "is not a directory"),
+    (dict(model_dir="runs/../../etc"), "escapes its parent"),
+    (dict(epochs=0.0), "--epochs must be > 0"),
+])
+def test_bad_values_name_the_flag(changes, message):
+  with pytest.raises(ConfigError, match=None) as error:
+    Config(**changes).validate()
+  assert message in str(error.value)
+
+
+def test_batch_must_split_over_replicas():
+  Config(batch_size=64).validate_replicas(2)
+  with pytest.raises(ConfigError, match="does not split over 3 replicas"):
+    Config(batch_size=64).validate_replicas(3)
+  with pytest.raises(ConfigError, match="eval_batch_size"):
+    Config(batch_size=64, eval_batch_size=33).validate_replicas(2)
+
+
+def test_resolve_turns_epochs_into_steps():
+  config = Config(epochs=2.5, batch_size=100, warmup_epochs=1).resolve(1050, 10)
+  assert config.steps_per_epoch == 10
+  assert config.train_steps == 25
+  assert config.warmup_steps == 10
+  assert config.eval_every == config.checkpoint_every == 10
+  assert config.num_classes == 10
+  assert Config(train_steps=7).resolve(1000, 10).train_steps == 7
+
+
+def test_resolve_refuses_a_batch_larger_than_the_data():
+  with pytest.raises(ConfigError, match="larger than the 50 training examples"):
+    Config(batch_size=64).resolve(50, 10)
+
+
+def test_json_round_trip(tmp_path):
+  config = Config(model="baseline_cnn", learning_rate=0.01, augment="")
+  path = str(tmp_path / "config.json")
+  config.save(path)
+  assert Config.load(path) == config
+  assert json.load(open(path))["model"] == "baseline_cnn"
+
+
+def test_checkpoint_differences_name_fields():
+  a, b = Config(model="resnet20"), Config(model="resnet56", learning_rate=1.0)
+  assert a.checkpoint_differences(b) == ["model: 'resnet56' in the model dir, 'resnet20' now"]

@@ -1,0 +1,140 @@
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from research import data
+from research.config import Config
+
+
+def make_folder(root, per_class=3):
+  """Class folders of mixed formats, sizes and modes, plus a stray non-image file."""
+  rng = np.random.default_rng(0)
+  kinds = [("RGB", ".jpg", (40, 30)), ("L", ".png", (32, 32)), ("RGBA", ".png", (20, 50)),
+           ("RGB", ".bmp", (32, 32)), ("P", ".gif", (16, 16)), ("CMYK", ".jpg", (33, 33))]
+  for c, name in enumerate(["cat", "ant", "bee"]):  # Not sorted on purpose.
+    os.makedirs(root / name)
+    for i in range(per_class):
+      mode, ext, size = kinds[(c * per_class + i) % len(kinds)]
+      pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+      Image.fromarray(pixels).convert(mode).save(root / name / f"{i}{ext}")
+  (root / "cat" / "notes.txt").write_text("not an image")
+  return root
+
+
+def test_folder_of_mixed_images(tmp_path):
+  root = make_folder(tmp_path / "images")
+  split, names = data.load_folder(str(root), 24, cache_dir=str(tmp_path / "cache"))
+  assert names == ["ant", "bee", "cat"]
+  assert split.images.shape == (9, 24, 24, 3) and split.images.dtype == np.uint8
+  np.testing.assert_array_equal(split.labels, [0, 0, 0, 1, 1, 1, 2, 2, 2])
+
+
+def test_folder_is_decoded_once_then_cached(tmp_path, monkeypatch):
+  root = make_folder(tmp_path / "images")
+  first, _ = data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+  assert len(os.listdir(tmp_path / "cache")) == 1
+
+  def no_decoding(*args):
+    raise AssertionError("decoded again")
+
+  monkeypatch.setattr(data, "decode_images", no_decoding)
+  again, _ = data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+  np.testing.assert_array_equal(first.images, again.images)
+
+
+def test_corrupt_image_is_named(tmp_path):
+  root = make_folder(tmp_path / "images")
+  (root / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+  with pytest.raises(data.DataError, match="1 image file.*broken.jpg"):
+    data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+
+
+def test_missing_or_empty_folders_are_refused(tmp_path):
+  with pytest.raises(data.DataError, match="does not exist"):
+    data.list_folder(str(tmp_path / "nope"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(data.DataError, match="no class subfolders"):
+    data.list_folder(str(tmp_path / "empty"))
+  root = make_folder(tmp_path / "images")
+  (root / "wasp").mkdir()
+  with pytest.raises(data.DataError, match="without images.*wasp"):
+    data.list_folder(str(root))
+
+
+def test_validation_split_is_stratified_disjoint_and_fixed():
+  split, _ = data.synthetic(1000, 8, 10, seed=3)
+  split.images[:, 0, 0, 0] = np.arange(1000) % 256  # Tag examples to trace them.
+  split.images[:, 0, 1, 0] = np.arange(1000) // 256
+  train, val = data.split_validation(split, 0.2)
+  again_train, again_val = data.split_validation(split, 0.2)
+  np.testing.assert_array_equal(val.images, again_val.images)
+  ids = lambda s: set(s.images[:, 0, 0, 0].astype(int) + 256 * s.images[:, 0, 1, 0].astype(int))
+  assert not ids(train) & ids(val) and len(ids(train) | ids(val)) == 1000
+  for label in range(10):
+    total = np.sum(split.labels == label)
+    assert abs(np.sum(val.labels == label) - 0.2 * total) <= 1
+
+
+def test_offline_cifar_names_the_folder_way_out(monkeypatch):
+  import keras
+
+  def offline():
+    raise OSError("network is unreachable")
+
+  monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+  with pytest.raises(data.DataError, match="--dataset=folder --data_dir=DIR"):
+    data.load(Config(dataset="cifar10"))
+
+
+def _batches(split, config, start):
+  ds = data.train_dataset(split, config, start, None)
+  return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def test_train_batches_are_a_function_of_the_step():
+  split, _ = data.synthetic(100, 8, 4)
+  config = Config(batch_size=16, train_steps=20, augment="crop,flip", seed=5)
+  full = _batches(split, config, 0)
+  assert len(full) == 20 and full[0][0].shape == (16, 8, 8, 3)
+  for start in (7, 6, 12):  # Inside an epoch and at epoch boundaries (6 steps/epoch).
+    resumed = _batches(split, config, start)
+    for (x, y), (fx, fy) in zip(resumed, full[start:]):
+      np.testing.assert_array_equal(x, fx)
+      np.testing.assert_array_equal(y, fy)
+  other_seed = _batches(split, config.replace(seed=6), 0)
+  assert not np.array_equal(other_seed[0][1], full[0][1])
+
+
+def test_each_epoch_visits_each_example_at_most_once():
+  split, _ = data.synthetic(64, 8, 4)
+  split.images[:, 0, 0, 0] = np.arange(64)
+  config = Config(batch_size=10, train_steps=12, augment="", seed=0)
+  batches = _batches(split, config, 0)
+  for epoch in range(2):
+    seen = np.concatenate([x[:, 0, 0, 0] for x, _ in batches[epoch * 6:(epoch + 1) * 6]])
+    assert len(set(seen)) == 60
+
+
+@pytest.mark.parametrize("batch", [10, 7, 128])
+def test_eval_covers_every_example_once(batch):
+  split, _ = data.synthetic(50, 8, 4)
+  ds = data.eval_dataset(split, batch, None)
+  masks = [m.numpy() for _, _, m in ds]
+  assert len(masks) == data.eval_steps(50, batch)
+  assert sum(m.sum() for m in masks) == 50
+  assert all(len(m) == batch for m in masks)
+
+
+def test_per_replica_slicing():
+  ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                   num_replicas_in_sync=2)
+  split, _ = data.synthetic(40, 8, 4)
+  config = Config(batch_size=8, train_steps=2, augment="")
+  per_replica = list(data.train_dataset(split, config, 0, ctx))
+  whole = list(data.train_dataset(split, config, 0, None))
+  assert len(per_replica) == 4 and per_replica[0][0].shape == (4, 8, 8, 3)
+  np.testing.assert_array_equal(
+      np.concatenate([per_replica[0][1], per_replica[1][1]]), whole[0][1])

@@ -1,0 +1,99 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from research import data, distribute, loop
+from research.config import ConfigError
+
+
+def _mirrored():
+  return distribute.make_strategy("mirrored")
+
+
+def test_default_and_mirrored_give_the_same_losses(make_config):
+  # No BatchNorm (its batch statistics are per replica) and no dropout.
+  config = make_config(model="baseline_cnn", image_size=32, train_steps=9, log_every=3,
+                       deterministic=True)
+  default = loop.train(config.replace(model_dir=config.model_dir + "_default"))
+  mirrored = loop.train(config.replace(model_dir=config.model_dir + "_mirrored"),
+                        _mirrored())
+  assert _mirrored().num_replicas_in_sync == 2
+  for (s1, a), (s2, b) in zip(default.train_history, mirrored.train_history):
+    assert s1 == s2
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-3)
+  np.testing.assert_allclose(default.final_eval["loss"], mirrored.final_eval["loss"],
+                             rtol=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_each_precision_trains(precision, make_config):
+  config = make_config(model="baseline_cnn", image_size=32, precision=precision,
+                       train_steps=18, log_every=6, eval_every=18, optimizer="adam",
+                       learning_rate=2e-3, weight_decay=0.0)
+  history = loop.train(config).train_history
+  assert history[-1][1]["loss"] < history[0][1]["loss"]
+  assert all(np.isfinite(m["loss"]) for _, m in history)
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+@pytest.mark.parametrize("eval_batch", [16, 22, 512])
+def test_eval_counts_every_example(strategy, eval_batch, make_config):
+  # 66 validation examples: 16 does not divide them, 22 does, 512 exceeds them.
+  config = make_config(model="resnet8", eval_batch_size=eval_batch, train_steps=3,
+                       eval_every=3)
+  assert len(data.load(config).eval) == 66
+  result = loop.train(config, distribute.make_strategy(strategy))
+  assert result.final_eval["examples"] == 66
+
+
+def test_eval_is_independent_of_batch_size_and_strategy(make_config):
+  config = make_config()
+  split = data.load(config)
+  config = config.resolve(len(split.train), len(split.class_names))
+  weights = None
+  results = []
+  for batch, strategy in ((32, None), (26, None), (6, _mirrored())):
+    task = loop.Task(config.replace(eval_batch_size=batch),
+                     strategy or tf.distribute.get_strategy())
+    weights = weights or task.model.get_weights()
+    task.model.set_weights(weights)
+    results.append(task.evaluate(split.eval))
+  for other in results[1:]:
+    assert other["examples"] == results[0]["examples"] == len(split.eval)
+    np.testing.assert_allclose(other["accuracy"], results[0]["accuracy"])
+    np.testing.assert_allclose(other["loss"], results[0]["loss"], rtol=1e-3)
+
+
+def test_resume_continues_at_the_saved_step(make_config):
+  config = make_config(train_steps=12, checkpoint_every=4, deterministic=True,
+                       model="baseline_cnn", image_size=32)
+  whole = loop.train(config.replace(model_dir=config.model_dir + "_whole"))
+  first = loop.train(config.replace(train_steps=8))
+  assert first.step == 8
+  resumed = loop.train(config)
+  assert [s for s, _ in resumed.train_history] == [9, 12]
+  np.testing.assert_allclose(resumed.train_history[-1][1]["loss"],
+                             whole.train_history[-1][1]["loss"], rtol=1e-5)
+  np.testing.assert_allclose(resumed.final_eval["loss"], whole.final_eval["loss"], rtol=1e-5)
+
+
+def test_finished_run_saves_model_config_and_summaries(make_config):
+  config = make_config()
+  loop.train(config)
+  names = set(os.listdir(config.model_dir))
+  assert {"config.json", "classes.json", "model.keras", "checkpoints", "train",
+          "eval"} <= names
+
+
+def test_foreign_model_dir_is_refused(make_config):
+  config = make_config()
+  loop.train(config)
+  with pytest.raises(ConfigError, match="model: 'resnet8' in the model dir"):
+    loop.train(config.replace(model="baseline_cnn", image_size=32))
+
+
+def test_batch_that_replicas_cannot_split_is_refused(make_config):
+  with pytest.raises(ConfigError, match="does not split over 2 replicas"):
+    loop.train(make_config(batch_size=31), _mirrored())

@@ -1,0 +1,32 @@
+import keras
+import numpy as np
+import pytest
+
+from research import loop, models
+from research.config import Config
+
+
+@pytest.mark.parametrize("name", models.MODELS.names())
+def test_builds_with_float32_logits_under_bf16(name):
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = models.MODELS.get(name)(num_classes=7, image_size=32)
+    out = model(np.zeros((2, 32, 32, 3), np.float32), training=False)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert out.shape == (2, 7) and out.dtype == "float32"
+
+
+@pytest.mark.parametrize("name", models.MODELS.names())
+def test_trains_with_falling_loss(name, make_config):
+  config = make_config(model=name, image_size=32, train_steps=24, log_every=6,
+                       eval_every=24, optimizer="adam", learning_rate=2e-3,
+                       weight_decay=0.0, augment="", precision="mixed_bfloat16")
+  history = loop.train(config).train_history
+  first, last = history[0][1]["loss"], history[-1][1]["loss"]
+  assert np.isfinite(last) and last < 0.8 * first, (first, last)
+
+
+def test_unknown_model_lists_known():
+  with pytest.raises(KeyError, match="known: baseline_cnn, improved_cnn"):
+    models.build(Config(model="nope"))

@@ -1,0 +1,45 @@
+"""Trains an image classifier: flags -> validated Config -> research.loop.train.
+
+  python train.py --strategy=mirrored --dataset=folder --data_dir=DIR --model=improved_cnn
+  python train.py --flagfile=configs/cifar10_fast.flags --data_dir=DIR
+
+Every flag is a field of research.config.Config (`--helpfull` lists them).
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ chatter out.
+
+from absl import app, flags, logging  # noqa: E402
+
+from research import config as config_lib  # noqa: E402
+
+_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
+           float: flags.DEFINE_float, bool: flags.DEFINE_bool}
+for _name, _type, _default, _help in config_lib.fields():
+  _DEFINE[_type](_name, _default, _help)
+FLAGS = flags.FLAGS
+
+
+def config_from_flags():
+  return config_lib.Config(**{name: FLAGS[name].value for name, *_ in config_lib.fields()})
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    config = config_from_flags().validate()
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
+  from research import data, loop  # pylint: disable=g-import-not-at-top  (slow imports)
+  try:
+    loop.train(config)
+  except (config_lib.ConfigError, data.DataError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.INFO)
+  app.run(main)
