@@ -77,6 +77,7 @@ class Config:
   log_every: int = _field(100, "steps between console and TensorBoard logs")
   checkpoint_every: int = _field(0, "steps between checkpoints (0: once per epoch)")
   keep_checkpoints: int = _field(3, "checkpoints kept in the model dir")
+  hooks: str = _field("", "comma-separated hooks run at loop points (see research/hooks.py)")
 
   # Resolved by `resolve`, saved for scripts that read the run back.
   steps_per_epoch: int = _field(0, "set from the data")
@@ -92,13 +93,17 @@ class Config:
     return tuple(name.strip() for name in self.augment.split(",") if name.strip())
 
   @property
+  def hook_names(self):
+    return tuple(name.strip() for name in self.hooks.split(",") if name.strip())
+
+  @property
   def global_eval_batch_size(self):
     return self.eval_batch_size or self.batch_size
 
   def validate(self):
     """Raises ConfigError on the first value that cannot run. Writes nothing."""
     # Imported here so that config.py stays cheap to import for tools.
-    from research import augment, losses, models, optim
+    from research import augment, hooks, losses, models, optim
 
     _choice("strategy", self.strategy, STRATEGIES)
     _choice("dataset", self.dataset, DATASETS)
@@ -109,6 +114,8 @@ class Config:
     _choice("schedule", self.schedule, optim.SCHEDULES.names())
     for name in self.augmentations:
       _choice("augment", name, augment.AUGMENTATIONS.names())
+    for name in self.hook_names:
+      _choice("hooks", name, hooks.HOOKS.names())
     _at_least("batch_size", self.batch_size, 1)
     _at_least("eval_batch_size", self.eval_batch_size, 0)
     _at_least("steps_per_loop", self.steps_per_loop, 1)

@@ -14,7 +14,8 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from research import checkpoints, data as data_lib, distribute, losses, models, optim
+from research import checkpoints, data as data_lib, distribute, hooks as hooks_lib, losses
+from research import models, optim
 from research.metrics import Metrics
 from research.summaries import Progress, Writers, format_seconds
 
@@ -146,20 +147,26 @@ def train(config, strategy=None):
   train_iter = iter(strategy.distribute_datasets_from_function(
       lambda ctx: data_lib.train_dataset(data.train, config, start, ctx)))
 
+  hooks = hooks_lib.build(config)
+  context = hooks_lib.HookContext(start, config, task, data, writers)
+
   # --- the loop ----------------------------------------------------------------
   result = Result(start, [], [])
+  cadences = [config.log_every, config.eval_every, config.checkpoint_every]
+  _call(hooks, "at_start", context)
   progress = Progress(config.train_steps, start, config.steps_per_epoch)
   step, window_seconds, window_steps = start, 0.0, 0
   while step < config.train_steps:
     num = min(config.steps_per_loop, config.train_steps - step,
-              *(every - step % every for every in
-                (config.log_every, config.eval_every, config.checkpoint_every)))
+              *(every - step % every for every in cadences),
+              *(n for n in (hooks_lib.steps_to_next(h, step) for h in hooks) if n))
     began = time.perf_counter()
     task.train_loop(train_iter, tf.constant(num))
     step = int(task.step.numpy())  # Waits for the call to finish.
     window_seconds += time.perf_counter() - began
     window_steps += num
     done = step == config.train_steps
+    context.step = step
 
     if step % config.log_every == 0 or done:
       metrics = task.train_metrics.result()
@@ -171,6 +178,7 @@ def train(config, strategy=None):
                                             "images_per_second": images_per_second})
       logging.info(progress.line(step, images_per_second, metrics))
       window_seconds, window_steps = 0.0, 0
+      context.train_metrics = metrics
 
     if step % config.eval_every == 0 or done:
       metrics = task.evaluate(data.eval)
@@ -179,6 +187,10 @@ def train(config, strategy=None):
       logging.info("eval at step %d: %d %s examples | loss %.4f accuracy %.4f top5 %.4f",
                    step, metrics["examples"], data.eval_name, metrics["loss"],
                    metrics["accuracy"], metrics["top5"])
+      context.eval_metrics = metrics
+      _call(hooks, "after_eval", context)
+
+    _call([h for h in hooks if hooks_lib.due(h, step)], "on_step", context)
 
     if step % config.checkpoint_every == 0 or done:
       ckpt.save(step)
@@ -186,8 +198,17 @@ def train(config, strategy=None):
 
   # --- the end: the model as a standalone file ----------------------------------
   result.step = step
+  _call(hooks, "at_end", context)
+  writers.flush()
   if chief:
     task.model.save(os.path.join(config.model_dir, "model.keras"))
   logging.info("done: step %d in %s", step,
                format_seconds(time.perf_counter() - progress.started))
   return result
+
+
+def _call(hooks, event, context):
+  for hook in hooks:
+    callback = getattr(hook, event)
+    if callback is not None:
+      callback(context)

@@ -1,0 +1,58 @@
+"""Hooks: code that runs at loop points, registered by name and chosen by `--hooks`.
+
+A hook builder takes the config and returns a `Hook`; the loop calls its callbacks
+with a `HookContext` (step, config, task with model and optimizer, data, writers,
+latest metrics). Callbacks run in Python between compiled calls, never inside them.
+
+    @HOOKS.register("weight_norm")
+    def weight_norm(config):
+      def log(ctx):
+        norm = tf.linalg.global_norm(ctx.task.model.trainable_variables)
+        ctx.writers.scalars(ctx.writers.train, ctx.step, {"weight_norm": norm})
+      return Hook(every=config.log_every, on_step=log)
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+from research.registry import Registry
+
+HOOKS = Registry("hook")
+
+
+@dataclasses.dataclass
+class HookContext:
+  step: int
+  config: Any          # the resolved research.config.Config
+  task: Any            # research.loop.Task: .model, .optimizer, .evaluate(split)
+  data: Any            # research.data.Data: .train, .eval, .class_names
+  writers: Any         # research.summaries.Writers: .train, .eval, .scalars(...)
+  train_metrics: Optional[dict] = None  # the latest logged training metrics
+  eval_metrics: Optional[dict] = None   # the latest evaluation
+
+
+@dataclasses.dataclass
+class Hook:
+  every: int = 0                       # steps between `on_step` calls (0: never)
+  at_steps: tuple = ()                 # and/or these exact steps
+  on_step: Optional[Callable] = None   # fn(ctx) every `every` steps and at `at_steps`
+  at_start: Optional[Callable] = None  # fn(ctx) once, before the first step of this process
+  after_eval: Optional[Callable] = None  # fn(ctx) after each evaluation
+  at_end: Optional[Callable] = None    # fn(ctx) once, after the last step
+
+
+def due(hook, step):
+  """Whether `on_step` runs after `step`."""
+  return (hook.every and step % hook.every == 0) or step in hook.at_steps
+
+
+def steps_to_next(hook, step):
+  """Steps from `step` to the hook's next call (None: no more calls)."""
+  ahead = [s - step for s in hook.at_steps if s > step]
+  if hook.every:
+    ahead.append(hook.every - step % hook.every)
+  return min(ahead) if ahead else None
+
+
+def build(config):
+  return [HOOKS.get(name)(config) for name in config.hook_names]
