@@ -1,0 +1,80 @@
+"""train.py and scripts/evaluate.py as a user runs them, in subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run(script, *args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT,
+                        capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy=tpu"], "--strategy='tpu' is not one of"),
+    (["--model=nope"], "--model='nope' is not one of"),
+    (["--dataset=folder", "--data_dir=/no/such"], "is not a directory"),
+    (["--dataset=synthetic", "--strategy=mirrored", "--cpu_devices=2", "--batch_size=33"],
+     "does not split over 2 replicas"),
+    (["--batch_size=abc"], "invalid literal"),
+    (["--epochs=-1"], "--epochs must be > 0"),
+])
+def test_bad_flags_exit_non_zero_and_write_nothing(tmp_path, args, message):
+  model_dir = tmp_path / "run"
+  result = run("train.py", f"--model_dir={model_dir}", *args)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert not model_dir.exists()
+
+
+def _folder(root, size=16, per_class=6):
+  rng = np.random.default_rng(1)
+  for c, name in enumerate(["dark", "light"]):
+    os.makedirs(root / name)
+    for i in range(per_class):
+      base = 40 if c == 0 else 200
+      pixels = np.clip(rng.normal(base, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+      Image.fromarray(pixels).save(root / name / f"{i}.png")
+  return root
+
+
+def test_train_then_evaluate_a_folder(tmp_path):
+  data_dir, model_dir = _folder(tmp_path / "images"), tmp_path / "run"
+  result = run("train.py", "--dataset=folder", f"--data_dir={data_dir}", "--val_split=0.25",
+               "--image_size=16", "--model=resnet8", "--batch_size=4", "--train_steps=12",
+               "--log_every=4", "--precision=float32", f"--model_dir={model_dir}",
+               f"--cache_dir={tmp_path / 'cache'}", "--optimizer=adam",
+               "--learning_rate=0.01")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "eval at step 12: 4 validation examples" in result.stderr
+  config = json.load(open(model_dir / "config.json"))
+  assert config["train_steps"] == 12 and config["num_classes"] == 2
+
+  scored = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
+               f"--cache_dir={tmp_path / 'cache'}")
+  assert scored.returncode == 0, scored.stderr[-2000:]
+  last = json.loads(scored.stdout.strip().splitlines()[-1])
+  assert last["examples"] == 12
+  assert 0.0 <= last["accuracy"] <= 1.0
+  # Two trivially separable classes: a trained model beats chance.
+  assert last["accuracy"] > 0.5
+
+
+def test_evaluate_refuses_unknown_classes(tmp_path):
+  data_dir, model_dir = _folder(tmp_path / "images"), tmp_path / "run"
+  assert run("train.py", "--dataset=folder", f"--data_dir={data_dir}", "--val_split=0.25",
+             "--image_size=16", "--model=resnet8", "--batch_size=4", "--train_steps=2",
+             f"--model_dir={model_dir}", f"--cache_dir={tmp_path / 'cache'}").returncode == 0
+  other = _folder(tmp_path / "other")
+  os.rename(other / "light", other / "purple")
+  scored = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={other}",
+               f"--cache_dir={tmp_path / 'cache'}")
+  assert scored.returncode != 0 and "classes not known to the model: purple" in scored.stderr
