@@ -1,0 +1,39 @@
+"""Reads a run's TensorBoard event files back (RUN/train, RUN/eval), for plots and tests.
+
+TF2 `tf.summary.scalar` stores scalars as tensors tagged with the scalars plugin, so
+scalars are read through `Tensors` and `tf.make_ndarray`.
+"""
+
+import os
+
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+import tensorflow as tf
+
+SPLITS = ("train", "eval")
+_EVERYTHING = {kind: 0 for kind in (event_accumulator.SCALARS, event_accumulator.TENSORS,
+                                    event_accumulator.IMAGES, event_accumulator.HISTOGRAMS,
+                                    event_accumulator.GRAPH)}
+
+
+def accumulator(log_dir):
+  """A loaded EventAccumulator of every event in `log_dir` (no sampling)."""
+  acc = event_accumulator.EventAccumulator(log_dir, size_guidance=_EVERYTHING)
+  return acc.Reload()
+
+
+def scalars(log_dir):
+  """{tag: (steps int64 [N], values float64 [N])} of every scalar in `log_dir`, by step."""
+  acc = accumulator(log_dir)
+  out = {}
+  for tag in acc.PluginTagToContent("scalars"):
+    events = sorted(acc.Tensors(tag), key=lambda e: e.step)
+    out[tag] = (np.array([e.step for e in events], np.int64),
+                np.array([float(tf.make_ndarray(e.tensor_proto)) for e in events]))
+  return out
+
+
+def run_scalars(run_dir):
+  """{split: {tag: (steps, values)}} for the splits the run has written."""
+  return {split: scalars(os.path.join(run_dir, split)) for split in SPLITS
+          if os.path.isdir(os.path.join(run_dir, split))}
