@@ -79,6 +79,12 @@ class Config:
   keep_checkpoints: int = _field(3, "checkpoints kept in the model dir")
   hooks: str = _field("", "comma-separated hooks run at loop points (see research/hooks.py)")
 
+  # TensorBoard extras (research/tensorboard_hooks.py), read when named in --hooks.
+  image_every: int = _field(1000, "steps between train_images grids")
+  histogram_every: int = _field(1000, "steps between weight and gradient histograms")
+  profile_steps: str = _field("10,20", "N,M: the profile hook traces steps N+1 to M "
+                              "(empty: none)")
+
   # Resolved by `resolve`, saved for scripts that read the run back.
   steps_per_epoch: int = _field(0, "set from the data")
   warmup_steps: int = _field(0, "set from --warmup_epochs")
@@ -130,6 +136,9 @@ class Config:
     _at_least("cutout_size", self.cutout_size, 1)
     _at_least("synthetic_examples", self.synthetic_examples, 1)
     _at_least("num_classes", self.num_classes, 0)
+    _at_least("image_every", self.image_every, 1)
+    _at_least("histogram_every", self.histogram_every, 1)
+    hooks.tensorboard_hooks.parse_profile_steps(self.profile_steps)
     if self.train_steps == 0 and not self.epochs > 0:
       raise ConfigError(f"--epochs must be > 0 when --train_steps=0, got {self.epochs}")
     if not 0.0 <= self.val_split < 1.0:

@@ -56,3 +56,7 @@ def steps_to_next(hook, step):
 
 def build(config):
   return [HOOKS.get(name)(config) for name in config.hook_names]
+
+
+# Registers the TensorBoard extras; last, as they import HOOKS and Hook from here.
+from research import tensorboard_hooks  # noqa: E402,F401  pylint: disable=g-import-not-at-top

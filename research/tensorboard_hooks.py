@@ -1,0 +1,256 @@
+"""TensorBoard extras as hooks: inputs, predictions, histograms, HParams, profile, summary.
+
+Each is a registered hook, chosen with `--hooks` (docs/TENSORBOARD.md lists them, with
+their costs). They run in Python between compiled calls and only read the model: the
+gradient histograms put back any state the extra forward pass changes.
+"""
+
+import os
+import subprocess
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp
+
+from research import data as data_lib, flops, plots
+from research.config import ConfigError
+from research.hooks import HOOKS, Hook
+
+GRID_IMAGES, GRID_COLS = 16, 4   # augmented training inputs per grid
+GRID_CELL = 64                   # pixels: small inputs are scaled up to about this
+PREDICTION_EXAMPLES = 500        # first eval examples behind the prediction figures
+PREDICTION_GRID = 25             # images in the tutorial's 5x5 prediction grid
+MISTAKES = 16                    # most confidently wrong examples shown
+FINAL_METRICS = ("eval_accuracy", "eval_loss", "eval_top5", "train_accuracy", "train_loss")
+
+
+# --- train_images -------------------------------------------------------------
+
+
+def train_batch(ctx):
+  """The augmented global batch of step `ctx.step` as the model sees it (float32 0-255)."""
+  config = ctx.config.replace(train_steps=ctx.step + 1)  # Just this one batch.
+  dataset = data_lib.train_dataset(ctx.data.train, config, ctx.step, None)
+  return next(iter(dataset))
+
+
+@HOOKS.register("train_images")
+def train_images(config):
+  """At start and every `--image_every` steps: a grid of augmented training inputs."""
+  def write(ctx):
+    images, _ = train_batch(ctx)
+    scale = max(1, GRID_CELL // images.shape[1])
+    grid = plots.image_grid(images[:GRID_IMAGES].numpy(), GRID_COLS, scale=scale)
+    with ctx.writers.train.as_default(step=ctx.step):
+      tf.summary.image("train_images", grid[None])
+  return Hook(every=config.image_every, on_step=write, at_start=write)
+
+
+# --- predictions --------------------------------------------------------------
+
+
+def predict(model, images, batch_size=250):
+  """Softmax probabilities, float32 [N, classes], of float pixels in [0, 255]."""
+  out = [tf.nn.softmax(tf.cast(model(images[i:i + batch_size], training=False), tf.float32))
+         for i in range(0, len(images), batch_size)]
+  return np.concatenate([o.numpy() for o in out])
+
+
+def prediction_figures(model, split, class_names, count=PREDICTION_EXAMPLES):
+  """{name: Figure}: prediction grid, confusion matrix, confident mistakes of `count` examples."""
+  images = split.images[:count].astype(np.float32)
+  labels = split.labels[:count]
+  probs = predict(model, images)
+  guesses = probs.argmax(-1)
+  wrong = np.flatnonzero(guesses != labels)
+  worst = wrong[np.argsort(-probs[wrong, guesses[wrong]], kind="stable")][:MISTAKES]
+  matrix = plots.confusion_matrix(labels, guesses, len(class_names))
+  n = PREDICTION_GRID
+  return {
+      "predictions": plots.prediction_grid(images[:n], labels[:n], probs[:n], class_names),
+      "confusion_matrix": plots.confusion_figure(matrix, class_names),
+      "confident_mistakes": plots.prediction_grid(
+          images[worst], labels[worst], probs[worst], class_names, cols=4,
+          title=f"most confident of {len(wrong)} mistakes in {len(labels)} examples"),
+  }
+
+
+def write_figures(writer, step, figures):
+  """Each Figure as a PNG image summary named by its key."""
+  with writer.as_default(step=step):
+    for name, figure in figures.items():
+      tf.summary.image(name, tf.image.decode_png(plots.to_png(figure), channels=3)[None])
+
+
+@HOOKS.register("predictions")
+def predictions(config):
+  """After each evaluation: prediction grid, confusion matrix, confident mistakes (eval run)."""
+  del config
+  def write(ctx):
+    figures = prediction_figures(ctx.task.model, ctx.data.eval, ctx.data.class_names)
+    write_figures(ctx.writers.eval, ctx.step, figures)
+  return Hook(after_eval=write)
+
+
+# --- histograms ---------------------------------------------------------------
+
+
+def gradients(ctx):
+  """Gradients of the mean loss on step `ctx.step`'s batch; the model's state is kept.
+
+  The training-mode pass moves BatchNorm statistics and dropout seeds: those
+  non-trainable variables are saved first and put back after.
+  """
+  model = ctx.task.model
+  saved = [v.numpy() for v in model.non_trainable_variables]
+  images, labels = train_batch(ctx)
+  with tf.GradientTape() as tape:
+    logits = tf.cast(model(images, training=True), tf.float32)
+    loss = tf.reduce_mean(ctx.task.loss_fn(labels, logits, ctx.config))
+    if model.losses:
+      loss += tf.add_n(model.losses)
+  grads = tape.gradient(loss, model.trainable_variables)
+  for variable, value in zip(model.non_trainable_variables, saved):
+    variable.assign(value)
+  return grads
+
+
+@HOOKS.register("histograms")
+def histograms(config):
+  """At start and every `--histogram_every` steps: each layer's weights and gradients."""
+  def write(ctx):
+    variables = ctx.task.model.trainable_variables
+    grads = gradients(ctx)
+    with ctx.writers.train.as_default(step=ctx.step):
+      for variable, grad in zip(variables, grads):
+        tf.summary.histogram(f"weights/{variable.path}", variable)
+        if grad is not None:
+          tf.summary.histogram(f"gradients/{variable.path}", grad)
+  return Hook(every=config.histogram_every, on_step=write, at_start=write)
+
+
+# --- hparams ------------------------------------------------------------------
+
+
+def final_metrics(ctx):
+  """The `final/...` scalars the HParams dashboard shows for this run."""
+  values = {}
+  for prefix, metrics in (("eval", ctx.eval_metrics), ("train", ctx.train_metrics)):
+    for name in ("accuracy", "loss", "top5"):
+      if metrics and name in metrics and f"{prefix}_{name}" in FINAL_METRICS:
+        values[f"final/{prefix}_{name}"] = metrics[name]
+  return values
+
+
+@HOOKS.register("hparams")
+def hparams(config):
+  """The run's config on the HParams dashboard, and its final metrics at the end.
+
+  Both go to the train writer: the dashboard takes a session's metrics from the
+  scalars of its own run (RUN/train), so `final/eval_accuracy` is found there.
+  """
+  del config
+  def start(ctx):
+    with ctx.writers.train.as_default(step=ctx.step):
+      hp.hparams(ctx.config.hparams(), trial_id=os.path.basename(ctx.config.model_dir))
+
+  def end(ctx):
+    ctx.writers.scalars(ctx.writers.train, ctx.step, final_metrics(ctx))
+  return Hook(at_start=start, at_end=end)
+
+
+# --- profile ------------------------------------------------------------------
+
+
+def parse_profile_steps(text):
+  """`"N,M"` -> (N, M) with 0 <= N < M; `""` -> None. Raises ConfigError."""
+  if not text.strip():
+    return None
+  try:
+    first, last = (int(part) for part in text.split(","))
+  except ValueError:
+    raise ConfigError(f"--profile_steps={text!r} is not N,M (two step numbers)") from None
+  if not 0 <= first < last:
+    raise ConfigError(f"--profile_steps={text!r} needs 0 <= N < M")
+  return first, last
+
+
+@HOOKS.register("profile")
+def profile(config):
+  """Traces steps N+1..M of `--profile_steps=N,M` into RUN/train/plugins/profile.
+
+  The trace (.xplane.pb) is written by TensorFlow itself; viewing it needs the
+  optional tensorboard-plugin-profile package.
+  """
+  steps = parse_profile_steps(config.profile_steps)
+  if steps is None:
+    return Hook()
+  first, last = steps
+  running = []  # [True] while a trace is open: a resumed run may start past N.
+
+  def toggle(ctx):
+    if ctx.step == first and not running:
+      tf.profiler.experimental.start(os.path.join(ctx.config.model_dir, "train"))
+      running.append(True)
+    elif ctx.step >= last and running:
+      stop(ctx)
+
+  def stop(ctx):
+    if running:
+      tf.profiler.experimental.stop()
+      running.clear()
+      logging.info("profile of steps %d-%d written under %s", first + 1, ctx.step,
+                   os.path.join(ctx.config.model_dir, "train", "plugins", "profile"))
+  return Hook(at_steps=tuple(s for s in steps if s > 0), on_step=toggle,
+              at_start=toggle, at_end=stop)
+
+
+# --- model_summary ------------------------------------------------------------
+
+
+def git_commit():
+  """The repository's HEAD commit, `+dirty` with uncommitted changes; None outside git."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                          text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=root, capture_output=True, text=True, timeout=10).stdout
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head + ("+dirty" if dirty.strip() else "")
+
+
+def model_text(model, config):
+  """Markdown: layer table, parameters, FLOPs per image, versions, commit and config."""
+  lines = []
+  model.summary(print_fn=lambda line, **_: lines.append(line), line_length=100)
+  return "\n\n".join([
+      f"**{model.name}**: {model.count_params():,} parameters, "
+      f"{flops.count_flops(model) / 1e6:,.1f} MFLOPs per image "
+      f"({config.image_size}x{config.image_size})",
+      f"tensorflow {tf.__version__}, keras {keras.__version__}, numpy {np.__version__}; "
+      f"commit {git_commit() or 'unknown'}",
+      "```\n" + "\n".join(lines) + "\n```",
+      "```\n" + config.to_json() + "\n```",
+  ])
+
+
+def write_graph(model, config, writer):
+  """The inference forward pass as a graph on the Graphs dashboard."""
+  spec = tf.TensorSpec([None, config.image_size, config.image_size, 3], tf.float32)
+  forward = tf.function(lambda images: model(images, training=False))
+  with writer.as_default():
+    tf.summary.graph(forward.get_concrete_function(spec).graph)
+
+
+@HOOKS.register("model_summary")
+def model_summary(config):
+  """At start: the model's layers, size, FLOPs, versions, commit and config as text."""
+  del config
+  def write(ctx):
+    ctx.writers.text("model_summary", model_text(ctx.task.model, ctx.config), ctx.step)
+    write_graph(ctx.task.model, ctx.config, ctx.writers.train)
+  return Hook(at_start=write)

@@ -1,0 +1,176 @@
+import glob
+import io
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+from tests.conftest import tiny_config  # the module pytest loaded as conftest
+from research import data, events, hooks, loop, plots, tensorboard_hooks
+from research.config import ConfigError
+
+ALL = "train_images,predictions,histograms,hparams,profile,model_summary"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """One 6-step run with every extra: evals at 3 and 6, images/histograms at 0, 3, 6."""
+  config = tiny_config(tmp_path_factory.mktemp("all"), hooks=ALL, eval_every=3,
+                       image_every=3, histogram_every=3, profile_steps="2,4")
+  result = loop.train(config)
+  return (config, result, events.accumulator(os.path.join(config.model_dir, "train")),
+          events.accumulator(os.path.join(config.model_dir, "eval")))
+
+
+def _images(acc, tag):
+  """{step: uint8 image} of an image summary (TF2 stores [width, height, png])."""
+  out = {}
+  for event in acc.Tensors(tag):
+    width, height, png = tf.make_ndarray(event.tensor_proto)
+    image = np.array(Image.open(io.BytesIO(png)))
+    assert image.shape[:2] == (int(height), int(width))
+    out[event.step] = image
+  return out
+
+
+def test_train_images_show_the_augmented_batch_of_each_step(run):
+  config, _, train, _ = run
+  grids = _images(train, "train_images")
+  assert sorted(grids) == [0, 3, 6]
+  cell = 16 * 4  # 16px inputs are scaled up to 64px cells; 4x4 cells, 2px gaps
+  assert grids[0].shape == (4 * cell + 6, 4 * cell + 6, 3)
+  split = data.load(config).train
+  resolved = config.replace(train_steps=4, steps_per_epoch=len(split) // config.batch_size)
+  images, _ = next(iter(data.train_dataset(split, resolved, 3, None)))
+  first = np.round(images[0].numpy()).astype(np.uint8).repeat(4, 0).repeat(4, 1)
+  np.testing.assert_array_equal(grids[3][:cell, :cell], first)
+  assert not np.array_equal(grids[0][:cell, :cell], grids[3][:cell, :cell])
+
+
+def test_prediction_figures_follow_each_evaluation(run):
+  _, _, _, evals = run
+  sizes = {"predictions": (1100, 1000), "confusion_matrix": (700, 800)}
+  for tag in ("predictions", "confusion_matrix", "confident_mistakes"):
+    images = _images(evals, tag)
+    assert sorted(images) == [3, 6]
+    if tag in sizes:
+      assert images[6].shape[:2] == sizes[tag]
+    assert images[6].std() > 10  # drawn, not blank
+
+
+def test_confusion_matrix_counts():
+  matrix = plots.confusion_matrix([0, 1, 1, 2], [0, 0, 1, 2], 3)
+  np.testing.assert_array_equal(matrix, [[1, 0, 0], [1, 1, 0], [0, 0, 1]])
+
+
+def test_confident_mistakes_are_the_most_confident_wrong_guesses(monkeypatch):
+  split = data.Split(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 1, 1], np.int32))
+  probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]], np.float32)
+  monkeypatch.setattr(tensorboard_hooks, "predict", lambda model, images: probs)
+  drawn = []
+  monkeypatch.setattr(plots, "prediction_grid",
+                      lambda images, labels, p, names, **kw: drawn.append((labels, p)))
+  monkeypatch.setattr(plots, "confusion_figure", lambda matrix, names: matrix)
+  figures = tensorboard_hooks.prediction_figures(None, split, ["a", "b"])
+  np.testing.assert_array_equal(figures["confusion_matrix"], [[1, 1], [1, 1]])
+  mistakes_labels, mistakes_probs = drawn[-1]
+  np.testing.assert_array_equal(mistakes_labels, [0, 1])  # 0.8 first, then 0.6
+  np.testing.assert_array_equal(mistakes_probs, probs[[1, 2]])
+
+
+def test_histograms_of_every_weight_and_gradient(run):
+  config, _, train, _ = run
+  histograms = train.PluginTagToContent("histograms")
+  weights = [t for t in histograms if t.startswith("weights/")]
+  grads = [t for t in histograms if t.startswith("gradients/")]
+  model_vars = tf.keras.models.load_model(os.path.join(config.model_dir, "model.keras"))
+  assert len(weights) == len(grads) == len(model_vars.trainable_variables)
+  for tag in weights[:3] + grads[:3]:
+    assert [e.step for e in train.Tensors(tag)] == [0, 3, 6]
+  last = tf.make_ndarray(train.Tensors(grads[0])[-1].tensor_proto)  # [bins, (left, right, count)]
+  assert last[:, 2].sum() > 0 and np.abs(last[:, :2]).max() > 0
+
+
+def test_gradients_leave_the_model_state_unchanged(make_config):
+  config = make_config()
+  split = data.load(config)
+  config = config.resolve(len(split.train), len(split.class_names))
+  task = loop.Task(config, tf.distribute.get_strategy())
+  before = [v.numpy() for v in task.model.variables]
+  grads = tensorboard_hooks.gradients(hooks.HookContext(0, config, task, split, None))
+  assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+  for old, new in zip(before, task.model.variables):
+    np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_hparams_and_final_metrics(run):
+  config, result, train, _ = run
+  content = train.PluginTagToContent("hparams")[hparams_metadata.SESSION_START_INFO_TAG]
+  info = hparams_metadata.parse_session_start_info_plugin_data(content)
+  assert info.hparams["model"].string_value == "resnet8"
+  assert info.hparams["batch_size"].number_value == 32
+  assert info.group_name == "run"
+  scalars = events.scalars(os.path.join(config.model_dir, "train"))
+  steps, values = scalars["final/eval_accuracy"]
+  assert list(steps) == [6]
+  assert values[0] == pytest.approx(result.final_eval["accuracy"])
+  assert scalars["final/eval_loss"][1][0] == pytest.approx(result.final_eval["loss"], rel=1e-6)
+
+
+def test_profile_writes_a_trace(run):
+  config, *_ = run
+  traces = glob.glob(os.path.join(config.model_dir, "train", "plugins", "profile", "*",
+                                  "*.xplane.pb"))
+  assert len(traces) == 1 and os.path.getsize(traces[0]) > 1000
+
+
+@pytest.mark.parametrize("text, expected", [("10,20", (10, 20)), ("0, 5", (0, 5)), ("", None)])
+def test_profile_steps_parse(text, expected):
+  assert tensorboard_hooks.parse_profile_steps(text) == expected
+
+
+@pytest.mark.parametrize("text", ["5,2", "3", "a,b", "-1,4"])
+def test_bad_profile_steps_are_refused(text, make_config):
+  with pytest.raises(ConfigError, match="--profile_steps"):
+    make_config(profile_steps=text)
+
+
+def test_model_summary_text_and_graph(run):
+  config, _, train, _ = run
+  (event,) = train.Tensors("model_summary")
+  text = tf.make_ndarray(event.tensor_proto).item().decode()
+  model = tf.keras.models.load_model(os.path.join(config.model_dir, "model.keras"))
+  assert f"{model.count_params():,} parameters" in text
+  assert "MFLOPs per image (16x16)" in text
+  assert f"tensorflow {tf.__version__}" in text and "commit " in text
+  assert '"model": "resnet8"' in text and "Total params" in text
+  assert train.Tags()["graph"]
+  assert len(train.Graph().node) > 10
+
+
+# --- the hook mechanism -------------------------------------------------------
+
+CALLS = []
+
+
+@hooks.HOOKS.register("test_counting_hook")
+def _counting_hook(config):
+  del config
+  record = lambda event: lambda ctx: CALLS.append((event, ctx.step))
+  return hooks.Hook(every=4, at_steps=(5, 7), on_step=record("step"),
+                    at_start=record("start"), after_eval=record("eval"),
+                    at_end=record("end"))
+
+
+def test_custom_hook_runs_at_exactly_its_steps(make_config):
+  CALLS.clear()
+  # 5 steps per call and logs every 3: the loop must stop early for 4, 5, 7 and 8.
+  loop.train(make_config(hooks="test_counting_hook", train_steps=12, steps_per_loop=5,
+                         log_every=3, eval_every=6))
+  assert [s for e, s in CALLS if e == "step"] == [4, 5, 7, 8, 12]
+  assert [s for e, s in CALLS if e == "eval"] == [6, 12]
+  assert [(e, s) for e, s in CALLS if e in ("start", "end")] == [("start", 0), ("end", 12)]
+  assert CALLS[0] == ("start", 0) and CALLS[-1] == ("end", 12)
