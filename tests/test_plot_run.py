@@ -1,0 +1,59 @@
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from research import events, loop, plots
+from scripts import plot_run
+
+
+@pytest.fixture
+def two_runs(make_config):
+  """Two finished 6-step runs that differ in learning rate."""
+  config = make_config(eval_every=3)
+  runs = [config.model_dir + "_a", config.model_dir + "_b"]
+  results = [loop.train(config.replace(model_dir=runs[0])),
+             loop.train(config.replace(model_dir=runs[1], learning_rate=0.01))]
+  return runs, results
+
+
+def test_scalars_are_read_back_by_step(two_runs):
+  (run, _), (result, _) = two_runs
+  scalars = events.run_scalars(run)
+  steps, values = scalars["train"]["loss"]
+  assert list(steps) == [s for s, _ in result.train_history]
+  np.testing.assert_allclose(values, [m["loss"] for _, m in result.train_history], rtol=1e-6)
+  assert list(scalars["eval"]["accuracy"][0]) == [3, 6]
+  assert {"learning_rate", "images_per_second"} <= set(scalars["train"])
+
+
+def test_one_run_plots_into_its_own_dir(two_runs):
+  run = two_runs[0][0]
+  plot_run.main([run, "--examples=40"])
+  out = os.path.join(run, "plots")
+  width, height = (int(inches * plots.DPI) for inches in plots.CURVES_SIZE)
+  expected = {"curves.png": (width, height), "learning_rate.png": (600, 400),
+              "images_per_second.png": (600, 400), "predictions.png": (1000, 1100),
+              "confusion_matrix.png": (800, 700), "confident_mistakes.png": None}
+  assert sorted(os.listdir(out)) == sorted(expected)
+  for name, size in expected.items():
+    image = np.array(Image.open(os.path.join(out, name)).convert("L"))
+    assert image.std() > 5  # something is drawn
+    if size:
+      assert image.shape == (size[1], size[0])
+
+
+def test_several_runs_overlay_and_prefix_their_predictions(two_runs, tmp_path):
+  runs = two_runs[0]
+  paths = plot_run.plot_runs(runs, str(tmp_path / "plots"), examples=40)
+  names = {os.path.basename(p) for p in paths}
+  assert {"curves.png", "run_a_predictions.png", "run_b_confusion_matrix.png"} <= names
+  one = plots.to_png(plots.curves_figure({"a": events.run_scalars(runs[0])}))
+  with open(tmp_path / "plots" / "curves.png", "rb") as f:
+    assert f.read() != one  # the second run's lines are drawn too
+
+
+def test_missing_run_is_refused(tmp_path):
+  with pytest.raises(SystemExit, match="no TensorBoard events"):
+    plot_run.main([str(tmp_path / "nothing")])
