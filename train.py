@@ -36,7 +36,10 @@ def main(argv):
   from research import data, loop  # pylint: disable=g-import-not-at-top  (slow imports)
   try:
     loop.train(config)
-  except (config_lib.ConfigError, data.DataError) as e:
+  except loop.Preempted as e:
+    logging.warning("preempted: %s", e)
+    sys.exit(loop.PREEMPTED_EXIT_CODE)
+  except (config_lib.ConfigError, data.DataError, loop.NonFiniteError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -14,6 +14,7 @@ import os
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+ON_NAN = ("skip", "rollback", "halt")
 
 # Fields that shape the checkpoint: a model dir written with other values is refused.
 CHECKPOINT_FIELDS = ("model", "num_classes", "image_size", "optimizer")
@@ -53,6 +54,8 @@ class Config:
                         "(empty: none)")
   crop_padding: int = _field(4, "pixels of padding for the crop augmentation")
   cutout_size: int = _field(8, "side in pixels of the cutout square")
+  skip_bad_images: bool = _field(False, "train on the readable images of a folder and "
+                                 "report the others (default: stop and name them)")
 
   # Model and optimization.
   model: str = _field("resnet20", "architecture name from the model registry")
@@ -77,6 +80,11 @@ class Config:
   log_every: int = _field(100, "steps between console and TensorBoard logs")
   checkpoint_every: int = _field(0, "steps between checkpoints (0: once per epoch)")
   keep_checkpoints: int = _field(3, "checkpoints kept in the model dir")
+  on_nan: str = _field("skip", "non-finite loss or gradients: skip the step, rollback to "
+                       "the last checkpoint with reseeded data, or halt")
+  nan_retries: int = _field(3, "rollbacks before --on_nan=rollback gives up")
+  inject_nan_step: int = _field(0, "fault injection for testing --on_nan: make the loss "
+                                "of this step (1-based) NaN (0: never)")
   hooks: str = _field("", "comma-separated hooks run at loop points (see research/hooks.py)")
 
   # TensorBoard extras (research/tensorboard_hooks.py), read when named in --hooks.
@@ -114,6 +122,9 @@ class Config:
     _choice("strategy", self.strategy, STRATEGIES)
     _choice("dataset", self.dataset, DATASETS)
     _choice("precision", self.precision, PRECISIONS)
+    _choice("on_nan", self.on_nan, ON_NAN)
+    _at_least("nan_retries", self.nan_retries, 0)
+    _at_least("inject_nan_step", self.inject_nan_step, 0)
     _choice("model", self.model, models.MODELS.names())
     _choice("loss", self.loss, losses.LOSSES.names())
     _choice("optimizer", self.optimizer, optim.OPTIMIZERS.names())

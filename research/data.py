@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -49,7 +50,8 @@ def load(config):
   if config.dataset in ("cifar10", "cifar100"):
     train, test, names = _load_keras_cifar(config.dataset)
   elif config.dataset == "folder":
-    train, names = load_folder(config.data_dir, config.image_size, config.cache_dir)
+    train, names = load_folder(config.data_dir, config.image_size, config.cache_dir,
+                               skip_bad_images=config.skip_bad_images)
     test = None
   else:
     train, names = synthetic(config.synthetic_examples, config.image_size,
@@ -141,23 +143,43 @@ def list_folder(data_dir):
   return paths, np.asarray(labels, np.int32), names
 
 
-def load_folder(data_dir, image_size, cache_dir=""):
-  """Decodes a class-folder dataset once, caches it as .npz, and returns it."""
+def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False):
+  """Decodes a class-folder dataset once, caches it as .npz, and returns it.
+
+  Unreadable images stop the load with their names, or with `skip_bad_images`
+  are left out and listed in a warning.
+  """
   paths, labels, names = list_folder(data_dir)
   cache = _cache_path(paths, image_size, cache_dir)
   if os.path.exists(cache):
     with np.load(cache) as f:
-      return Split(f["images"], f["labels"]), names
-  images = decode_images(paths, image_size)
-  os.makedirs(os.path.dirname(cache), exist_ok=True)
-  tmp = cache + ".tmp.npz"
-  np.savez(tmp, images=images, labels=labels)
-  os.replace(tmp, cache)
+      images, labels, ok = f["images"], f["labels"], f["ok"]
+  else:
+    images, ok = decode_images(paths, image_size)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    tmp = cache + ".tmp.npz"
+    np.savez(tmp, images=images, labels=labels, ok=ok)
+    os.replace(tmp, cache)
+  if not ok.all():
+    bad = [paths[i] for i in np.flatnonzero(~ok)]
+    listed = ", ".join(bad[:20]) + (f" ... ({len(bad) - 20} more)" if len(bad) > 20 else "")
+    if not skip_bad_images:
+      raise DataError(f"{len(bad)} image file(s) could not be decoded: {listed}. "
+                      "Fix or remove them, or pass --skip_bad_images")
+    logging.warning("skipped %d unreadable image file(s) of %d: %s", len(bad), len(paths),
+                    ", ".join(bad))
+    images, labels = images[ok], labels[ok]
+    empty = sorted(set(names) - {names[l] for l in labels})
+    if empty:
+      raise DataError(f"no readable images left in class folder(s): {', '.join(empty)}")
   return Split(images, labels), names
 
 
 def decode_images(paths, image_size):
-  """Decodes any JPEG/PNG/BMP/GIF (grey, RGBA, any size) to uint8 RGB [N,S,S,3]."""
+  """Decodes any JPEG/PNG/BMP/GIF (grey, RGBA, any size) to uint8 RGB [N,S,S,3].
+
+  Returns (images, ok): `ok[i]` is False where file i could not be decoded.
+  """
   def decode(index, path):
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
@@ -172,15 +194,11 @@ def decode_images(paths, image_size):
   for index, batch in ds.as_numpy_iterator():
     images[index] = batch
     seen[index] = True
-  if not seen.all():
-    bad = [paths[i] for i in np.flatnonzero(~seen)]
-    raise DataError(f"{len(bad)} image file(s) could not be decoded: "
-                    + ", ".join(bad[:20]) + (" ..." if len(bad) > 20 else ""))
-  return images
+  return images, seen
 
 
 def _cache_path(paths, image_size, cache_dir):
-  digest = hashlib.sha256(str(image_size).encode())
+  digest = hashlib.sha256(f"v2|{image_size}".encode())  # Bump v on a format change.
   for p in paths:
     st = os.stat(p)
     digest.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())

@@ -5,9 +5,11 @@ tf.functions, each running many steps over `tf.range` per call. `train` is the
 outer loop: cadence of logs, evaluations and checkpoints, all Python side effects.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import time
 
 from absl import logging
@@ -17,6 +19,7 @@ import tensorflow as tf
 from research import checkpoints, data as data_lib, distribute, hooks as hooks_lib, losses
 from research import models, optim
 from research.metrics import Metrics
+from research import summaries
 from research.summaries import Progress, Writers, format_seconds
 
 
@@ -34,6 +37,9 @@ class Task:
       self.optimizer.build(self.model.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      # Steps whose loss or gradients were not finite (and were not applied).
+      self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.train_metrics, self.eval_metrics = Metrics(), Metrics()
     self.train_loop = self._make_train_loop()
     self.eval_loop = self._make_eval_loop()
@@ -44,12 +50,14 @@ class Task:
     with tf.GradientTape() as tape:
       logits = model(images, training=True)
       per_example = self.loss_fn(labels, logits, config)
+      if config.inject_nan_step:  # Fault injection, to test --on_nan.
+        per_example *= tf.where(self.step + 1 == config.inject_nan_step, float("nan"), 1.0)
       # Averaged over the GLOBAL batch: replicas' gradients are then summed.
       loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
       scaled = self.optimizer.scale_loss(loss)  # Identity unless mixed_float16.
-    return logits, per_example, tape.gradient(scaled, model.trainable_variables)
+    return logits, per_example, loss, tape.gradient(scaled, model.trainable_variables)
 
   def _make_train_loop(self):
     gradients = self._gradients
@@ -57,11 +65,11 @@ class Task:
       gradients = tf.function(gradients, jit_compile=True)
 
     def step_fn(images, labels):
-      logits, per_example, grads = gradients(images, labels)
-      # Keras all-reduces the gradients across replicas; LossScaleOptimizer
-      # unscales them and skips the update if any is not finite.
-      self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-      self.train_metrics.update(labels, logits, per_example)
+      logits, per_example, loss, grads = gradients(images, labels)
+      finite = self._all_finite(loss, grads)
+      tf.distribute.get_replica_context().merge_call(self._apply_if, args=(grads, finite))
+      self.train_metrics.update(labels, logits, per_example,
+                                mask=tf.fill(tf.shape(per_example), tf.cast(finite, tf.float32)))
 
     @tf.function
     def train_loop(iterator, num_steps):
@@ -70,6 +78,39 @@ class Task:
         self.step.assign_add(1)
 
     return train_loop
+
+  def _apply_if(self, strategy, grads, finite):
+    """Applies the update only if `finite`; otherwise counts a skipped step.
+
+    The condition runs in cross-replica context: a cond inside the replica
+    function may not contain the optimizer's cross-replica synchronization.
+    """
+    def apply():
+      # Keras all-reduces the gradients across replicas; LossScaleOptimizer
+      # unscales them and skips the update if any is not finite.
+      strategy.extended.call_for_each_replica(
+          lambda g: self.optimizer.apply_gradients(zip(g, self.model.trainable_variables)),
+          args=(grads,))
+
+    def skip():
+      self.skipped.assign_add(1)
+
+    tf.cond(strategy.experimental_local_results(finite)[0], apply, skip)
+
+  def _all_finite(self, loss, grads):
+    """Whether every replica's loss (and gradients) are finite, the same on all replicas.
+
+    Under mixed_float16 scaled gradients overflow routinely and LossScaleOptimizer
+    handles them; only a non-finite loss counts as a bad step there.
+    """
+    checks = [tf.reduce_all(tf.math.is_finite(loss))]
+    if self.config.precision != "mixed_float16":
+      checks += [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+    bad = 1.0 - tf.cast(tf.reduce_all(tf.stack(checks)), tf.float32)
+    replica = tf.distribute.get_replica_context()
+    if replica is not None and replica.num_replicas_in_sync > 1:
+      bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+    return bad == 0
 
   def _make_eval_loop(self):
     def step_fn(images, labels, mask):
@@ -84,6 +125,11 @@ class Task:
 
     return eval_loop
 
+  def loss_scale(self):
+    """{"loss_scale": ...} under mixed_float16, else {}."""
+    scale = getattr(self.optimizer, "dynamic_scale", None)
+    return {} if scale is None else {"loss_scale": float(scale.numpy())}
+
   def learning_rate(self):
     optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
     return float(optimizer.learning_rate)
@@ -96,6 +142,35 @@ class Task:
     self.eval_metrics.reset()
     self.eval_loop(iter(dataset), tf.constant(data_lib.eval_steps(len(split), batch)))
     return self.eval_metrics.result()
+
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: rerun the same command to resume.
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT arrived; a checkpoint of the current step has been saved."""
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced a non-finite loss or gradients and --on_nan gave up."""
+
+
+@contextlib.contextmanager
+def _preemption_signals():
+  """Turns SIGTERM and SIGINT into a flag the loop checks between compiled calls."""
+  received = []
+  handler = lambda signum, frame: received.append(signum)
+  previous = {}
+  try:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      previous[sig] = signal.signal(sig, handler)
+  except ValueError:  # Not the main thread: leave signals alone.
+    pass
+  try:
+    yield received
+  finally:
+    for sig, old in previous.items():
+      signal.signal(sig, old)
 
 
 @dataclasses.dataclass
@@ -133,7 +208,8 @@ def train(config, strategy=None):
   with strategy.scope():
     ckpt = checkpoints.Checkpointer(os.path.join(config.model_dir, "checkpoints"),
                                     config.keep_checkpoints, model=task.model,
-                                    optimizer=task.optimizer, step=task.step)
+                                    optimizer=task.optimizer, step=task.step,
+                                    skipped=task.skipped)
   restored = ckpt.restore()
   start = int(task.step.numpy())
   logging.info("%s strategy, %d replica(s); %d train / %d %s examples; %s",
@@ -141,60 +217,100 @@ def train(config, strategy=None):
                len(data.eval), data.eval_name,
                f"resumed at step {start} from {restored}" if restored else "from scratch")
 
+  if chief and start:
+    # Events written after this checkpoint by a killed run would repeat steps.
+    summaries.truncate_events(config.model_dir, start)
   writers = Writers(config.model_dir, enabled=chief)
   if start == 0:
     writers.text("config", "```\n" + config.to_json() + "\n```")
-  train_iter = iter(strategy.distribute_datasets_from_function(
-      lambda ctx: data_lib.train_dataset(data.train, config, start, ctx)))
+
+  def batches(from_step, seed):
+    return iter(strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.train_dataset(data.train, config.replace(seed=seed), from_step,
+                                           ctx)))
+
+  train_iter = batches(start, config.seed)
 
   hooks = hooks_lib.build(config)
   context = hooks_lib.HookContext(start, config, task, data, writers)
+  _call(hooks, "at_start", context)
 
   # --- the loop ----------------------------------------------------------------
   result = Result(start, [], [])
-  cadences = [config.log_every, config.eval_every, config.checkpoint_every]
-  _call(hooks, "at_start", context)
   progress = Progress(config.train_steps, start, config.steps_per_epoch)
+  cadences = [config.log_every, config.eval_every, config.checkpoint_every]
   step, window_seconds, window_steps = start, 0.0, 0
-  while step < config.train_steps:
-    num = min(config.steps_per_loop, config.train_steps - step,
-              *(every - step % every for every in cadences),
-              *(n for n in (hooks_lib.steps_to_next(h, step) for h in hooks) if n))
-    began = time.perf_counter()
-    task.train_loop(train_iter, tf.constant(num))
-    step = int(task.step.numpy())  # Waits for the call to finish.
-    window_seconds += time.perf_counter() - began
-    window_steps += num
-    done = step == config.train_steps
-    context.step = step
+  skipped, rollbacks = int(task.skipped.numpy()), 0
+  with _preemption_signals() as signals:
+    while step < config.train_steps:
+      num = min(config.steps_per_loop, config.train_steps - step,
+                *(every - step % every for every in cadences),
+                *(n for n in (hooks_lib.steps_to_next(h, step) for h in hooks) if n))
+      began = time.perf_counter()
+      task.train_loop(train_iter, tf.constant(num))
+      before, step = step, int(task.step.numpy())  # Reading waits for the call.
+      window_seconds += time.perf_counter() - began
+      window_steps += num
+      context.step = step
 
-    if step % config.log_every == 0 or done:
-      metrics = task.train_metrics.result()
-      task.train_metrics.reset()
-      images_per_second = window_steps * config.batch_size / window_seconds
-      metrics.pop("examples")
-      result.train_history.append((step, metrics))
-      writers.scalars(writers.train, step, {**metrics, "learning_rate": task.learning_rate(),
-                                            "images_per_second": images_per_second})
-      logging.info(progress.line(step, images_per_second, metrics))
-      window_seconds, window_steps = 0.0, 0
-      context.train_metrics = metrics
+      # Non-finite steps were not applied; --on_nan says what happens next.
+      now_skipped = int(task.skipped.numpy())
+      if now_skipped > skipped:
+        message = (f"{now_skipped - skipped} non-finite step(s) in steps "
+                   f"{before + 1}..{step}")
+        if config.on_nan == "halt":
+          raise NonFiniteError(f"{message}; halting (--on_nan=halt). The checkpoints "
+                               f"in {config.model_dir} hold only finite weights.")
+        if config.on_nan == "rollback":
+          rollbacks += 1
+          if rollbacks > config.nan_retries:
+            raise NonFiniteError(f"{message}; gave up after {config.nan_retries} "
+                                 "rollbacks (--nan_retries)")
+          ckpt.restore()
+          step, skipped = int(task.step.numpy()), int(task.skipped.numpy())
+          logging.warning("%s; rolled back to step %d, reseeding the data (try %d of %d)",
+                          message, step, rollbacks, config.nan_retries)
+          train_iter = batches(step, config.seed + 1000 * rollbacks)
+          task.train_metrics.reset()
+          window_seconds, window_steps = 0.0, 0
+          continue
+        logging.warning("%s skipped (--on_nan=skip)", message)
+        skipped = now_skipped
+      done = step == config.train_steps
 
-    if step % config.eval_every == 0 or done:
-      metrics = task.evaluate(data.eval)
-      result.eval_history.append((step, metrics))
-      writers.scalars(writers.eval, step, {k: v for k, v in metrics.items() if k != "examples"})
-      logging.info("eval at step %d: %d %s examples | loss %.4f accuracy %.4f top5 %.4f",
-                   step, metrics["examples"], data.eval_name, metrics["loss"],
-                   metrics["accuracy"], metrics["top5"])
-      context.eval_metrics = metrics
-      _call(hooks, "after_eval", context)
+      if step % config.log_every == 0 or done:
+        metrics = task.train_metrics.result()
+        task.train_metrics.reset()
+        metrics.pop("examples")
+        images_per_second = window_steps * config.batch_size / window_seconds
+        window_seconds, window_steps = 0.0, 0
+        result.train_history.append((step, metrics))
+        context.train_metrics = metrics
+        writers.scalars(writers.train, step, {
+            **metrics, "learning_rate": task.learning_rate(),
+            "images_per_second": images_per_second, "skipped_steps": skipped,
+            **task.loss_scale()})
+        logging.info(progress.line(step, images_per_second, metrics))
 
-    _call([h for h in hooks if hooks_lib.due(h, step)], "on_step", context)
+      if step % config.eval_every == 0 or done:
+        metrics = task.evaluate(data.eval)
+        result.eval_history.append((step, metrics))
+        context.eval_metrics = metrics
+        writers.scalars(writers.eval, step,
+                        {k: v for k, v in metrics.items() if k != "examples"})
+        logging.info("eval at step %d: %d %s examples | loss %.4f accuracy %.4f top5 %.4f",
+                     step, metrics["examples"], data.eval_name, metrics["loss"],
+                     metrics["accuracy"], metrics["top5"])
+        _call(hooks, "after_eval", context)
 
-    if step % config.checkpoint_every == 0 or done:
-      ckpt.save(step)
-    writers.flush()
+      _call([h for h in hooks if hooks_lib.due(h, step)], "on_step", context)
+
+      if step % config.checkpoint_every == 0 or done or signals:
+        ckpt.save(step)
+      writers.flush()
+      if signals and not done:
+        raise Preempted(f"signal {signals[0]} at step {step}: checkpoint saved in "
+                        f"{config.model_dir}; rerun the same command to resume")
 
   # --- the end: the model as a standalone file ----------------------------------
   result.step = step

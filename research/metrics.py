@@ -26,7 +26,8 @@ class Metrics:
     labels = tf.cast(labels, tf.int32)
     top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
     top5 = tf.cast(tf.math.in_top_k(labels, tf.cast(logits, tf.float32), k), tf.float32)
-    self.sums["loss"].assign_add(tf.reduce_sum(per_example_loss * mask))
+    # where, not a product: a skipped step's NaN loss times 0 is still NaN.
+    self.sums["loss"].assign_add(tf.reduce_sum(tf.where(mask > 0, per_example_loss, 0.0) * mask))
     self.sums["correct"].assign_add(tf.reduce_sum(top1 * mask))
     self.sums["top5"].assign_add(tf.reduce_sum(top5 * mask))
     self.sums["examples"].assign_add(tf.reduce_sum(mask))

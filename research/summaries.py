@@ -52,3 +52,32 @@ def format_seconds(seconds):
   seconds = int(seconds)
   h, rem = divmod(seconds, 3600)
   return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def truncate_events(model_dir, step):
+  """Drops events after `step` from the run's event files, before a resume.
+
+  A run killed after its last checkpoint wrote summaries for steps it will redo;
+  without this, TensorBoard would show those steps twice.
+  """
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  for split in ("train", "eval"):
+    directory = os.path.join(model_dir, split)
+    if not os.path.isdir(directory):
+      continue
+    for name in sorted(os.listdir(directory)):
+      if "tfevents" not in name:
+        continue
+      path = os.path.join(directory, name)
+      records = []
+      try:  # A killed writer may leave a torn last record: keep what precedes it.
+        for record in tf.data.TFRecordDataset(path):
+          records.append(record.numpy())
+      except tf.errors.DataLossError:
+        pass
+      kept = [r for r in records if event_pb2.Event.FromString(r).step <= step]
+      if len(kept) < len(records) or os.path.getsize(path) > sum(len(r) + 16 for r in records):
+        with tf.io.TFRecordWriter(path + ".tmp") as writer:
+          for record in kept:
+            writer.write(record)
+        os.replace(path + ".tmp", path)

@@ -1,0 +1,227 @@
+"""Kills, preemption, corrupt checkpoints, non-finite steps, messy folders, determinism."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+from PIL import Image
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from research import data, loop
+from tests.conftest import ROOT
+
+# 192 train examples / 24 = 8 steps an epoch; checkpoints every 3 steps.
+RUN_FLAGS = ["--dataset=synthetic", "--synthetic_examples=256", "--val_split=0.25",
+             "--image_size=16", "--model=resnet8", "--batch_size=24", "--train_steps=24",
+             "--steps_per_loop=1", "--log_every=1", "--checkpoint_every=3",
+             "--eval_every=8", "--precision=float32", "--deterministic",
+             "--learning_rate=0.05"]
+
+
+def start(model_dir, *extra):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.Popen([sys.executable, "train.py", f"--model_dir={model_dir}",
+                           *RUN_FLAGS, *extra], cwd=ROOT, env=env, text=True,
+                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+
+def run_until(model_dir, step, sig):
+  """Runs train.py and sends `sig` once it has logged `step`; returns the exit code."""
+  proc = start(model_dir)
+  for line in proc.stderr:
+    if f"step {step}/" in line:
+      proc.send_signal(sig)
+      break
+  proc.stderr.read()
+  return proc.wait(timeout=120)
+
+
+def run_to_end(model_dir):
+  proc = start(model_dir)
+  log = proc.stderr.read()
+  assert proc.wait(timeout=300) == 0, log[-3000:]
+  return log
+
+
+def weights(model_dir):
+  return keras.models.load_model(os.path.join(model_dir, "model.keras")).get_weights()
+
+
+def logged_steps(model_dir, tag="loss"):
+  acc = event_accumulator.EventAccumulator(os.path.join(model_dir, "train"),
+                                           size_guidance={"tensors": 0})
+  acc.Reload()
+  return [e.step for e in acc.Tensors(tag)]
+
+
+def test_sigkill_at_any_step_then_resume_is_bitwise_exact(tmp_path):
+  reference, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+  run_to_end(reference)
+  # Inside an epoch, at an epoch boundary (8), just after a checkpoint (13 > 12).
+  for step in (5, 8, 13):
+    assert run_until(killed, step, signal.SIGKILL) == -signal.SIGKILL
+  log = run_to_end(killed)
+  assert "resumed at step" in log
+  for a, b in zip(weights(reference), weights(killed)):
+    np.testing.assert_array_equal(a, b)
+  steps = logged_steps(killed)
+  assert steps == sorted(set(steps)) == list(range(1, 25))
+
+
+def test_sigterm_saves_and_exits_with_the_preemption_status(tmp_path):
+  model_dir = str(tmp_path / "run")
+  assert run_until(model_dir, 10, signal.SIGTERM) == loop.PREEMPTED_EXIT_CODE
+  saved = sorted(int(p.rsplit("-", 1)[1][:-len(".index")])
+                 for p in glob.glob(f"{model_dir}/checkpoints/ckpt-*.index"))
+  stopped_at = saved[-1]
+  assert stopped_at >= 10 and stopped_at % 3  # Saved at the signal, not a cadence step.
+  log = run_to_end(model_dir)
+  assert f"resumed at step {stopped_at}" in log
+  assert f"step {stopped_at + 1}/24" in log
+  steps = logged_steps(model_dir)
+  assert steps == sorted(set(steps)) == list(range(1, 25))
+
+
+def _checkpointed_run(make_config, steps=6):
+  config = make_config(train_steps=steps, checkpoint_every=2, keep_checkpoints=5)
+  loop.train(config)
+  return config, os.path.join(config.model_dir, "checkpoints")
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(make_config, caplog):
+  config, directory = _checkpointed_run(make_config)
+  data_file = glob.glob(f"{directory}/ckpt-6.data-*")[0]
+  with open(data_file, "r+b") as f:
+    f.truncate(os.path.getsize(data_file) // 2)
+  result = loop.train(config.replace(train_steps=8))
+  assert result.train_history[0][0] == 6  # Resumed at 4: logs at 6 and 8.
+  assert "ckpt-6 is unreadable" in caplog.text
+
+
+def test_kill_during_save_leaves_the_previous_checkpoint(make_config):
+  config, directory = _checkpointed_run(make_config)
+  # What a kill mid-save leaves: a newer index and a torn data file, state not updated.
+  with open(f"{directory}/ckpt-8.index", "wb") as f:
+    f.write(b"\x00" * 10)
+  with open(f"{directory}/ckpt-8.data-00000-of-00001", "wb") as f:
+    f.write(b"torn")
+  result = loop.train(config.replace(train_steps=9))
+  assert [s for s, _ in result.train_history] == [9]  # Resumed at 6, not at 8 or 0.
+
+
+def test_lost_state_file_still_resumes(make_config):
+  config, directory = _checkpointed_run(make_config)
+  os.remove(f"{directory}/checkpoint")
+  result = loop.train(config.replace(train_steps=9))
+  assert [s for s, _ in result.train_history] == [9]
+
+
+def test_no_readable_checkpoint_stops_instead_of_restarting(make_config):
+  config, directory = _checkpointed_run(make_config)
+  for path in glob.glob(f"{directory}/ckpt-*.data-*"):
+    with open(path, "wb") as f:
+      f.write(b"garbage")
+  with pytest.raises(RuntimeError, match="no readable checkpoint"):
+    loop.train(config.replace(train_steps=9))
+
+
+def _all_checkpoints_finite(config):
+  import tensorflow as tf
+  for index in glob.glob(f"{config.model_dir}/checkpoints/ckpt-*.index"):
+    reader = tf.train.load_checkpoint(index[:-len(".index")])
+    for name in reader.get_variable_to_shape_map():
+      value = reader.get_tensor(name)
+      if np.issubdtype(np.asarray(value).dtype, np.floating):
+        assert np.all(np.isfinite(value)), name
+  return True
+
+
+def test_on_nan_skip_skips_and_counts(make_config):
+  config = make_config(train_steps=6, checkpoint_every=2, inject_nan_step=4, on_nan="skip")
+  result = loop.train(config)
+  assert result.step == 6
+  assert all(np.isfinite(m["loss"]) for _, m in result.train_history)
+  assert _all_checkpoints_finite(config)
+  acc = event_accumulator.EventAccumulator(os.path.join(config.model_dir, "train"),
+                                           size_guidance={"tensors": 0})
+  acc.Reload()
+  import tensorflow as tf
+  assert [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("skipped_steps")] \
+      == [0.0, 1.0]
+
+
+def test_on_nan_halt_names_the_steps(make_config):
+  config = make_config(train_steps=6, checkpoint_every=2, inject_nan_step=5, on_nan="halt",
+                       steps_per_loop=3)
+  with pytest.raises(loop.NonFiniteError, match=r"1 non-finite step\(s\) in steps 5..6"):
+    loop.train(config)
+  assert _all_checkpoints_finite(config)
+
+
+def test_on_nan_rollback_restores_then_gives_up(make_config, caplog):
+  # The injected NaN recurs at the same step, so every rollback meets it again.
+  config = make_config(train_steps=6, checkpoint_every=2, inject_nan_step=5,
+                       on_nan="rollback", nan_retries=2, steps_per_loop=1, log_every=1)
+  with pytest.raises(loop.NonFiniteError, match="gave up after 2 rollbacks"):
+    loop.train(config)
+  assert caplog.text.count("rolled back to step 4") == 2
+  assert _all_checkpoints_finite(config)
+
+
+def test_same_seed_same_weights_other_seed_other_weights(make_config):
+  runs = {}
+  for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+    config = make_config(seed=seed, deterministic=True, model_dir=f"{make_config().model_dir}_{name}")
+    loop.train(config)
+    runs[name] = weights(config.model_dir)
+  for a, b in zip(runs["a"], runs["b"]):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, c) for a, c in zip(runs["a"], runs["c"]))
+
+
+def _messy_folder(root):
+  rng = np.random.default_rng(0)
+  for name in ("cat", "dog"):
+    os.makedirs(root / name)
+    for i in range(4):
+      Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+          root / name / f"{i}.jpg")
+  good = (root / "cat" / "0.jpg").read_bytes()
+  (root / "cat" / "truncated.jpg").write_bytes(good[:len(good) // 3])
+  (root / "cat" / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  Image.fromarray(rng.integers(0, 255, (9, 9, 4), dtype=np.uint8)).save(
+      root / "dog" / "png_named.jpg", format="PNG")
+  frames = [Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)) for _ in range(3)]
+  frames[0].save(root / "dog" / "animated.gif", save_all=True, append_images=frames[1:])
+  Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(root / "dog" / "grey.png")
+  Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).convert("CMYK").save(
+      root / "dog" / "cmyk.jpg")
+  (root / "dog" / "README.txt").write_text("stray")
+  return root
+
+
+def test_messy_folder_names_bad_files_or_skips_them(tmp_path, caplog):
+  root = _messy_folder(tmp_path / "messy")
+  with pytest.raises(data.DataError) as error:
+    data.load_folder(str(root), 16, str(tmp_path / "cache"))
+  message = str(error.value)
+  assert "garbage.jpg" in message and "--skip_bad_images" in message
+  split, names = data.load_folder(str(root), 16, str(tmp_path / "cache"),
+                                  skip_bad_images=True)
+  bad = message.split(":")[0]
+  skipped = int(bad.split()[0])
+  assert split.images.shape == (14 - skipped, 16, 16, 3)
+  assert names == ["cat", "dog"]
+  assert f"skipped {skipped} unreadable image file(s) of 14" in caplog.text
+
+
+def test_empty_class_folder_is_refused(tmp_path):
+  root = _messy_folder(tmp_path / "messy")
+  os.makedirs(root / "emu")
+  with pytest.raises(data.DataError, match="without images.*emu"):
+    data.load_folder(str(root), 16, str(tmp_path / "cache"), skip_bad_images=True)
