@@ -1,0 +1,82 @@
+"""Measures what each hook costs: one short synthetic run per hook, plus one without.
+
+  python scripts/hook_overhead.py --steps=300 --model=resnet20
+
+Each hook's callbacks are timed through a wrapper hook registered as `timed_<name>`,
+so the table gives seconds per call as well as the run's wall time against the
+baseline. Prints a markdown table (the one in docs/TENSORBOARD.md).
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from research import hooks, loop  # noqa: E402
+from research.config import Config  # noqa: E402
+
+HOOK_NAMES = ("train_images", "predictions", "histograms", "hparams", "profile",
+              "model_summary")
+EVENTS = ("on_step", "at_start", "after_eval", "at_end")
+
+
+def register_timed(name, seconds, calls):
+  """Registers `timed_<name>`: hook `name` with each callback's time added to `seconds`."""
+  def timed(fn):
+    def call(ctx):
+      began = time.perf_counter()
+      fn(ctx)
+      seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - began
+      calls[name] = calls.get(name, 0) + 1
+    return call
+
+  def build(config):
+    hook = hooks.HOOKS.get(name)(config)
+    wrapped = {e: timed(getattr(hook, e)) for e in EVENTS if getattr(hook, e)}
+    return hooks.Hook(every=hook.every, at_steps=hook.at_steps, **wrapped)
+
+  hooks.HOOKS.register(f"timed_{name}")(build)
+
+
+def timed_run(config):
+  began = time.perf_counter()
+  loop.train(config)
+  return time.perf_counter() - began
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--model", default="resnet20")
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--eval_every", type=int, default=100)
+  parser.add_argument("--hooks", default=",".join(HOOK_NAMES))
+  args = parser.parse_args()
+  seconds, calls = {}, {}
+  names = [n for n in args.hooks.split(",") if n]
+  for name in names:
+    register_timed(name, seconds, calls)
+  root = tempfile.mkdtemp(prefix="hook_overhead_")
+  base = Config(dataset="synthetic", synthetic_examples=2048, model=args.model,
+                batch_size=args.batch_size, train_steps=args.steps,
+                eval_every=args.eval_every, log_every=50, precision="float32")
+  timed_run(base.replace(model_dir=os.path.join(root, "warmup"), train_steps=20))
+  baseline = timed_run(base.replace(model_dir=os.path.join(root, "none")).validate())
+  print(f"{args.model}, batch {args.batch_size}, {args.steps} steps, evals every "
+        f"{args.eval_every}: no hooks {baseline:.1f} s ({1e3 * baseline / args.steps:.0f} ms/step)\n")
+  print("| hook | calls | s per call | s in hook | run s | vs no hooks |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: |")
+  for name in names:
+    config = base.replace(model_dir=os.path.join(root, name), hooks=f"timed_{name}")
+    wall = timed_run(config.validate())
+    n, spent = calls.get(name, 0), seconds.get(name, 0.0)
+    print(f"| {name} | {n} | {spent / max(n, 1):.2f} | {spent:.1f} | {wall:.1f} | "
+          f"{100 * (wall - baseline) / baseline:+.0f}% |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
