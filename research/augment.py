@@ -23,9 +23,14 @@ def pipeline(config):
   """The `--augment` ops chained into one `(images, seed) -> images` function."""
   ops = [AUGMENTATIONS.get(name) for name in config.augmentations]
 
-  def apply(images, seed):
+  def apply(images, seed, index=None, epoch=None):
+    """`index` (example ids) and `epoch` reach only ops marked `uses_example_ids`."""
     for i, op in enumerate(ops):
-      images = op(images, tf.random.experimental.stateless_fold_in(seed, i), config)
+      op_seed = tf.random.experimental.stateless_fold_in(seed, i)
+      if getattr(op, "uses_example_ids", False):
+        images = op(images, op_seed, config, index=index, epoch=epoch)
+      else:
+        images = op(images, op_seed, config)
     return images
 
   return apply
@@ -41,6 +46,20 @@ def flip(images, seed, config):
   del config
   do_flip = _uniform(seed, [tf.shape(images)[0]]) < 0.5
   return tf.where(do_flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+@AUGMENTATIONS.register("alternating_flip")
+def alternating_flip(images, seed, config, index, epoch):
+  """airbench's flip: a random half of the examples in epoch 0, then the other half
+  in epoch 1 and so on, so every example is seen both ways in every two epochs."""
+  del seed
+  # A fixed random bit per example (an integer hash of id and run seed).
+  bit = ((tf.cast(index, tf.int64) + 7919 * config.seed) * 2654435761 // 65536) % 2
+  do_flip = tf.equal((bit + tf.cast(epoch, tf.int64)) % 2, 1)
+  return tf.where(do_flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+alternating_flip.uses_example_ids = True
 
 
 @AUGMENTATIONS.register("crop")

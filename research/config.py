@@ -14,6 +14,7 @@ import os
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+TTA = ("none", "flip", "flip_translate")
 ON_NAN = ("skip", "rollback", "halt")
 
 # Fields that shape the checkpoint: a model dir written with other values is refused.
@@ -67,6 +68,11 @@ class Config:
   nesterov: bool = _field(True, "Nesterov momentum for sgd")
   weight_decay: float = _field(5e-4, "decoupled weight decay (0: none); "
                                "BatchNorm and biases are excluded")
+  bn_lr_scale: float = _field(1.0, "learning-rate multiplier of BatchNorm parameters "
+                              "(applied to their gradients: exact for sgd)")
+  ema_decay: float = _field(0.0, "keep an exponential moving average of the weights with "
+                            "this decay, evaluate and save it (0: off)")
+  tta: str = _field("none", "test-time augmentation in evaluation: " + "|".join(TTA))
   schedule: str = _field("cosine", "learning-rate schedule name")
   warmup_epochs: float = _field(0.0, "linear warmup from 0, in epochs")
 
@@ -123,6 +129,11 @@ class Config:
     _choice("dataset", self.dataset, DATASETS)
     _choice("precision", self.precision, PRECISIONS)
     _choice("on_nan", self.on_nan, ON_NAN)
+    _choice("tta", self.tta, TTA)
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ConfigError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+    if not self.bn_lr_scale > 0:
+      raise ConfigError(f"--bn_lr_scale must be > 0, got {self.bn_lr_scale}")
     _at_least("nan_retries", self.nan_retries, 0)
     _at_least("inject_nan_step", self.inject_nan_step, 0)
     _choice("model", self.model, models.MODELS.names())

@@ -234,7 +234,8 @@ def train_dataset(split, config, start_step, input_context):
 
   def make_batch(step, index):
     x = tf.cast(tf.gather(images, index), tf.float32)
-    x = ops(x, tf.stack([tf.constant(config.seed, tf.int64), step]))
+    x = ops(x, tf.stack([tf.constant(config.seed, tf.int64), step]), index=index,
+            epoch=step // steps_per_epoch)
     return x, tf.gather(labels, index)
 
   first_epoch = start_step // steps_per_epoch

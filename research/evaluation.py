@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from research import data as data_lib
+from research import data as data_lib, tta
 from research.config import Config
 
 
@@ -35,7 +35,7 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir=""):
   to_model = np.array([class_names.index(n) for n in folder_names], np.int32)
   labels = to_model[split.labels]
 
-  predict = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False))
+  predict = tf.function(lambda x: tta.predict(model, tf.cast(x, tf.float32), config.tta))
   correct = top5 = 0
   for start in range(0, len(split), batch_size):
     logits = predict(split.images[start:start + batch_size])

@@ -29,6 +29,7 @@ class HookContext:
   writers: Any         # research.summaries.Writers: .train, .eval, .scalars(...)
   train_metrics: Optional[dict] = None  # the latest logged training metrics
   eval_metrics: Optional[dict] = None   # the latest evaluation
+  chief: bool = True   # False on the other workers of a multi-worker run: skip side work
 
 
 @dataclasses.dataclass
@@ -39,6 +40,7 @@ class Hook:
   at_start: Optional[Callable] = None  # fn(ctx) once, before the first step of this process
   after_eval: Optional[Callable] = None  # fn(ctx) after each evaluation
   at_end: Optional[Callable] = None    # fn(ctx) once, after the last step
+  chief_only: bool = False             # run only in the process that writes files
 
 
 def due(hook, step):

@@ -17,7 +17,8 @@ import keras
 import tensorflow as tf
 
 from research import checkpoints, data as data_lib, distribute, hooks as hooks_lib, losses
-from research import models, optim
+from research import models, optim, tta
+from research.ema import Ema
 from research.metrics import Metrics
 from research import summaries
 from research.summaries import Progress, Writers, format_seconds
@@ -41,6 +42,10 @@ class Task:
       self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.train_metrics, self.eval_metrics = Metrics(), Metrics()
+      self.ema = Ema(self.model, config.ema_decay) if config.ema_decay else None
+    # Gradient multipliers: --bn_lr_scale on BatchNorm parameters (exact for SGD).
+    self.grad_scales = [config.bn_lr_scale if v.name in ("gamma", "beta") else 1.0
+                        for v in self.model.trainable_variables]
     self.train_loop = self._make_train_loop()
     self.eval_loop = self._make_eval_loop()
 
@@ -57,7 +62,10 @@ class Task:
       if model.losses:
         loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
       scaled = self.optimizer.scale_loss(loss)  # Identity unless mixed_float16.
-    return logits, per_example, loss, tape.gradient(scaled, model.trainable_variables)
+    grads = tape.gradient(scaled, model.trainable_variables)
+    grads = [g if scale == 1.0 or g is None else g * scale
+             for g, scale in zip(grads, self.grad_scales)]
+    return logits, per_example, loss, grads
 
   def _make_train_loop(self):
     gradients = self._gradients
@@ -91,6 +99,8 @@ class Task:
       strategy.extended.call_for_each_replica(
           lambda g: self.optimizer.apply_gradients(zip(g, self.model.trainable_variables)),
           args=(grads,))
+      if self.ema is not None:
+        self.ema.update()
 
     def skip():
       self.skipped.assign_add(1)
@@ -114,7 +124,7 @@ class Task:
 
   def _make_eval_loop(self):
     def step_fn(images, labels, mask):
-      logits = self.model(images, training=False)
+      logits = tta.predict(self.model, images, self.config.tta)
       per_example = self.loss_fn(labels, logits, self.config)
       self.eval_metrics.update(labels, logits, per_example, mask)
 
@@ -134,8 +144,16 @@ class Task:
     optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
     return float(optimizer.learning_rate)
 
+  def averaged_weights(self):
+    """Inside it, the model holds the weights that are evaluated and saved (EMA if on)."""
+    return self.ema.swapped_in() if self.ema else contextlib.nullcontext()
+
   def evaluate(self, split):
-    """Metrics over every example of `split`, exactly once."""
+    """Metrics over every example of `split`, exactly once (EMA weights if on)."""
+    with self.averaged_weights():
+      return self._evaluate(split)
+
+  def _evaluate(self, split):
     batch = self.config.global_eval_batch_size
     dataset = self.strategy.distribute_datasets_from_function(
         lambda ctx: data_lib.eval_dataset(split, batch, ctx))
@@ -209,9 +227,14 @@ def train(config, strategy=None):
     ckpt = checkpoints.Checkpointer(os.path.join(config.model_dir, "checkpoints"),
                                     config.keep_checkpoints, model=task.model,
                                     optimizer=task.optimizer, step=task.step,
-                                    skipped=task.skipped)
+                                    skipped=task.skipped,
+                                    **({"ema": task.ema} if task.ema else {}))
   restored = ckpt.restore()
   start = int(task.step.numpy())
+  if not restored:
+    initialized = models.init_from_data(task.model, data.train.images[:5000])
+    if initialized:
+      logging.info("initialized from data: %s", ", ".join(initialized))
   logging.info("%s strategy, %d replica(s); %d train / %d %s examples; %s",
                config.strategy, strategy.num_replicas_in_sync, len(data.train),
                len(data.eval), data.eval_name,
@@ -232,7 +255,7 @@ def train(config, strategy=None):
   train_iter = batches(start, config.seed)
 
   hooks = hooks_lib.build(config)
-  context = hooks_lib.HookContext(start, config, task, data, writers)
+  context = hooks_lib.HookContext(start, config, task, data, writers, chief=chief)
   _call(hooks, "at_start", context)
 
   # --- the loop ----------------------------------------------------------------
@@ -317,7 +340,8 @@ def train(config, strategy=None):
   _call(hooks, "at_end", context)
   writers.flush()
   if chief:
-    task.model.save(os.path.join(config.model_dir, "model.keras"))
+    with task.averaged_weights():
+      task.model.save(os.path.join(config.model_dir, "model.keras"))
   logging.info("done: step %d in %s", step,
                format_seconds(time.perf_counter() - progress.started))
   return result
@@ -325,6 +349,8 @@ def train(config, strategy=None):
 
 def _call(hooks, event, context):
   for hook in hooks:
+    if hook.chief_only and not context.chief:
+      continue
     callback = getattr(hook, event)
     if callback is not None:
       callback(context)

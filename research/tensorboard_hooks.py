@@ -45,7 +45,7 @@ def train_images(config):
     grid = plots.image_grid(images[:GRID_IMAGES].numpy(), GRID_COLS, scale=scale)
     with ctx.writers.train.as_default(step=ctx.step):
       tf.summary.image("train_images", grid[None])
-  return Hook(every=config.image_every, on_step=write, at_start=write)
+  return Hook(chief_only=True, every=config.image_every, on_step=write, at_start=write)
 
 
 # --- predictions --------------------------------------------------------------
@@ -91,7 +91,7 @@ def predictions(config):
   def write(ctx):
     figures = prediction_figures(ctx.task.model, ctx.data.eval, ctx.data.class_names)
     write_figures(ctx.writers.eval, ctx.step, figures)
-  return Hook(after_eval=write)
+  return Hook(chief_only=True, after_eval=write)
 
 
 # --- histograms ---------------------------------------------------------------
@@ -128,7 +128,7 @@ def histograms(config):
         tf.summary.histogram(f"weights/{variable.path}", variable)
         if grad is not None:
           tf.summary.histogram(f"gradients/{variable.path}", grad)
-  return Hook(every=config.histogram_every, on_step=write, at_start=write)
+  return Hook(chief_only=True, every=config.histogram_every, on_step=write, at_start=write)
 
 
 # --- hparams ------------------------------------------------------------------
@@ -158,7 +158,7 @@ def hparams(config):
 
   def end(ctx):
     ctx.writers.scalars(ctx.writers.train, ctx.step, final_metrics(ctx))
-  return Hook(at_start=start, at_end=end)
+  return Hook(chief_only=True, at_start=start, at_end=end)
 
 
 # --- profile ------------------------------------------------------------------
@@ -186,7 +186,7 @@ def profile(config):
   """
   steps = parse_profile_steps(config.profile_steps)
   if steps is None:
-    return Hook()
+    return Hook(chief_only=True)
   first, last = steps
   running = []  # [True] while a trace is open: a resumed run may start past N.
 
@@ -203,7 +203,7 @@ def profile(config):
       running.clear()
       logging.info("profile of steps %d-%d written under %s", first + 1, ctx.step,
                    os.path.join(ctx.config.model_dir, "train", "plugins", "profile"))
-  return Hook(at_steps=tuple(s for s in steps if s > 0), on_step=toggle,
+  return Hook(chief_only=True, at_steps=tuple(s for s in steps if s > 0), on_step=toggle,
               at_start=toggle, at_end=stop)
 
 
@@ -253,4 +253,4 @@ def model_summary(config):
   def write(ctx):
     ctx.writers.text("model_summary", model_text(ctx.task.model, ctx.config), ctx.step)
     write_graph(ctx.task.model, ctx.config, ctx.writers.train)
-  return Hook(at_start=write)
+  return Hook(chief_only=True, at_start=write)

@@ -17,12 +17,19 @@ def _seed(step):
   return tf.constant([7, step], tf.int64)
 
 
+def _apply(op, images, step):
+  """Calls `op` for `step`; id-aware ops also get example ids and epoch = step."""
+  if getattr(op, "uses_example_ids", False):
+    return op(images, _seed(step), CONFIG, index=tf.range(images.shape[0]), epoch=step)
+  return op(images, _seed(step), CONFIG)
+
+
 @pytest.mark.parametrize("name", augment.AUGMENTATIONS.names())
 def test_deterministic_for_a_seed_and_different_across_steps(name):
   op = augment.AUGMENTATIONS.get(name)
   images = _images()
-  first, again = op(images, _seed(1), CONFIG), op(images, _seed(1), CONFIG)
-  other = op(images, _seed(2), CONFIG)
+  first, again = _apply(op, images, 1), _apply(op, images, 1)
+  other = _apply(op, images, 2)
   assert first.shape == images.shape and first.dtype == tf.float32
   np.testing.assert_array_equal(first, again)
   assert not np.array_equal(first, other)
@@ -33,8 +40,8 @@ def test_deterministic_for_a_seed_and_different_across_steps(name):
 def test_same_inside_tf_data(name):
   op = augment.AUGMENTATIONS.get(name)
   images = _images()
-  ds = tf.data.Dataset.from_tensors(images).map(lambda x: op(x, _seed(3), CONFIG))
-  np.testing.assert_allclose(next(iter(ds)), op(images, _seed(3), CONFIG), atol=1e-4)
+  ds = tf.data.Dataset.from_tensors(images).map(lambda x: _apply(op, x, 3))
+  np.testing.assert_allclose(next(iter(ds)), _apply(op, images, 3), atol=1e-4)
 
 
 def test_flip_mirrors_or_keeps_each_image():
@@ -44,6 +51,19 @@ def test_flip_mirrors_or_keeps_each_image():
   kept = [np.array_equal(o, i) for o, i in zip(out, images.numpy())]
   assert all(f or k for f, k in zip(flipped, kept))
   assert 4 < sum(flipped) < 28
+
+
+def test_alternating_flip_flips_each_example_once_every_two_epochs():
+  images = _images(64)
+  flipped = []
+  for epoch in range(4):
+    out = augment.alternating_flip(images, _seed(epoch), CONFIG, index=tf.range(64),
+                                   epoch=epoch).numpy()
+    flipped.append([not np.array_equal(o, i) for o, i in zip(out, images.numpy())])
+  flipped = np.array(flipped)
+  assert 16 < flipped[0].sum() < 48
+  np.testing.assert_array_equal(flipped[0] ^ flipped[1], True)
+  np.testing.assert_array_equal(flipped[0], flipped[2])
 
 
 def test_crop_is_a_translation_of_the_padded_image():
@@ -75,5 +95,5 @@ def test_pipeline_chains_in_order_and_empty_is_identity():
 def test_registry_refuses_duplicates_and_lists_names():
   with pytest.raises(ValueError, match="already registered"):
     augment.AUGMENTATIONS.register("flip")(lambda x, s, c: x)
-  with pytest.raises(KeyError, match="known: crop, cutout, flip"):
+  with pytest.raises(KeyError, match="known: alternating_flip, crop, cutout, flip"):
     augment.AUGMENTATIONS.get("twirl")

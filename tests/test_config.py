@@ -11,7 +11,7 @@ def test_defaults_validate():
 
 @pytest.mark.parametrize("changes, message", [
     (dict(strategy="tpu"), "--strategy='tpu' is not one of"),
-    (dict(model="vgg99"), "--model='vgg99' is not one of: baseline_cnn"),
+    (dict(model="vgg99"), "--model='vgg99' is not one of: airbench"),
     (dict(augment="crop,twirl"), "--augment='twirl'"),
     (dict(precision="float8"), "--precision"),
     (dict(val_split=1.0), "--val_split must be in [0, 1)"),

@@ -28,5 +28,5 @@ def test_trains_with_falling_loss(name, make_config):
 
 
 def test_unknown_model_lists_known():
-  with pytest.raises(KeyError, match="known: baseline_cnn, improved_cnn"):
+  with pytest.raises(KeyError, match="known: airbench, airbench_noidentity, airbench_nowhiten, baseline_cnn"):
     models.build(Config(model="nope"))

@@ -5,5 +5,5 @@ model scores raw pixels. Logits are float32 under any mixed-precision policy.
 Importing this package registers every family below.
 """
 
-from research.models.registry import MODELS, build  # noqa: F401
-from research.models import cnn, resnet  # noqa: F401,E402  (registers the models)
+from research.models.registry import MODELS, build, init_from_data  # noqa: F401
+from research.models import airbench, cnn, resnet  # noqa: F401,E402  (registers models)

@@ -2,6 +2,7 @@
 
 import keras
 from keras import layers
+import numpy as np
 
 from research.registry import Registry
 
@@ -32,3 +33,15 @@ def rescaled_input(image_size, name="images"):
 def logits(x, num_classes):
   """The classifier head; float32 so the softmax and loss never run in half precision."""
   return layers.Dense(num_classes, dtype="float32", name="logits")(x)
+
+
+def init_from_data(model, images):
+  """Runs each layer's `init_from_data(inputs)` (e.g. patch whitening) on what reaches
+  it from `images` (uint8 [N, H, W, 3]). Returns the names of the layers it set."""
+  names = []
+  for layer in model.layers:
+    if hasattr(layer, "init_from_data"):
+      feed = keras.Model(model.inputs, layer.input)
+      layer.init_from_data(feed.predict(images.astype(np.float32), batch_size=500, verbose=0))
+      names.append(layer.name)
+  return names

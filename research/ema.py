@@ -1,0 +1,40 @@
+"""An exponential moving average of a model's weights, evaluated and saved as such."""
+
+import contextlib
+
+import tensorflow as tf
+
+
+class Ema(tf.Module):
+  """EMA of every float weight of a model (BatchNorm statistics included).
+
+  Create under the strategy scope; `update` runs in cross-replica context (the
+  compiled step calls it after the optimizer). The decay warms up as
+  min(decay, (1 + n) / (10 + n)) so early averages are not dominated by the init.
+  """
+
+  def __init__(self, model, decay):
+    super().__init__(name="ema")
+    self.decay = decay
+    self.weights = [w for w in model.weights if "float" in str(w.dtype)]
+    self.averages = [tf.Variable(w, trainable=False, name="ema") for w in self.weights]
+    self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")
+
+  def update(self):
+    n = tf.cast(self.updates, tf.float32)
+    decay = tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
+    for average, weight in zip(self.averages, self.weights):
+      average.assign(decay * average + (1.0 - decay) * tf.cast(weight.value, average.dtype))
+    self.updates.assign_add(1)
+
+  @contextlib.contextmanager
+  def swapped_in(self):
+    """The model holds the averages inside the block, its own weights after it."""
+    saved = [tf.identity(w.value) for w in self.weights]
+    for w, a in zip(self.weights, self.averages):
+      w.assign(a)
+    try:
+      yield
+    finally:
+      for w, s in zip(self.weights, saved):
+        w.assign(s)

@@ -1,0 +1,110 @@
+"""The airbench94 network (Keller Jordan, 2024) with its two initialization tricks.
+
+A 2x2 patch-whitening first layer, three conv groups (conv -> pool -> BN -> GELU ->
+conv -> BN -> GELU) of widths 64/256/256, a global max-pool and a bias-free linear
+head scaled by 1/9. Each trick is separately switchable through its registered name:
+
+  airbench             whitening + identity init (the recipe)
+  airbench_nowhiten    a learned 2x2 conv instead of data whitening
+  airbench_noidentity  default initialization instead of partial identity
+"""
+
+import keras
+from keras import layers, ops
+import numpy as np
+
+from research.models.registry import MODELS, standardized_input
+
+WIDTHS = (64, 256, 256)
+BN_MOMENTUM = 0.4  # Keras convention; PyTorch's momentum=0.6 in airbench94.
+
+
+@keras.saving.register_keras_serializable(package="research")
+class PartialIdentity(keras.initializers.Initializer):
+  """He-uniform, with the first `in_channels` filters set to the identity (Dirac).
+
+  At init each conv group then passes its input through unchanged on half its
+  channels, which lets the network train quickly from the first step.
+  """
+
+  def __call__(self, shape, dtype=None):
+    kernel = keras.initializers.HeUniform()(shape, dtype="float32")
+    kernel = np.array(kernel)
+    height, width, cin, cout = shape
+    for i in range(min(cin, cout)):
+      kernel[:, :, :, i] = 0.0
+      kernel[height // 2, width // 2, i, i] = 1.0
+    return ops.cast(kernel, dtype or "float32")
+
+
+@keras.saving.register_keras_serializable(package="research")
+class PatchWhitening(layers.Conv2D):
+  """A 2x2 valid conv whose fixed kernel whitens the training set's image patches.
+
+  `init_from_data(inputs)` sets the kernel to the eigenvectors of the 2x2x3 patch
+  covariance scaled by 1/sqrt(eigenvalue), and their negatives (2 * 12 filters).
+  Only the bias trains.
+  """
+
+  def __init__(self, filters=24, eps=5e-4, **kwargs):
+    kwargs.setdefault("kernel_size", 2)
+    super().__init__(filters=filters, **kwargs)
+    self.eps = eps
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    self.kernel.trainable = False
+
+  def init_from_data(self, inputs):
+    """`inputs`: float [N, H, W, C] of what this layer will see (normalized images)."""
+    inputs = np.asarray(inputs, np.float64)
+    k = self.kernel_size[0]
+    n, h, w, c = inputs.shape
+    patches = np.stack([inputs[:, i:h - k + 1 + i, j:w - k + 1 + j, :]
+                        for i in range(k) for j in range(k)], axis=3)  # [N,H',W',k*k,C]
+    patches = patches.reshape(-1, k * k * c)
+    patches -= patches.mean(0)
+    eigenvalues, eigenvectors = np.linalg.eigh(patches.T @ patches / len(patches))
+    filters = (eigenvectors / np.sqrt(eigenvalues + self.eps)).T  # [k*k*C, k*k*C]
+    filters = np.concatenate([filters, -filters])[:self.filters]
+    self.kernel.assign(filters.reshape(self.filters, k, k, c).transpose(1, 2, 3, 0))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(eps=self.eps)
+    config.pop("kernel_size", None)
+    return config
+
+
+def _conv_group(x, width, identity_init):
+  init = PartialIdentity() if identity_init else "he_uniform"
+  for i in range(2):
+    x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=init)(x)
+    if i == 0:
+      x = layers.MaxPooling2D()(x)
+    # No learned scale: BatchNorm shifts only, as in airbench.
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-5, scale=False)(x)
+    x = layers.Activation("gelu")(x)
+  return x
+
+
+def airbench(num_classes, image_size, whiten=True, identity_init=True):
+  inputs, x = standardized_input(image_size)
+  if whiten:
+    x = PatchWhitening(24, name="whiten")(x)
+  else:
+    x = layers.Conv2D(24, 2, name="stem")(x)
+  x = layers.Activation("gelu")(x)
+  for width in WIDTHS:
+    x = _conv_group(x, width, identity_init)
+  x = layers.GlobalMaxPooling2D()(x)
+  x = layers.Dense(num_classes, use_bias=False, dtype="float32", name="logits")(x)
+  outputs = layers.Rescaling(1.0 / 9, dtype="float32", name="temperature")(x)
+  return keras.Model(inputs, outputs, name="airbench")
+
+
+MODELS.register("airbench")(lambda num_classes, image_size: airbench(num_classes, image_size))
+MODELS.register("airbench_nowhiten")(
+    lambda num_classes, image_size: airbench(num_classes, image_size, whiten=False))
+MODELS.register("airbench_noidentity")(
+    lambda num_classes, image_size: airbench(num_classes, image_size, identity_init=False))

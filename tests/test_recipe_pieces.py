@@ -1,0 +1,98 @@
+"""The fast recipe's pieces, each tested on its own."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from research import data, loop, losses, models, optim, tta
+from research.config import Config
+from research.models import airbench
+
+
+def test_patch_whitening_decorrelates_patches():
+  keras.mixed_precision.set_global_policy("float32")
+  model = models.MODELS.get("airbench")(10, 16)
+  split, _ = data.synthetic(256, 16, 10)
+  assert models.init_from_data(model, split.images) == ["whiten"]
+  whitened = keras.Model(model.inputs, model.get_layer("whiten").output)
+  out = whitened.predict(split.images.astype(np.float32), verbose=0).reshape(-1, 24)
+  cov = np.cov(out[:, :12].T)
+  np.testing.assert_allclose(cov, np.eye(12), atol=0.05)
+  np.testing.assert_allclose(out[:, 12:], -out[:, :12], atol=1e-4)
+  assert "whiten" not in {v.path.split("/")[0] for v in model.trainable_variables
+                          if v.name == "kernel"}
+
+
+def test_partial_identity_passes_the_input_through():
+  kernel = airbench.PartialIdentity()((3, 3, 4, 8))
+  x = np.random.default_rng(0).normal(size=(1, 5, 5, 4)).astype(np.float32)
+  y = tf.nn.conv2d(x, kernel, 1, "SAME").numpy()
+  np.testing.assert_allclose(y[..., :4], x, atol=1e-6)
+  assert np.abs(y[..., 4:]).sum() > 0
+
+
+def test_label_smoothing_matches_the_formula():
+  logits = tf.constant([[2.0, 0.0, -1.0]])
+  log_p = tf.nn.log_softmax(logits).numpy()[0]
+  loss = losses.cross_entropy(tf.constant([0]), logits, Config(label_smoothing=0.3))
+  expected = -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2])
+  np.testing.assert_allclose(loss.numpy()[0], expected, rtol=1e-5)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+  config = Config(learning_rate=2.0, schedule="linear", warmup_steps=10, train_steps=110)
+  lr = optim.schedule(config)
+  np.testing.assert_allclose([float(lr(s)) for s in (0, 5, 10, 60, 110)],
+                             [0.0, 1.0, 2.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_tta_averages_flipped_and_shifted_views():
+  images = tf.constant(np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)), tf.float32)
+  np.testing.assert_array_equal(tta._shift(images, 1)[:, 1:, 1:], images[:, :-1, :-1])
+  np.testing.assert_array_equal(tta._shift(images, -1)[:, :-1, :-1], images[:, 1:, 1:])
+  model = lambda x, training: tf.reduce_mean(x[:, :, :4], axis=[1, 2])  # Not flip-invariant.
+  plain, flipped = model(images, False), model(tf.reverse(images, [2]), False)
+  np.testing.assert_allclose(tta.predict(model, images, "none"), plain)
+  np.testing.assert_allclose(tta.predict(model, images, "flip"), (plain + flipped) / 2,
+                             rtol=1e-6)
+  assert not np.allclose(tta.predict(model, images, "flip_translate"), (plain + flipped) / 2)
+
+
+def _task(make_config, **overrides):
+  config = make_config(**overrides)
+  split = data.load(config)
+  config = config.resolve(len(split.train), len(split.class_names))
+  task = loop.Task(config, tf.distribute.get_strategy())
+  batches = iter(data.train_dataset(split.train, config, 0, None))
+  return task, batches, split
+
+
+def test_bn_lr_scale_multiplies_batchnorm_updates(make_config):
+  updates = []
+  for scale in (1.0, 8.0):
+    keras.utils.set_random_seed(0)
+    task, batches, _ = _task(make_config, bn_lr_scale=scale, weight_decay=0.0,
+                             precision="float32")
+    before = [v.numpy().copy() for v in task.model.trainable_variables]
+    task.train_loop(batches, tf.constant(1))
+    updates.append([(v.name, v.numpy() - b)
+                    for v, b in zip(task.model.trainable_variables, before)])
+  assert any(name == "beta" for name, _ in updates[0])
+  for (name, delta), (_, scaled) in zip(*updates):
+    ratio = 8.0 if name in ("gamma", "beta") else 1.0
+    np.testing.assert_allclose(scaled, ratio * delta, rtol=1e-3, atol=1e-6)
+
+
+def test_ema_is_evaluated_and_swapped_back(make_config):
+  task, batches, split = _task(make_config, ema_decay=0.9)
+  task.train_loop(batches, tf.constant(5))
+  weights = [w.numpy().copy() for w in task.ema.weights]
+  averages = [a.numpy() for a in task.ema.averages]
+  assert any(not np.allclose(w, a) for w, a in zip(weights, averages))
+  with_ema = task.evaluate(split.eval)
+  for w, saved in zip(task.ema.weights, weights):  # Swapped back after evaluation.
+    np.testing.assert_array_equal(w.numpy(), saved)
+  for w, a in zip(task.ema.weights, averages):
+    w.assign(a)
+  np.testing.assert_allclose(task._evaluate(split.eval)["loss"], with_ema["loss"], rtol=1e-5)
