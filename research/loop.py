@@ -41,6 +41,9 @@ class Task:
       # Steps whose loss or gradients were not finite (and were not applied).
       self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      # Seconds the compiled loop spent blocked on the input pipeline.
+      self.input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="input_wait",
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.train_metrics, self.eval_metrics = Metrics(), Metrics()
       self.ema = Ema(self.model, config.ema_decay) if config.ema_decay else None
     # Gradient multipliers: --bn_lr_scale on BatchNorm parameters (exact for SGD).
@@ -82,7 +85,13 @@ class Task:
     @tf.function
     def train_loop(iterator, num_steps):
       for _ in tf.range(num_steps):
-        self.strategy.run(step_fn, args=next(iterator))
+        asked = tf.timestamp()
+        with tf.control_dependencies([asked]):
+          batch = next(iterator)
+        local = tf.nest.flatten(self.strategy.experimental_local_results(batch))
+        with tf.control_dependencies(local):
+          self.input_wait.assign_add(tf.timestamp() - asked)
+        self.strategy.run(step_fn, args=batch)
         self.step.assign_add(1)
 
     return train_loop
@@ -296,6 +305,7 @@ def train(config, strategy=None):
           train_iter = batches(step, config.seed + 1000 * rollbacks)
           task.train_metrics.reset()
           window_seconds, window_steps = 0.0, 0
+          task.input_wait.assign(0.0)
           continue
         logging.warning("%s skipped (--on_nan=skip)", message)
         skipped = now_skipped
@@ -306,13 +316,17 @@ def train(config, strategy=None):
         task.train_metrics.reset()
         metrics.pop("examples")
         images_per_second = window_steps * config.batch_size / window_seconds
+        timing = {"images_per_second": images_per_second,
+                  "step_seconds": window_seconds / window_steps,
+                  "input_wait_fraction": float(task.input_wait.numpy()) / window_seconds,
+                  "weight_norm": float(tf.linalg.global_norm(task.model.trainable_variables))}
+        task.input_wait.assign(0.0)
         window_seconds, window_steps = 0.0, 0
         result.train_history.append((step, metrics))
         context.train_metrics = metrics
         writers.scalars(writers.train, step, {
-            **metrics, "learning_rate": task.learning_rate(),
-            "images_per_second": images_per_second, "skipped_steps": skipped,
-            **task.loss_scale()})
+            **metrics, **timing, "learning_rate": task.learning_rate(),
+            "skipped_steps": skipped, **task.loss_scale()})
         logging.info(progress.line(step, images_per_second, metrics))
 
       if step % config.eval_every == 0 or done:

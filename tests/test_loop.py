@@ -97,3 +97,13 @@ def test_foreign_model_dir_is_refused(make_config):
 def test_batch_that_replicas_cannot_split_is_refused(make_config):
   with pytest.raises(ConfigError, match="does not split over 2 replicas"):
     loop.train(make_config(batch_size=31), _mirrored())
+
+
+def test_timing_scalars_reach_tensorboard(make_config):
+  from research import events
+  config = make_config(train_steps=6, log_every=3)
+  loop.train(config)
+  scalars = events.scalars(os.path.join(config.model_dir, "train"))
+  steps, fractions = scalars["input_wait_fraction"]
+  assert list(steps) == [3, 6] and all(0.0 <= f <= 1.0 for f in fractions)
+  assert (scalars["step_seconds"][1] > 0).all() and (scalars["weight_norm"][1] > 0).all()
