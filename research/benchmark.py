@@ -1,0 +1,295 @@
+"""Throughput measurements: our compiled loop against `model.fit`, precisions, the
+machine's peak matmul rate, and the input pipeline against training.
+
+Every figure is images (or FLOPs) per second, the median of `repeats` timed windows
+taken after a warmup window, so compilation and tracing are never timed. All the
+measurements run in one process on one machine, so their ratios are comparable.
+Used by scripts/benchmark.py; each function takes plain arguments so tests can call
+it at tiny sizes.
+"""
+
+import dataclasses
+import math
+import resource
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from research import data as data_lib, flops, loop, models, optim
+from research.config import Config
+
+NUM_CLASSES = 10
+
+# The fast recipe (configs/cifar10_fast.flags), less what does not change the speed
+# of a step (learning-rate values, schedule, evaluation).
+FAST_RECIPE = dict(optimizer="sgd", nesterov=True, momentum=0.85,
+                   weight_decay=0.009, bn_lr_scale=64.0, label_smoothing=0.2,
+                   crop_padding=2, ema_decay=0.98, augment="crop,alternating_flip")
+
+# The classic Keras tutorial's augmentation, as Keras preprocessing layers.
+TUTORIAL_LAYERS = lambda: keras.Sequential([
+    keras.layers.RandomFlip("horizontal"),
+    keras.layers.RandomRotation(15 / 360),
+    keras.layers.RandomTranslation(0.1, 0.1),
+    keras.layers.RandomZoom(0.1)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Sizes of one benchmark run; `quick()` gives the tiny ones the test uses."""
+  models: tuple = ()           # registry names (empty: all)
+  batch_size: int = 256        # images per step, loop vs fit
+  steps: int = 10              # steps per timed window (= steps_per_loop)
+  repeats: int = 3             # timed windows; the median is reported
+  precision: str = "mixed_bfloat16"  # policy of the loop-vs-fit comparison
+  jit_compile: bool = False
+  image_size: int = 32         # pixels per side
+  airbench_batch_size: int = 512  # images per step, precision and utilization
+  airbench_steps: int = 4      # steps per timed window of the airbench loop
+  matmul_size: int = 4096      # side of the square matmul that measures the peak
+  pipeline_examples: int = 45000  # synthetic training set of the pipeline benchmark
+  pipeline_steps: int = 20     # batches per timed window of the pipeline
+
+  @classmethod
+  def quick(cls, **overrides):
+    values = dict(models=("resnet8",), batch_size=8, steps=2, repeats=2,
+                  airbench_batch_size=8, airbench_steps=2, matmul_size=64,
+                  pipeline_examples=64, pipeline_steps=2)
+    values.update(overrides)
+    return cls(**values)
+
+  def model_names(self):
+    return tuple(self.models) or tuple(models.MODELS.names())
+
+
+def median_rate(run, work, repeats):
+  """Median of `work / seconds` over `repeats` calls of `run` (after one untimed call)."""
+  run()
+  rates = []
+  for _ in range(repeats):
+    began = time.perf_counter()
+    run()
+    rates.append(work / (time.perf_counter() - began))
+  return statistics.median(rates)
+
+
+def peak_rss_mib():
+  """The process's peak resident set size so far (ru_maxrss is KiB on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- loop vs fit ----------------------------------------------------------------
+
+
+def make_config(settings, model, batch_size, steps, precision, **overrides):
+  """A resolved config for `model` at this batch size, `steps` steps per compiled call."""
+  config = Config(dataset="synthetic", model=model, batch_size=batch_size,
+                  steps_per_loop=steps, precision=precision,
+                  jit_compile=settings.jit_compile, image_size=settings.image_size,
+                  num_classes=NUM_CLASSES, train_steps=100_000, **overrides)
+  return config.validate().resolve(100_000 * batch_size, NUM_CLASSES)
+
+
+def in_memory_dataset(batch_size, image_size, num_batches=4, seed=0):
+  """Repeated float32 batches already in memory: neither side pays for input."""
+  split, _ = data_lib.synthetic(batch_size * num_batches, image_size, NUM_CLASSES, seed)
+  images = split.images.astype(np.float32).reshape(
+      (num_batches, batch_size) + split.images.shape[1:])
+  labels = split.labels.reshape(num_batches, batch_size)
+  return tf.data.Dataset.from_tensor_slices((images, labels)).repeat().prefetch(2)
+
+
+def loop_rate(config, dataset, repeats):
+  """Images/s of research.loop's compiled train_loop, `steps_per_loop` steps a window."""
+  keras.mixed_precision.set_global_policy(config.precision)
+  task = loop.Task(config, tf.distribute.get_strategy())
+  iterator = iter(dataset)
+  steps = tf.constant(config.steps_per_loop)
+
+  def window():
+    task.train_loop(iterator, steps)
+    task.step.numpy()  # Waits for the call.
+
+  return median_rate(window, config.steps_per_loop * config.batch_size, repeats)
+
+
+class _EpochTimer(keras.callbacks.Callback):
+  """Seconds of each epoch, ended only once its metrics are read (a device sync)."""
+
+  def __init__(self):
+    super().__init__()
+    self.seconds = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.began = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    [float(v) for v in (logs or {}).values()]
+    self.seconds.append(time.perf_counter() - self.began)
+
+
+def fit_rate(config, dataset, repeats, steps_per_execution):
+  """Images/s of `model.fit` on the same architecture, optimizer kind and precision.
+
+  Each epoch is one window of `steps_per_loop` steps; the first epoch (tracing,
+  compilation) is not counted.
+  """
+  keras.mixed_precision.set_global_policy(config.precision)
+  model = models.build(config)
+  model.compile(optimizer=optim.build(config),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile=config.jit_compile, steps_per_execution=steps_per_execution)
+  timer = _EpochTimer()
+  model.fit(dataset, epochs=repeats + 1, steps_per_epoch=config.steps_per_loop,
+            callbacks=[timer], shuffle=False, verbose=0)
+  return statistics.median(config.steps_per_loop * config.batch_size / s
+                           for s in timer.seconds[1:])
+
+
+def loop_vs_fit(settings, model, log=print):
+  """{"loop", "fit", "fit_default"} images/s of one model, and the two ratios."""
+  config = make_config(settings, model, settings.batch_size, settings.steps,
+                       settings.precision)
+  dataset = in_memory_dataset(settings.batch_size, settings.image_size)
+  row = {"loop": loop_rate(config, dataset, settings.repeats)}
+  log(f"  {model}: loop {row['loop']:.0f} images/s")
+  row["fit"] = fit_rate(config, dataset, settings.repeats, settings.steps)
+  log(f"  {model}: fit (steps_per_execution={settings.steps}) {row['fit']:.0f} images/s")
+  row["fit_default"] = fit_rate(config, dataset, settings.repeats, 1)
+  log(f"  {model}: fit (steps_per_execution=1) {row['fit_default']:.0f} images/s")
+  row["ratio"] = row["loop"] / row["fit"]
+  row["default_ratio"] = row["loop"] / row["fit_default"]
+  return row
+
+
+# --- precision, peak and utilization --------------------------------------------
+
+
+def airbench_config(settings, precision):
+  return make_config(settings, "airbench", settings.airbench_batch_size,
+                     settings.airbench_steps, precision, **FAST_RECIPE)
+
+
+def peak_matmul_flops(size, dtype, repeats):
+  """FLOP/s of one [size, size] x [size, size] tf.linalg.matmul (2 size^3 FLOPs)."""
+  a = tf.random.normal([size, size], dtype=tf.float32)
+  a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
+
+  def run():
+    c = tf.linalg.matmul(a, b)
+    c[0, 0].numpy()  # Waits for the product.
+
+  return median_rate(run, 2 * size ** 3, repeats)
+
+
+def training_flops_per_image(config):
+  """Forward + backward FLOPs of one image: the backward pass costs about 2 forwards."""
+  keras.mixed_precision.set_global_policy(config.precision)
+  return 3 * flops.count_flops(models.build(config))
+
+
+# --- input pipeline -------------------------------------------------------------
+
+
+def pipeline_rate(split, config, steps, repeats, extra=None):
+  """Images/s of research.data.train_dataset alone, optionally mapped through `extra`."""
+  dataset = data_lib.train_dataset(split, config, 0, None)
+  if extra is not None:
+    dataset = dataset.map(extra, num_parallel_calls=tf.data.AUTOTUNE)
+  iterator = iter(dataset)
+
+  def window():
+    for _ in range(steps):
+      next(iterator)
+
+  return median_rate(window, steps * config.batch_size, repeats)
+
+
+def pipeline_rates(settings, log=print):
+  """Images/s of our fast-recipe, crop+flip and `tutorial` pipelines, and the Keras
+  tutorial's preprocessing layers mapped over the same (unaugmented) batches."""
+  split, _ = data_lib.synthetic(settings.pipeline_examples, settings.image_size,
+                                NUM_CLASSES)
+  keras.mixed_precision.set_global_policy("float32")
+  base = airbench_config(settings, "float32")
+  layers = TUTORIAL_LAYERS()
+  cases = {"crop,alternating_flip": (base, None),
+           "crop,flip": (base.replace(augment="crop,flip"), None),
+           "tutorial (ours)": (base.replace(augment="tutorial"), None),
+           "tutorial (keras layers)": (base.replace(augment=""),
+                                       lambda x, y: (layers(x, training=True), y))}
+  rates = {}
+  for name, (config, extra) in cases.items():
+    rates[name] = pipeline_rate(split, config, settings.pipeline_steps, settings.repeats,
+                                extra)
+    log(f"  pipeline {name}: {rates[name]:.0f} images/s")
+  return rates
+
+
+# --- everything -----------------------------------------------------------------
+
+
+def run(settings, log=print):
+  """Runs every measurement; returns (table rows, summary dict of the headline ratios)."""
+  rows, summary = [], {}
+  log(f"loop vs fit: batch {settings.batch_size}, {settings.steps} steps a window, "
+      f"{settings.repeats} windows, {settings.precision}, jit_compile={settings.jit_compile}")
+  per_model = {}
+  for name in settings.model_names():
+    per_model[name] = row = loop_vs_fit(settings, name, log)
+    rows.append((f"{name}: loop / fit / fit(spe=1) images/s",
+                 f"{row['loop']:.0f} / {row['fit']:.0f} / {row['fit_default']:.0f} "
+                 f"(x{row['ratio']:.2f}, x{row['default_ratio']:.2f})"))
+  summary["fit_ratio"] = min(r["ratio"] for r in per_model.values())
+  summary["fit_default_ratio"] = min(r["default_ratio"] for r in per_model.values())
+
+  log(f"airbench (fast recipe), batch {settings.airbench_batch_size}")
+  dataset = in_memory_dataset(settings.airbench_batch_size, settings.image_size)
+  rate, peak = {}, {}
+  for precision in ("mixed_bfloat16", "float32"):
+    config = airbench_config(settings, precision)
+    rate[precision] = loop_rate(config, dataset, settings.repeats)
+    log(f"  airbench {precision}: {rate[precision]:.0f} images/s")
+  flops_per_image = training_flops_per_image(airbench_config(settings, "float32"))
+  for dtype in (tf.bfloat16, tf.float32):
+    peak[dtype.name] = peak_matmul_flops(settings.matmul_size, dtype, settings.repeats)
+    log(f"  peak matmul {dtype.name} ({settings.matmul_size}^2): "
+        f"{peak[dtype.name] / 1e9:.1f} GFLOP/s")
+  summary["bf16_speedup"] = rate["mixed_bfloat16"] / rate["float32"]
+  summary["utilization_bf16"] = flops_per_image * rate["mixed_bfloat16"] / peak["bfloat16"]
+  summary["utilization_fp32"] = flops_per_image * rate["float32"] / peak["float32"]
+  rows += [("airbench mixed_bfloat16 / float32 images/s",
+            f"{rate['mixed_bfloat16']:.0f} / {rate['float32']:.0f}"),
+           ("airbench training GFLOPs per image (3 x forward)", f"{flops_per_image / 1e9:.3f}"),
+           ("peak matmul bfloat16 / float32 GFLOP/s",
+            f"{peak['bfloat16'] / 1e9:.1f} / {peak['float32'] / 1e9:.1f}")]
+
+  log(f"input pipeline: {settings.pipeline_examples} synthetic images, "
+      f"batch {settings.airbench_batch_size}")
+  pipes = pipeline_rates(settings, log)
+  training = max(rate.values())  # The faster precision: the harder one to keep up with.
+  summary["pipeline_ratio"] = pipes["crop,alternating_flip"] / training
+  summary["pipeline_vs_tutorial"] = (pipes["crop,alternating_flip"]
+                                     / pipes["tutorial (keras layers)"])
+  rows += [(f"pipeline {name} images/s", f"{value:.0f}") for name, value in pipes.items()]
+  rows.append(("peak RSS MiB", f"{peak_rss_mib():.0f}"))
+  summary["peak_rss_mib"] = peak_rss_mib()
+  summary["per_model"] = {name: {k: round(v, 3) for k, v in row.items()}
+                          for name, row in per_model.items()}
+  return rows, summary
+
+
+def format_table(rows, summary):
+  """A markdown table of the measurements, then the headline ratios."""
+  lines = ["| measurement | value |", "| --- | ---: |"]
+  lines += [f"| {name} | {value} |" for name, value in rows]
+  lines += [f"| **{key}** | {value:.3f} |" for key, value in summary.items()
+            if isinstance(value, float) and key != "peak_rss_mib"]
+  return "\n".join(lines)
+
+
+def is_finite_positive(value):
+  return isinstance(value, (int, float)) and math.isfinite(value) and value > 0

@@ -1,0 +1,43 @@
+"""scripts/benchmark.py at tiny sizes: every headline figure exists, finite and
+positive, and the table prints. No timing targets: this machine's speed is not tested."""
+
+import json
+
+from research import benchmark
+from tests.test_cli import run
+
+KEYS = ("fit_ratio", "fit_default_ratio", "bf16_speedup", "utilization_bf16",
+        "utilization_fp32", "pipeline_ratio", "pipeline_vs_tutorial")
+
+
+def test_quick_script_prints_table_then_json_last():
+  result = run("scripts/benchmark.py", "--quick")
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.strip().splitlines()
+  summary = json.loads(lines[-1])
+  for key in KEYS:
+    assert benchmark.is_finite_positive(summary[key]), (key, summary[key])
+  assert set(summary["per_model"]) == {"resnet8"}
+  assert "| measurement | value |" in result.stdout
+  assert "| peak RSS MiB |" in result.stdout
+  assert "pipeline tutorial (keras layers)" in result.stdout
+
+
+def test_loop_vs_fit_row_has_both_rates_and_their_ratios():
+  settings = benchmark.Settings.quick(models=("baseline_cnn",), repeats=1)
+  row = benchmark.loop_vs_fit(settings, "baseline_cnn", log=lambda line: None)
+  assert set(row) == {"loop", "fit", "fit_default", "ratio", "default_ratio"}
+  assert all(benchmark.is_finite_positive(v) for v in row.values())
+  assert row["ratio"] == row["loop"] / row["fit"]
+
+
+def test_peak_matmul_rate_is_finite_and_positive():
+  rate = benchmark.peak_matmul_flops(32, "float32", repeats=1)
+  assert benchmark.is_finite_positive(rate)
+
+
+def test_format_table_lists_rows_and_headline_ratios():
+  table = benchmark.format_table([("a", "1")], {"fit_ratio": 1.25, "peak_rss_mib": 9.0})
+  assert "| a | 1 |" in table
+  assert "| **fit_ratio** | 1.250 |" in table
+  assert "peak_rss_mib" not in table
