@@ -2,7 +2,7 @@
 
   python scripts/benchmark.py                 # every model, about 5-10 min on 2 cores
   python scripts/benchmark.py --quick         # tiny sizes, seconds (the test)
-  python scripts/benchmark.py --models=resnet20,airbench --steps=20
+  python scripts/benchmark.py --models=resnet20,airbench --steps=10
 
 Prints progress lines, a markdown table, and LAST one JSON line with fit_ratio,
 fit_default_ratio, bf16_speedup, utilization_bf16, utilization_fp32,
@@ -21,7 +21,7 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_list("models", [], "registry names to compare with model.fit (default: all)")
 flags.DEFINE_integer("batch_size", None, "images per step, loop vs fit (default 256)")
 flags.DEFINE_integer("steps", None, "steps per timed window = steps_per_loop "
-                     "= steps_per_execution (default 10)")
+                     "= steps_per_execution (default 3)")
 flags.DEFINE_integer("repeats", None, "timed windows per measurement; medians are "
                      "reported (default 3)")
 flags.DEFINE_string("precision", None, "policy of the loop-vs-fit comparison "

@@ -19,7 +19,7 @@ def test_quick_script_prints_table_then_json_last():
     assert benchmark.is_finite_positive(summary[key]), (key, summary[key])
   assert set(summary["per_model"]) == {"resnet8"}
   assert "| measurement | value |" in result.stdout
-  assert "| peak RSS MiB |" in result.stdout
+  assert "| peak RSS MiB (whole run) |" in result.stdout
   assert "pipeline tutorial (keras layers)" in result.stdout
 
 
