@@ -26,6 +26,8 @@ def make_strategy(name, cpu_devices=0):
   multi_worker reads the cluster from the TF_CONFIG environment variable.
   """
   split_cpu(cpu_devices)
+  if name == "multi_worker":  # Must come before anything initializes the runtime.
+    return tf.distribute.MultiWorkerMirroredStrategy()
   gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
   cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
   if name == "default":
@@ -38,8 +40,6 @@ def make_strategy(name, cpu_devices=0):
     # NCCL is GPU-only; on CPUs reduce through one device.
     return tf.distribute.MirroredStrategy(
         cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
-  if name == "multi_worker":
-    return tf.distribute.MultiWorkerMirroredStrategy()
   raise ValueError(f"unknown strategy {name!r}")
 
 

@@ -82,16 +82,22 @@ class Task:
       self.train_metrics.update(labels, logits, per_example,
                                 mask=tf.fill(tf.shape(per_example), tf.cast(finite, tf.float32)))
 
+    def next_batch(iterator):
+      """The next batch, adding the seconds spent waiting for it to `input_wait`."""
+      if self.config.deterministic:  # tf.timestamp is refused under op determinism.
+        return next(iterator)
+      asked = tf.timestamp()
+      with tf.control_dependencies([asked]):
+        batch = next(iterator)
+      local = tf.nest.flatten(self.strategy.experimental_local_results(batch))
+      with tf.control_dependencies(local):
+        self.input_wait.assign_add(tf.timestamp() - asked)
+      return batch
+
     @tf.function
     def train_loop(iterator, num_steps):
       for _ in tf.range(num_steps):
-        asked = tf.timestamp()
-        with tf.control_dependencies([asked]):
-          batch = next(iterator)
-        local = tf.nest.flatten(self.strategy.experimental_local_results(batch))
-        with tf.control_dependencies(local):
-          self.input_wait.assign_add(tf.timestamp() - asked)
-        self.strategy.run(step_fn, args=batch)
+        self.strategy.run(step_fn, args=next_batch(iterator))
         self.step.assign_add(1)
 
     return train_loop
@@ -221,8 +227,11 @@ def train(config, strategy=None):
   checkpoints.check_model_dir(config)
   keras.mixed_precision.set_global_policy(config.precision)
   keras.utils.set_random_seed(config.seed)
+  # Process-wide: set both ways, so one process can run several configs (tests).
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
+  else:
+    tf.config.experimental.disable_op_determinism()
   chief = distribute.is_chief(strategy)
   if chief:
     os.makedirs(config.model_dir, exist_ok=True)
@@ -233,7 +242,11 @@ def train(config, strategy=None):
   # --- model, optimizer, metrics, checkpoint: all under the strategy's scope ---
   task = Task(config, strategy)
   with strategy.scope():
-    ckpt = checkpoints.Checkpointer(os.path.join(config.model_dir, "checkpoints"),
+    # Every worker saves (saving is collective); only the chief's copy is kept.
+    ckpt_dir = os.path.join(config.model_dir, "checkpoints")
+    if not chief:
+      ckpt_dir = os.path.join(ckpt_dir, f"worker-{strategy.cluster_resolver.task_id}")
+    ckpt = checkpoints.Checkpointer(ckpt_dir,
                                     config.keep_checkpoints, model=task.model,
                                     optimizer=task.optimizer, step=task.step,
                                     skipped=task.skipped,
@@ -318,8 +331,9 @@ def train(config, strategy=None):
         images_per_second = window_steps * config.batch_size / window_seconds
         timing = {"images_per_second": images_per_second,
                   "step_seconds": window_seconds / window_steps,
-                  "input_wait_fraction": float(task.input_wait.numpy()) / window_seconds,
                   "weight_norm": float(tf.linalg.global_norm(task.model.trainable_variables))}
+        if not config.deterministic:
+          timing["input_wait_fraction"] = float(task.input_wait.numpy()) / window_seconds
         task.input_wait.assign(0.0)
         window_seconds, window_steps = 0.0, 0
         result.train_history.append((step, metrics))
