@@ -227,11 +227,7 @@ def train(config, strategy=None):
   checkpoints.check_model_dir(config)
   keras.mixed_precision.set_global_policy(config.precision)
   keras.utils.set_random_seed(config.seed)
-  # Process-wide: set both ways, so one process can run several configs (tests).
-  if config.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  else:
-    tf.config.experimental.disable_op_determinism()
+  _set_op_determinism(config.deterministic)
   chief = distribute.is_chief(strategy)
   if chief:
     os.makedirs(config.model_dir, exist_ok=True)
@@ -373,6 +369,16 @@ def train(config, strategy=None):
   logging.info("done: step %d in %s", step,
                format_seconds(time.perf_counter() - progress.started))
   return result
+
+
+def _set_op_determinism(enabled):
+  """Process-wide, so set both ways: one process may run several configs (tests)."""
+  # Public TF has only `enable_op_determinism`; turning it off needs the internal twin.
+  from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
+  if enabled:
+    tf.config.experimental.enable_op_determinism()
+  elif tf_config.is_op_determinism_enabled():
+    tf_config.disable_op_determinism()
 
 
 def _call(hooks, event, context):
