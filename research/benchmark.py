@@ -2,7 +2,9 @@
 machine's peak matmul rate, and the input pipeline against training.
 
 Every figure is images (or FLOPs) per second, the median of `repeats` timed windows
-taken after a warmup window, so compilation and tracing are never timed. All the
+taken after a warmup window, so compilation and tracing are never timed. Rivals
+(loop and fit, bfloat16 and float32) take turns window by window, so a background
+job slows both alike. All the
 measurements run in one process on one machine, so their ratios are comparable.
 Used by scripts/benchmark.py; each function takes plain arguments so tests can call
 it at tiny sizes.
@@ -103,18 +105,20 @@ def in_memory_dataset(batch_size, image_size, num_batches=4, seed=0):
   return tf.data.Dataset.from_tensor_slices((images, labels)).repeat().prefetch(2)
 
 
-def loop_rate(config, dataset, repeats):
-  """Images/s of research.loop's compiled train_loop, `steps_per_loop` steps a window."""
+def loop_window(config, dataset):
+  """Builds research.loop's Task; returns a call timing one `train_loop` window (s)."""
   keras.mixed_precision.set_global_policy(config.precision)
   task = loop.Task(config, tf.distribute.get_strategy())
   iterator = iter(dataset)
   steps = tf.constant(config.steps_per_loop)
 
   def window():
+    began = time.perf_counter()
     task.train_loop(iterator, steps)
     task.step.numpy()  # Waits for the call.
+    return time.perf_counter() - began
 
-  return median_rate(window, config.steps_per_loop * config.batch_size, repeats)
+  return window
 
 
 class _EpochTimer(keras.callbacks.Callback):
@@ -132,22 +136,37 @@ class _EpochTimer(keras.callbacks.Callback):
     self.seconds.append(time.perf_counter() - self.began)
 
 
-def fit_rate(config, dataset, repeats, steps_per_execution):
-  """Images/s of `model.fit` on the same architecture, optimizer kind and precision.
-
-  Each epoch is one window of `steps_per_loop` steps; the first epoch (tracing,
-  compilation) is not counted.
-  """
+def fit_window(config, dataset, steps_per_execution):
+  """`model.fit` on the same architecture, optimizer kind and precision; returns a
+  call timing one epoch of `steps_per_loop` steps (s). Only the epoch is timed, not
+  fit's set-up around it."""
   keras.mixed_precision.set_global_policy(config.precision)
   model = models.build(config)
   model.compile(optimizer=optim.build(config),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 jit_compile=config.jit_compile, steps_per_execution=steps_per_execution)
   timer = _EpochTimer()
-  model.fit(dataset, epochs=repeats + 1, steps_per_epoch=config.steps_per_loop,
-            callbacks=[timer], shuffle=False, verbose=0)
-  return statistics.median(config.steps_per_loop * config.batch_size / s
-                           for s in timer.seconds[1:])
+
+  def window():
+    model.fit(dataset, epochs=1, steps_per_epoch=config.steps_per_loop,
+              callbacks=[timer], shuffle=False, verbose=0)
+    return timer.seconds[-1]
+
+  return window
+
+
+def interleaved_rates(windows, work, repeats):
+  """{name: median work/s} of timed windows run in turn, after one untimed call each.
+
+  Taking turns, every side sees the same drift of the machine (other jobs, clocks).
+  """
+  seconds = {name: [] for name in windows}
+  for window in windows.values():
+    window()  # Tracing, compilation, warmup.
+  for _ in range(repeats):
+    for name, window in windows.items():
+      seconds[name].append(window())
+  return {name: work / statistics.median(s) for name, s in seconds.items()}
 
 
 def loop_vs_fit(settings, model, log=print):
@@ -155,14 +174,14 @@ def loop_vs_fit(settings, model, log=print):
   config = make_config(settings, model, settings.batch_size, settings.steps,
                        settings.precision)
   dataset = in_memory_dataset(settings.batch_size, settings.image_size)
-  row = {"loop": loop_rate(config, dataset, settings.repeats)}
-  log(f"  {model}: loop {row['loop']:.0f} images/s")
-  row["fit"] = fit_rate(config, dataset, settings.repeats, settings.steps)
-  log(f"  {model}: fit (steps_per_execution={settings.steps}) {row['fit']:.0f} images/s")
-  row["fit_default"] = fit_rate(config, dataset, settings.repeats, 1)
-  log(f"  {model}: fit (steps_per_execution=1) {row['fit_default']:.0f} images/s")
+  windows = {"loop": loop_window(config, dataset),
+             "fit": fit_window(config, dataset, settings.steps),
+             "fit_default": fit_window(config, dataset, 1)}
+  row = interleaved_rates(windows, settings.steps * settings.batch_size, settings.repeats)
   row["ratio"] = row["loop"] / row["fit"]
   row["default_ratio"] = row["loop"] / row["fit_default"]
+  log(f"  {model}: loop {row['loop']:.0f}, fit (steps_per_execution={settings.steps}) "
+      f"{row['fit']:.0f}, fit (steps_per_execution=1) {row['fit_default']:.0f} images/s")
   return row
 
 
@@ -250,11 +269,13 @@ def run(settings, log=print):
 
   log(f"airbench (fast recipe), batch {settings.airbench_batch_size}")
   dataset = in_memory_dataset(settings.airbench_batch_size, settings.image_size)
-  rate, peak = {}, {}
-  for precision in ("mixed_bfloat16", "float32"):
-    config = airbench_config(settings, precision)
-    rate[precision] = loop_rate(config, dataset, settings.repeats)
-    log(f"  airbench {precision}: {rate[precision]:.0f} images/s")
+  precisions = ("mixed_bfloat16", "float32")
+  rate = interleaved_rates(
+      {p: loop_window(airbench_config(settings, p), dataset) for p in precisions},
+      settings.airbench_steps * settings.airbench_batch_size, settings.repeats)
+  log(f"  airbench mixed_bfloat16 {rate['mixed_bfloat16']:.0f}, "
+      f"float32 {rate['float32']:.0f} images/s")
+  peak = {}
   flops_per_image = training_flops_per_image(airbench_config(settings, "float32"))
   for dtype in (tf.bfloat16, tf.float32):
     peak[dtype.name] = peak_matmul_flops(settings.matmul_size, dtype, settings.repeats)
