@@ -22,20 +22,42 @@ def load_run(model_dir):
   return config, class_names, keras.models.load_model(path)
 
 
-def score_folder(model_dir, data_dir, batch_size=256, cache_dir=""):
+def restore_checkpoint_weights(model_dir, model):
+  """Loads the newest checkpoint's raw weights into `model` (not the EMA average)."""
+  directory = os.path.join(model_dir, "checkpoints")
+  path = tf.train.latest_checkpoint(directory)
+  if path is None:
+    raise data_lib.DataError(f"no checkpoint in {directory!r}")
+  tf.train.Checkpoint(model=model).restore(path).expect_partial()
+  return path
+
+
+def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=None,
+                 weights="final", split="all"):
   """Top-1/top-5 accuracy of the run's model on `data_dir` (class subfolders).
 
   The folder's classes are matched to the model's by name; it may hold a subset.
+  `tta_mode` overrides the run's --tta; `weights="checkpoint"` scores the newest
+  checkpoint's raw weights instead of model.keras (EMA weights where EMA was on);
+  `split="validation"` scores only the run's held-out split of the folder.
   """
   config, class_names, model = load_run(model_dir)
+  if weights == "checkpoint":
+    restore_checkpoint_weights(model_dir, model)
+  split_name = split
   split, folder_names = data_lib.load_folder(data_dir, config.image_size, cache_dir)
+  if split_name == "validation":
+    if not config.val_split:
+      raise data_lib.DataError("the run had no validation split (--val_split=0)")
+    split = data_lib.split_validation(split, config.val_split)[1]
   unknown = sorted(set(folder_names) - set(class_names))
   if unknown:
     raise data_lib.DataError(f"classes not known to the model: {', '.join(unknown)}")
   to_model = np.array([class_names.index(n) for n in folder_names], np.int32)
   labels = to_model[split.labels]
 
-  predict = tf.function(lambda x: tta.predict(model, tf.cast(x, tf.float32), config.tta))
+  mode = tta_mode or config.tta
+  predict = tf.function(lambda x: tta.predict(model, tf.cast(x, tf.float32), mode))
   correct = top5 = 0
   for start in range(0, len(split), batch_size):
     logits = predict(split.images[start:start + batch_size])

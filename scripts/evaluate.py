@@ -19,6 +19,13 @@ flags.DEFINE_string("model_dir", None, "a finished training run", required=True)
 flags.DEFINE_string("data_dir", None, "folder of class subfolders to score", required=True)
 flags.DEFINE_integer("batch_size", 256, "examples per forward pass")
 flags.DEFINE_string("cache_dir", "", "where decoded folders are cached")
+flags.DEFINE_enum("tta", None, ["none", "flip", "flip_translate"],
+                  "test-time augmentation (default: the run's --tta)")
+flags.DEFINE_enum("weights", "final", ["final", "checkpoint"],
+                  "final: model.keras (EMA weights where EMA was on); checkpoint: the "
+                  "newest checkpoint's raw weights")
+flags.DEFINE_enum("split", "all", ["all", "validation"],
+                  "all: every image of --data_dir; validation: the run's held-out split of it")
 FLAGS = flags.FLAGS
 
 
@@ -29,7 +36,8 @@ def main(argv):
     sys.exit("error: --batch_size must be >= 1")
   try:
     result = evaluation.score_folder(FLAGS.model_dir, FLAGS.data_dir, FLAGS.batch_size,
-                                     FLAGS.cache_dir)
+                                     FLAGS.cache_dir, tta_mode=FLAGS.tta,
+                                     weights=FLAGS.weights, split=FLAGS.split)
   except data.DataError as e:
     sys.exit(f"error: {e}")
   print(f"top-1 accuracy {result['accuracy']:.4f} (top-5 {result['top5']:.4f}) "

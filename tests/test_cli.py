@@ -67,6 +67,13 @@ def test_train_then_evaluate_a_folder(tmp_path):
   # Two trivially separable classes: a trained model beats chance.
   assert last["accuracy"] > 0.5
 
+  # The run's own validation split of the folder, with other TTA and raw weights.
+  held_out = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
+                 f"--cache_dir={tmp_path / 'cache'}", "--split=validation", "--tta=flip",
+                 "--weights=checkpoint")
+  assert held_out.returncode == 0, held_out.stderr[-2000:]
+  assert json.loads(held_out.stdout.strip().splitlines()[-1])["examples"] == 4
+
 
 def test_evaluate_refuses_unknown_classes(tmp_path):
   data_dir, model_dir = _folder(tmp_path / "images"), tmp_path / "run"
