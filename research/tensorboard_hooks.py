@@ -124,6 +124,8 @@ def histograms(config):
     variables = ctx.task.model.trainable_variables
     grads = gradients(ctx)
     with ctx.writers.train.as_default(step=ctx.step):
+      tf.summary.scalar("gradient_norm", tf.linalg.global_norm(
+          [g for g in grads if g is not None]))
       for variable, grad in zip(variables, grads):
         tf.summary.histogram(f"weights/{variable.path}", variable)
         if grad is not None:

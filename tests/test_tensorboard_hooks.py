@@ -92,6 +92,8 @@ def test_histograms_of_every_weight_and_gradient(run):
     assert [e.step for e in train.Tensors(tag)] == [0, 3, 6]
   last = tf.make_ndarray(train.Tensors(grads[0])[-1].tensor_proto)  # [bins, (left, right, count)]
   assert last[:, 2].sum() > 0 and np.abs(last[:, :2]).max() > 0
+  norms = [float(tf.make_ndarray(e.tensor_proto)) for e in train.Tensors("gradient_norm")]
+  assert len(norms) == 3 and all(n > 0 and np.isfinite(n) for n in norms)
 
 
 def test_gradients_leave_the_model_state_unchanged(make_config):
