@@ -253,6 +253,36 @@ def pipeline_rates(settings, log=print):
   return rates
 
 
+# --- op determinism -------------------------------------------------------------
+
+
+def determinism_cost(settings, dataset, log=print):
+  """Images/s of airbench training and of the input pipeline with TensorFlow op
+  determinism off and on (process-wide, so toggled around each window)."""
+  config = airbench_config(settings, "mixed_bfloat16").replace(deterministic=True)
+  train = loop_window(config, dataset)  # deterministic=True: no timestamps in the step.
+
+  def toggled(enabled, window):
+    def run():
+      loop._set_op_determinism(enabled)  # pylint: disable=protected-access
+      return window()
+    return run
+
+  rates = interleaved_rates({"off": toggled(False, train), "on": toggled(True, train)},
+                            settings.airbench_steps * settings.airbench_batch_size,
+                            settings.repeats)
+  split, _ = data_lib.synthetic(settings.pipeline_examples, settings.image_size,
+                                NUM_CLASSES)
+  for enabled in (False, True):
+    loop._set_op_determinism(enabled)  # pylint: disable=protected-access
+    rates[f"pipeline {'on' if enabled else 'off'}"] = pipeline_rate(
+        split, config, settings.pipeline_steps, settings.repeats)
+  loop._set_op_determinism(False)  # pylint: disable=protected-access
+  log("  determinism off/on: training {off:.0f}/{on:.0f}, pipeline {pipeline off:.0f}/"
+      "{pipeline on:.0f} images/s".format(**rates))
+  return rates
+
+
 # --- everything -----------------------------------------------------------------
 
 
@@ -303,6 +333,15 @@ def run(settings, log=print):
   summary["pipeline_vs_tutorial"] = (pipes["crop,alternating_flip"]
                                      / pipes["tutorial (keras layers)"])
   rows += [(f"pipeline {name} images/s", f"{value:.0f}") for name, value in pipes.items()]
+
+  log("op determinism (--deterministic): off vs on")
+  det = determinism_cost(settings, dataset, log)
+  summary["determinism_train_ratio"] = det["on"] / det["off"]
+  summary["determinism_pipeline_ratio"] = det["pipeline on"] / det["pipeline off"]
+  rows += [("airbench training images/s, determinism off / on",
+            f"{det['off']:.0f} / {det['on']:.0f}"),
+           ("input pipeline images/s, determinism off / on",
+            f"{det['pipeline off']:.0f} / {det['pipeline on']:.0f}")]
   rows.append(("peak RSS MiB (whole run)", f"{peak_rss_mib():.0f}"))
   summary["peak_rss_mib"] = peak_rss_mib()
   summary["per_model"] = {name: {k: round(v, 3) for k, v in row.items()}
