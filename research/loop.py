@@ -15,6 +15,7 @@ import time
 from absl import logging
 import keras
 import tensorflow as tf
+from tensorflow.python.framework import config as _tf_config  # pylint: disable=g-direct-tensorflow-import
 
 from research import checkpoints, data as data_lib, distribute, hooks as hooks_lib, losses
 from research import models, optim, tta
@@ -84,7 +85,7 @@ class Task:
 
     def next_batch(iterator):
       """The next batch, adding the seconds spent waiting for it to `input_wait`."""
-      if self.config.deterministic:  # tf.timestamp is refused under op determinism.
+      if _op_determinism_enabled():  # tf.timestamp is refused under op determinism.
         return next(iterator)
       asked = tf.timestamp()
       with tf.control_dependencies([asked]):
@@ -328,7 +329,7 @@ def train(config, strategy=None):
         timing = {"images_per_second": images_per_second,
                   "step_seconds": window_seconds / window_steps,
                   "weight_norm": float(tf.linalg.global_norm(task.model.trainable_variables))}
-        if not config.deterministic:
+        if not _op_determinism_enabled():
           timing["input_wait_fraction"] = float(task.input_wait.numpy()) / window_seconds
         task.input_wait.assign(0.0)
         window_seconds, window_steps = 0.0, 0
@@ -373,12 +374,15 @@ def train(config, strategy=None):
 
 def _set_op_determinism(enabled):
   """Process-wide, so set both ways: one process may run several configs (tests)."""
-  # Public TF has only `enable_op_determinism`; turning it off needs the internal twin.
-  from tensorflow.python.framework import config as tf_config  # pylint: disable=g-direct-tensorflow-import
   if enabled:
     tf.config.experimental.enable_op_determinism()
-  elif tf_config.is_op_determinism_enabled():
-    tf_config.disable_op_determinism()
+  elif _op_determinism_enabled():
+    _tf_config.disable_op_determinism()
+
+
+def _op_determinism_enabled():
+  # Public TF has only `enable_op_determinism`; the query and the off switch are internal.
+  return _tf_config.is_op_determinism_enabled()
 
 
 def _call(hooks, event, context):
