@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from research import data as data_lib, tta
+from research import models  # noqa: F401  (registers custom layers for loading)
 from research.config import Config
 
 

@@ -85,3 +85,16 @@ def test_evaluate_refuses_unknown_classes(tmp_path):
   scored = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={other}",
                f"--cache_dir={tmp_path / 'cache'}")
   assert scored.returncode != 0 and "classes not known to the model: purple" in scored.stderr
+
+
+def test_evaluate_loads_custom_layers_of_the_fast_recipe(tmp_path):
+  """model.keras of airbench holds custom layers (patch whitening): evaluate must load it."""
+  data_dir, model_dir = _folder(tmp_path / "images", size=32), tmp_path / "run"
+  assert run("train.py", "--dataset=folder", f"--data_dir={data_dir}", "--val_split=0.25",
+             "--model=airbench", "--batch_size=4", "--train_steps=2", "--ema_decay=0.9",
+             "--tta=flip_translate", f"--model_dir={model_dir}",
+             f"--cache_dir={tmp_path / 'cache'}").returncode == 0
+  scored = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
+               f"--cache_dir={tmp_path / 'cache'}")
+  assert scored.returncode == 0, scored.stderr[-2000:]
+  assert json.loads(scored.stdout.strip().splitlines()[-1])["examples"] == 12
