@@ -21,7 +21,7 @@ declare -A variants=(
   [no_label_smoothing]="--label_smoothing=0"
   [random_flip]="--augment=crop,flip"
 )
-for name in full no_whitening no_identity_init no_bn_lr_scale no_label_smoothing random_flip; do
+for name in ${VARIANTS:-full no_whitening no_identity_init no_bn_lr_scale no_label_smoothing random_flip}; do
   if [ ! -f "$out/$name/model.keras" ]; then
     python train.py "${common[@]}" ${variants[$name]} "--model_dir=$out/$name" \
       > "$out.$name.log" 2>&1 || { echo "$name failed: see $out.$name.log"; continue; }
