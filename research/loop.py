@@ -283,6 +283,7 @@ def train(config, strategy=None):
   cadences = [config.log_every, config.eval_every, config.checkpoint_every]
   step, window_seconds, window_steps = start, 0.0, 0
   skipped, rollbacks = int(task.skipped.numpy()), 0
+  logged_weights = _snapshot(task.model.trainable_variables)
   with _preemption_signals() as signals:
     while step < config.train_steps:
       num = min(config.steps_per_loop, config.train_steps - step,
@@ -316,6 +317,7 @@ def train(config, strategy=None):
           task.train_metrics.reset()
           window_seconds, window_steps = 0.0, 0
           task.input_wait.assign(0.0)
+          logged_weights = _snapshot(task.model.trainable_variables)
           continue
         logging.warning("%s skipped (--on_nan=skip)", message)
         skipped = now_skipped
@@ -328,7 +330,11 @@ def train(config, strategy=None):
         images_per_second = window_steps * config.batch_size / window_seconds
         timing = {"images_per_second": images_per_second,
                   "step_seconds": window_seconds / window_steps,
-                  "weight_norm": float(tf.linalg.global_norm(task.model.trainable_variables))}
+                  "weight_norm": float(tf.linalg.global_norm(task.model.trainable_variables)),
+                  # Norm of the sum of the updates since the last log.
+                  "update_norm": float(tf.linalg.global_norm(
+                      [v - w for v, w in zip(task.model.trainable_variables, logged_weights)]))}
+        logged_weights = _snapshot(task.model.trainable_variables)
         if not _op_determinism_enabled():
           timing["input_wait_fraction"] = float(task.input_wait.numpy()) / window_seconds
         task.input_wait.assign(0.0)
@@ -370,6 +376,10 @@ def train(config, strategy=None):
   logging.info("done: step %d in %s", step,
                format_seconds(time.perf_counter() - progress.started))
   return result
+
+
+def _snapshot(variables):
+  return [tf.identity(v) for v in variables]
 
 
 def _set_op_determinism(enabled):

@@ -107,3 +107,4 @@ def test_timing_scalars_reach_tensorboard(make_config):
   steps, fractions = scalars["input_wait_fraction"]
   assert list(steps) == [3, 6] and all(0.0 <= f <= 1.0 for f in fractions)
   assert (scalars["step_seconds"][1] > 0).all() and (scalars["weight_norm"][1] > 0).all()
+  assert (scalars["update_norm"][1] > 0).all()
