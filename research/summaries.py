@@ -33,7 +33,6 @@ class Progress:
 
   def __init__(self, total_steps, start_step, steps_per_epoch):
     self.total, self.start, self.steps_per_epoch = total_steps, start_step, steps_per_epoch
-    self.train_seconds = 0.0
     self.started = time.perf_counter()
 
   def line(self, step, images_per_second, metrics):
