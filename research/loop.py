@@ -48,7 +48,7 @@ class Task:
       self.train_metrics, self.eval_metrics = Metrics(), Metrics()
       self.ema = Ema(self.model, config.ema_decay) if config.ema_decay else None
     # Gradient multipliers: --bn_lr_scale on BatchNorm parameters (exact for SGD).
-    self.grad_scales = [config.bn_lr_scale if v.name in ("gamma", "beta") else 1.0
+    self.grad_scales = [config.bn_lr_scale if v.name in optim.BATCHNORM_PARAMS else 1.0
                         for v in self.model.trainable_variables]
     self.train_loop = self._make_train_loop()
     self.eval_loop = self._make_eval_loop()

@@ -14,8 +14,10 @@ from research.registry import Registry
 OPTIMIZERS = Registry("optimizer")
 SCHEDULES = Registry("schedule")
 
-# Never decayed: BatchNorm scales/offsets and biases (matched on variable paths).
-NO_DECAY = ("gamma", "beta", "bias", "moving_mean", "moving_variance")
+# Variable names of BatchNorm's learned parameters (`--bn_lr_scale` scales their updates).
+BATCHNORM_PARAMS = ("gamma", "beta")
+# Never decayed: BatchNorm parameters and statistics, and biases (matched on names).
+NO_DECAY = BATCHNORM_PARAMS + ("bias", "moving_mean", "moving_variance")
 
 
 class Warmup(keras.optimizers.schedules.LearningRateSchedule):
