@@ -74,7 +74,11 @@ class Config:
                             "this decay, evaluate and save it (0: off)")
   tta: str = _field("none", "test-time augmentation in evaluation: " + "|".join(TTA))
   schedule: str = _field("cosine", "learning-rate schedule name")
-  warmup_epochs: float = _field(0.0, "linear warmup from 0, in epochs")
+  warmup_epochs: float = _field(0.0, "linear warmup, in epochs")
+  warmup_start: float = _field(0.0, "the warmup starts at this fraction of the peak "
+                               "learning rate")
+  final_lr: float = _field(0.0, "the decay ends at this fraction of the peak learning "
+                           "rate (instead of 0)")
 
   # Length and cadence (all steps after `resolve`).
   epochs: float = _field(30.0, "training length in epochs (ignored if --train_steps)")
@@ -171,6 +175,9 @@ class Config:
       raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
     if self.weight_decay < 0 or self.warmup_epochs < 0:
       raise ConfigError("--weight_decay and --warmup_epochs must be >= 0")
+    for name in ("warmup_start", "final_lr"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
     if not 0.0 <= self.momentum < 1.0:
       raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
     if self.dataset == "folder":

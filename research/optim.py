@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules, each a registered builder.
 
 Schedules are `keras.optimizers.schedules.LearningRateSchedule`s of the step, with a
-linear warmup from 0 over `config.warmup_steps` in front of every one of them.
+linear warmup over `config.warmup_steps` in front of every one of them. A schedule is
+a shape: the multiplier of the peak as a function of the fraction of decay done.
 """
 
 import math
@@ -21,27 +22,32 @@ NO_DECAY = BATCHNORM_PARAMS + ("bias", "moving_mean", "moving_variance")
 
 
 class Warmup(keras.optimizers.schedules.LearningRateSchedule):
-  """Linear warmup from 0 to the peak over `warmup_steps`, then `decay(step - warmup)`."""
+  """Linear warmup from `start` x peak to the peak over `warmup_steps`, then the decay
+  `shape`, rescaled to end at `floor` x peak instead of 0."""
 
-  def __init__(self, peak, warmup_steps, decay_steps, shape):
+  def __init__(self, peak, warmup_steps, decay_steps, shape, start=0.0, floor=0.0):
     self.peak, self.warmup_steps, self.decay_steps = peak, warmup_steps, decay_steps
     self.shape = shape  # fraction in [0, 1] of decay -> multiplier
+    self.start, self.floor = start, floor
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
     warm = step / max(1, self.warmup_steps)
+    warm = self.start + (1.0 - self.start) * warm
     done = tf.clip_by_value((step - self.warmup_steps) / max(1, self.decay_steps), 0.0, 1.0)
-    return self.peak * tf.where(step < self.warmup_steps, warm, self.shape(done))
+    decay = self.floor + (1.0 - self.floor) * self.shape(done)
+    return self.peak * tf.where(step < self.warmup_steps, warm, decay)
 
   def get_config(self):
     return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-            "decay_steps": self.decay_steps}
+            "decay_steps": self.decay_steps, "start": self.start, "floor": self.floor}
 
 
 def schedule(config):
   shape = SCHEDULES.get(config.schedule)
   return Warmup(config.learning_rate, config.warmup_steps,
-                max(1, config.train_steps - config.warmup_steps), shape)
+                max(1, config.train_steps - config.warmup_steps), shape,
+                start=config.warmup_start, floor=config.final_lr)
 
 
 @SCHEDULES.register("constant")

@@ -47,6 +47,14 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
                              [0.0, 1.0, 2.0, 1.0, 0.0], atol=1e-6)
 
 
+def test_warmup_start_and_final_lr_bound_the_schedule():
+  config = Config(learning_rate=2.0, schedule="linear", warmup_steps=10, train_steps=110,
+                  warmup_start=0.2, final_lr=0.1)
+  lr = optim.schedule(config)
+  np.testing.assert_allclose([float(lr(s)) for s in (0, 5, 10, 60, 110, 200)],
+                             [0.4, 1.2, 2.0, 1.1, 0.2, 0.2], atol=1e-6)
+
+
 def test_tta_averages_flipped_and_shifted_views():
   images = tf.constant(np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)), tf.float32)
   np.testing.assert_array_equal(tta._shift(images, 1)[:, 1:, 1:], images[:, :-1, :-1])

@@ -16,19 +16,27 @@ import numpy as np
 from research.models.registry import MODELS, standardized_input
 
 WIDTHS = (64, 256, 256)
-BN_MOMENTUM = 0.4  # Keras convention; PyTorch's momentum=0.6 in airbench94.
+# Running statistics keep 60% of their old value each step (PyTorch's momentum=0.4).
+BN_MOMENTUM = 0.6
+
+
+def torch_default_init():
+  """Uniform in +-1/sqrt(fan_in): PyTorch's default for conv and linear weights,
+  which airbench94's learning rate and weight decay were tuned with (He-uniform is
+  sqrt(6) times wider)."""
+  return keras.initializers.VarianceScaling(1.0 / 3, "fan_in", "uniform")
 
 
 @keras.saving.register_keras_serializable(package="research")
 class PartialIdentity(keras.initializers.Initializer):
-  """He-uniform, with the first `in_channels` filters set to the identity (Dirac).
+  """PyTorch-default uniform, with the first `in_channels` filters set to the identity (Dirac).
 
   At init each conv group then passes its input through unchanged on half its
   channels, which lets the network train quickly from the first step.
   """
 
   def __call__(self, shape, dtype=None):
-    kernel = keras.initializers.HeUniform()(shape, dtype="float32")
+    kernel = torch_default_init()(shape, dtype="float32")
     kernel = np.array(kernel)
     height, width, cin, cout = shape
     for i in range(min(cin, cout)):
@@ -77,7 +85,7 @@ class PatchWhitening(layers.Conv2D):
 
 
 def _conv_group(x, width, identity_init):
-  init = PartialIdentity() if identity_init else "he_uniform"
+  init = PartialIdentity() if identity_init else torch_default_init()
   for i in range(2):
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=init)(x)
     if i == 0:
@@ -93,12 +101,13 @@ def airbench(num_classes, image_size, whiten=True, identity_init=True):
   if whiten:
     x = PatchWhitening(24, name="whiten")(x)
   else:
-    x = layers.Conv2D(24, 2, name="stem")(x)
+    x = layers.Conv2D(24, 2, kernel_initializer=torch_default_init(), name="stem")(x)
   x = layers.Activation("gelu")(x)
   for width in WIDTHS:
     x = _conv_group(x, width, identity_init)
   x = layers.GlobalMaxPooling2D()(x)
-  x = layers.Dense(num_classes, use_bias=False, dtype="float32", name="logits")(x)
+  x = layers.Dense(num_classes, use_bias=False, kernel_initializer=torch_default_init(),
+                   dtype="float32", name="logits")(x)
   outputs = layers.Rescaling(1.0 / 9, dtype="float32", name="temperature")(x)
   return keras.Model(inputs, outputs, name="airbench")
 
