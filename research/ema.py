@@ -38,3 +38,40 @@ class Ema(tf.Module):
     finally:
       for w, s in zip(self.weights, saved):
         w.assign(s)
+
+
+class Lookahead(Ema):
+  """Lookahead weights as airbench94 uses them: every `every` steps the slow copy moves
+  toward the model's weights, slow = d * slow + (1 - d) * weights, and the model is
+  reset to the slow copy. The decay grows as d = decay * (step / total_steps)^3: no
+  averaging early, strong averaging late. Evaluated and saved like an EMA (the slow
+  copy is what the model holds right after each sync).
+  """
+
+  def __init__(self, model, every, decay, total_steps):
+    super().__init__(model, decay)
+    self.every, self.total_steps = every, max(1, total_steps)
+
+  def update(self):
+    self.updates.assign_add(1)
+    n = self.updates
+
+    def sync():
+      progress = tf.minimum(tf.cast(n, tf.float32) / self.total_steps, 1.0)
+      decay = self.decay * progress ** 3
+      for average, weight in zip(self.averages, self.weights):
+        average.assign(decay * average + (1.0 - decay) * tf.cast(weight.value, average.dtype))
+        weight.assign(tf.cast(average, weight.dtype))
+
+    tf.cond(n % self.every == 0, sync, lambda: None)
+
+
+def build(model, config):
+  """The weight averaging the config asks for (`--ema_decay`, `--lookahead_every`),
+  or None."""
+  if config.lookahead_every:
+    return Lookahead(model, config.lookahead_every, config.lookahead_decay,
+                     config.train_steps)
+  if config.ema_decay:
+    return Ema(model, config.ema_decay)
+  return None

@@ -19,7 +19,7 @@ from tensorflow.python.framework import config as _tf_config  # pylint: disable=
 
 from research import checkpoints, data as data_lib, distribute, hooks as hooks_lib, losses
 from research import models, optim, tta
-from research.ema import Ema
+from research import ema as ema_lib
 from research.metrics import Metrics
 from research import summaries
 from research.summaries import Progress, Writers, format_seconds
@@ -46,10 +46,13 @@ class Task:
       self.input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="input_wait",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.train_metrics, self.eval_metrics = Metrics(), Metrics()
-      self.ema = Ema(self.model, config.ema_decay) if config.ema_decay else None
+      self.ema = ema_lib.build(self.model, config)  # EMA or Lookahead weights, or None.
     # Gradient multipliers: --bn_lr_scale on BatchNorm parameters (exact for SGD).
     self.grad_scales = [config.bn_lr_scale if v.name in optim.BATCHNORM_PARAMS else 1.0
                         for v in self.model.trainable_variables]
+    # Variables that stop training after some step: (variable, step).
+    stop = int(round(config.whiten_bias_epochs * config.steps_per_epoch))
+    self.frozen_after = [(v, stop) for v in models.whitening_biases(self.model)] if stop else []
     self.train_loop = self._make_train_loop()
     self.eval_loop = self._make_eval_loop()
 
@@ -110,11 +113,14 @@ class Task:
     function may not contain the optimizer's cross-replica synchronization.
     """
     def apply():
+      frozen = [tf.identity(v) for v, _ in self.frozen_after]
       # Keras all-reduces the gradients across replicas; LossScaleOptimizer
       # unscales them and skips the update if any is not finite.
       strategy.extended.call_for_each_replica(
           lambda g: self.optimizer.apply_gradients(zip(g, self.model.trainable_variables)),
           args=(grads,))
+      for (variable, stop), value in zip(self.frozen_after, frozen):
+        variable.assign(tf.where(self.step >= stop, value, variable))
       if self.ema is not None:
         self.ema.update()
 
@@ -161,7 +167,8 @@ class Task:
     return float(optimizer.learning_rate)
 
   def averaged_weights(self):
-    """Inside it, the model holds the weights that are evaluated and saved (EMA if on)."""
+    """Inside it, the model holds the weights that are evaluated and saved (EMA or
+    Lookahead if on)."""
     return self.ema.swapped_in() if self.ema else contextlib.nullcontext()
 
   def evaluate(self, split):

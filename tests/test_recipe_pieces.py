@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import data, loop, losses, models, optim, tta
-from research.config import Config
+from research import data, ema, loop, losses, models, optim, tta
+from research.config import Config, ConfigError
 from research.models import airbench
 
 
@@ -64,7 +64,11 @@ def test_tta_averages_flipped_and_shifted_views():
   np.testing.assert_allclose(tta.predict(model, images, "none"), plain)
   np.testing.assert_allclose(tta.predict(model, images, "flip"), (plain + flipped) / 2,
                              rtol=1e-6)
-  assert not np.allclose(tta.predict(model, images, "flip_translate"), (plain + flipped) / 2)
+  mirrored = lambda x: (model(x, False) + model(tf.reverse(x, [2]), False)) / 2
+  shifted = (mirrored(tta._shift(images, 1)) + mirrored(tta._shift(images, -1))) / 2
+  np.testing.assert_allclose(tta.predict(model, images, "flip_translate"),
+                             (plain + flipped) / 4 + shifted / 2, rtol=1e-6)
+  assert not np.allclose(shifted, (plain + flipped) / 2)
 
 
 def _task(make_config, **overrides):
@@ -104,3 +108,49 @@ def test_ema_is_evaluated_and_swapped_back(make_config):
   for w, a in zip(task.ema.weights, averages):
     w.assign(a)
   np.testing.assert_allclose(task._evaluate(split.eval)["loss"], with_ema["loss"], rtol=1e-5)
+
+
+def test_lookahead_pulls_a_slow_copy_and_resets_the_weights_every_k_steps():
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+  [kernel] = model.weights
+  w0, w1, w2 = (np.full((2, 1), v, np.float32) for v in (1.0, 3.0, 5.0))
+  kernel.assign(w0)
+  lookahead = ema.Lookahead(model, every=2, decay=0.5, total_steps=4)
+  kernel.assign(w1)
+  lookahead.update()  # Step 1: no sync.
+  np.testing.assert_array_equal(kernel.numpy(), w1)
+  np.testing.assert_array_equal(lookahead.averages[0].numpy(), w0)
+  kernel.assign(w2)
+  lookahead.update()  # Step 2: sync with decay 0.5 * (2/4)^3.
+  decay = 0.5 * (2 / 4) ** 3
+  np.testing.assert_allclose(lookahead.averages[0].numpy(), decay * w0 + (1 - decay) * w2)
+  np.testing.assert_array_equal(kernel.numpy(), lookahead.averages[0].numpy())
+
+
+def test_lookahead_runs_in_the_compiled_loop(make_config):
+  task, batches, _ = _task(make_config, lookahead_every=2)
+  assert isinstance(task.ema, ema.Lookahead)
+  task.train_loop(batches, tf.constant(3))  # Synced after step 2, then one step more.
+  assert any(not np.array_equal(w.numpy(), a.numpy())
+             for w, a in zip(task.ema.weights, task.ema.averages))
+  task.train_loop(batches, tf.constant(1))
+  for w, a in zip(task.ema.weights, task.ema.averages):
+    np.testing.assert_array_equal(w.numpy(), a.numpy())
+
+
+def test_lookahead_and_ema_are_exclusive(make_config):
+  with pytest.raises(ConfigError, match="choose one"):
+    make_config(lookahead_every=5, ema_decay=0.9)
+
+
+def test_whitening_bias_trains_only_for_its_epochs(make_config):
+  task, batches, _ = _task(make_config, model="airbench", whiten_bias_epochs=0.6,
+                           learning_rate=0.5)
+  assert task.config.steps_per_epoch == 5  # 0.6 epochs: the bias trains for 3 steps.
+  [bias] = models.whitening_biases(task.model)
+  values = [bias.numpy().copy()]
+  for _ in range(5):
+    task.train_loop(batches, tf.constant(1))
+    values.append(bias.numpy().copy())
+  moved = [not np.array_equal(a, b) for a, b in zip(values, values[1:])]
+  assert moved == [True, True, True, False, False]

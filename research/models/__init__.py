@@ -7,3 +7,4 @@ Importing this package registers every family below.
 
 from research.models.registry import MODELS, build, init_from_data  # noqa: F401
 from research.models import airbench, cnn, resnet  # noqa: F401,E402  (registers models)
+from research.models.airbench import whitening_biases  # noqa: F401,E402

@@ -84,6 +84,12 @@ class PatchWhitening(layers.Conv2D):
     return config
 
 
+def whitening_biases(model):
+  """The biases of the model's PatchWhitening layers (`--whiten_bias_epochs` freezes them)."""
+  return [layer.bias for layer in model.layers
+          if isinstance(layer, PatchWhitening) and layer.use_bias]
+
+
 def _conv_group(x, width, identity_init):
   init = PartialIdentity() if identity_init else torch_default_init()
   for i in range(2):
