@@ -32,6 +32,15 @@ def test_partial_identity_passes_the_input_through():
   assert np.abs(y[..., 4:]).sum() > 0
 
 
+def test_float32_gelu_matches_keras_gelu():
+  x = tf.constant(np.linspace(-5, 5, 101), tf.bfloat16)
+  np.testing.assert_allclose(
+      tf.cast(airbench.Gelu()(x), tf.float32),
+      tf.cast(keras.layers.Activation("gelu")(tf.cast(x, tf.float32)), tf.bfloat16),
+      atol=1e-2)
+  assert airbench.Gelu(dtype="mixed_bfloat16")(x).dtype == tf.bfloat16
+
+
 def test_label_smoothing_matches_the_formula():
   logits = tf.constant([[2.0, 0.0, -1.0]])
   log_p = tf.nn.log_softmax(logits).numpy()[0]

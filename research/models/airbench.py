@@ -46,6 +46,18 @@ class PartialIdentity(keras.initializers.Initializer):
 
 
 @keras.saving.register_keras_serializable(package="research")
+class Gelu(layers.Layer):
+  """Exact GELU, computed in float32 and cast back to the compute dtype.
+
+  Same function as `Activation("gelu")`; under mixed_bfloat16 on CPU the float32 erf
+  made the whole airbench training step 15-20% faster than the bfloat16 one.
+  """
+
+  def call(self, inputs):
+    return ops.cast(ops.gelu(ops.cast(inputs, "float32"), approximate=False), inputs.dtype)
+
+
+@keras.saving.register_keras_serializable(package="research")
 class PatchWhitening(layers.Conv2D):
   """A 2x2 valid conv whose fixed kernel whitens the training set's image patches.
 
@@ -98,7 +110,7 @@ def _conv_group(x, width, identity_init):
       x = layers.MaxPooling2D()(x)
     # No learned scale: BatchNorm shifts only, as in airbench.
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=1e-5, scale=False)(x)
-    x = layers.Activation("gelu")(x)
+    x = Gelu()(x)
   return x
 
 
@@ -108,7 +120,7 @@ def airbench(num_classes, image_size, whiten=True, identity_init=True):
     x = PatchWhitening(24, name="whiten")(x)
   else:
     x = layers.Conv2D(24, 2, kernel_initializer=torch_default_init(), name="stem")(x)
-  x = layers.Activation("gelu")(x)
+  x = Gelu()(x)
   for width in WIDTHS:
     x = _conv_group(x, width, identity_init)
   x = layers.GlobalMaxPooling2D()(x)
