@@ -3,7 +3,7 @@ positive, and the table prints. No timing targets: this machine's speed is not t
 
 import json
 
-from research import benchmark
+from research import benchmark, data
 from tests.test_cli import run
 
 KEYS = ("fit_ratio", "fit_default_ratio", "bf16_speedup", "utilization_bf16",
@@ -41,3 +41,20 @@ def test_format_table_lists_rows_and_headline_ratios():
   assert "| a | 1 |" in table
   assert "| **fit_ratio** | 1.250 |" in table
   assert "peak_rss_mib" not in table
+
+
+def test_tutorial_fit_records_time_to_each_target():
+  split, _ = data.synthetic(96, 32, 10, seed=0)
+  train, val = data.split_validation(split, 0.25)
+  record = benchmark.tutorial_fit(train, val, epochs=2, batch_size=32, precision="float32",
+                                  targets=(0.0, 1.01), log=lambda line: None)
+  assert [e["epoch"] for e in record["epochs"]] == [1, 2]
+  assert record["reached"]["0.0"] == {"epoch": 1, "seconds": record["epochs"][0]["seconds"]}
+  assert record["reached"]["1.01"] is None  # Never reached.
+  assert record["final_val_accuracy"] == record["epochs"][-1]["val_accuracy"]
+
+
+def test_tutorial_fit_script_refuses_a_missing_folder(tmp_path):
+  result = run("scripts/tutorial_fit.py", f"--data_dir={tmp_path / 'nowhere'}")
+  assert result.returncode != 0
+  assert "error:" in result.stderr
