@@ -137,13 +137,15 @@ class _EpochTimer(keras.callbacks.Callback):
 
 
 def fit_window(config, dataset, steps_per_execution):
-  """`model.fit` on the same architecture, optimizer kind and precision; returns a
+  """`model.fit` on the same architecture, optimizer, precision and metrics; returns a
   call timing one epoch of `steps_per_loop` steps (s). Only the epoch is timed, not
   fit's set-up around it."""
   keras.mixed_precision.set_global_policy(config.precision)
   model = models.build(config)
+  # The same bookkeeping as our step, which also sums top-1 and top-5 accuracy.
   model.compile(optimizer=optim.build(config),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5)],
                 jit_compile=config.jit_compile, steps_per_execution=steps_per_execution)
   timer = _EpochTimer()
 

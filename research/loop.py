@@ -135,10 +135,14 @@ class Task:
     Under mixed_float16 scaled gradients overflow routinely and LossScaleOptimizer
     handles them; only a non-finite loss counts as a bad step there.
     """
-    checks = [tf.reduce_all(tf.math.is_finite(loss))]
+    # A gradient's sum is NaN or infinite if any element is, or if the sum overflows
+    # float32 (no usable update either): one pass over each gradient, not two.
+    # x 0.0 keeps NaN/inf and turns finite sums into 0, so their total cannot overflow.
+    total = tf.reduce_sum(tf.cast(loss, tf.float32))
     if self.config.precision != "mixed_float16":
-      checks += [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
-    bad = 1.0 - tf.cast(tf.reduce_all(tf.stack(checks)), tf.float32)
+      total += tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) * 0.0
+                         for g in grads if g is not None])
+    bad = 1.0 - tf.cast(tf.math.is_finite(total), tf.float32)
     replica = tf.distribute.get_replica_context()
     if replica is not None and replica.num_replicas_in_sync > 1:
       bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, bad)
