@@ -29,7 +29,8 @@ NUM_CLASSES = 10
 # of a step (learning-rate values, schedule, evaluation).
 FAST_RECIPE = dict(optimizer="sgd", nesterov=True, momentum=0.85,
                    weight_decay=0.009, bn_lr_scale=64.0, label_smoothing=0.2,
-                   crop_padding=2, ema_decay=0.98, augment="crop,alternating_flip")
+                   crop_padding=2, lookahead_every=5, whiten_bias_epochs=3,
+                   augment="crop,alternating_flip")
 
 # The classic Keras tutorial's augmentation, as Keras preprocessing layers.
 TUTORIAL_LAYERS = lambda: keras.Sequential([
