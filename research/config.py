@@ -18,7 +18,7 @@ TTA = ("none", "flip", "flip_translate")
 ON_NAN = ("skip", "rollback", "halt")
 
 # Fields that shape the checkpoint: a model dir written with other values is refused.
-CHECKPOINT_FIELDS = ("model", "num_classes", "image_size", "optimizer")
+CHECKPOINT_FIELDS = ("model", "num_classes", "image_size", "optimizer", "averaging")
 
 
 class ConfigError(ValueError):
@@ -77,15 +77,15 @@ class Config:
   lookahead_every: int = _field(0, "every N steps, move a slow copy of the weights toward "
                                 "them and reset them to it; evaluate and save the slow "
                                 "copy (0: off)")
-  lookahead_decay: float = _field(0.95 ** 5, "final decay of --lookahead_every; it grows "
-                                  "from 0 as (step / train_steps)^3")
+  lookahead_decay: float = _field(0.95 ** 5, "decay of --lookahead_every's slow copy at "
+                                  "the end of training (per sync, so it depends on N); "
+                                  "it grows from 0 as (step / train_steps)^3")
   tta: str = _field("none", "test-time augmentation in evaluation: " + "|".join(TTA))
   schedule: str = _field("cosine", "learning-rate schedule name")
   warmup_epochs: float = _field(0.0, "linear warmup, in epochs")
-  warmup_start: float = _field(0.0, "the warmup starts at this fraction of the peak "
-                               "learning rate")
-  final_lr: float = _field(0.0, "the decay ends at this fraction of the peak learning "
-                           "rate (instead of 0)")
+  warmup_from: float = _field(0.0, "fraction of the peak learning rate the warmup "
+                              "starts at")
+  decay_to: float = _field(0.0, "fraction of the peak learning rate the decay ends at")
 
   # Length and cadence (all steps after `resolve`).
   epochs: float = _field(30.0, "training length in epochs (ignored if --train_steps)")
@@ -113,11 +113,17 @@ class Config:
   # Resolved by `resolve`, saved for scripts that read the run back.
   steps_per_epoch: int = _field(0, "set from the data")
   warmup_steps: int = _field(0, "set from --warmup_epochs")
+  whiten_bias_steps: int = _field(0, "set from --whiten_bias_epochs")
 
   # ---------------------------------------------------------------------------
 
   def replace(self, **changes):
     return dataclasses.replace(self, **changes)
+
+  @property
+  def averaging(self):
+    """The kind of weight averaging (it shapes the checkpoint): none, ema or lookahead."""
+    return "lookahead" if self.lookahead_every else "ema" if self.ema_decay else "none"
 
   @property
   def augmentations(self):
@@ -189,7 +195,7 @@ class Config:
       raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
     if self.weight_decay < 0 or self.warmup_epochs < 0:
       raise ConfigError("--weight_decay and --warmup_epochs must be >= 0")
-    for name in ("warmup_start", "final_lr"):
+    for name in ("warmup_from", "decay_to"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
     if not 0.0 <= self.momentum < 1.0:
@@ -226,6 +232,7 @@ class Config:
         steps_per_epoch=steps_per_epoch,
         train_steps=train_steps,
         warmup_steps=int(round(self.warmup_epochs * steps_per_epoch)),
+        whiten_bias_steps=int(round(self.whiten_bias_epochs * steps_per_epoch)),
         eval_every=self.eval_every or steps_per_epoch,
         checkpoint_every=self.checkpoint_every or steps_per_epoch,
         model_dir=self.model_dir or os.path.join("runs", f"{self.model}_{self.dataset}"))
@@ -267,7 +274,7 @@ class Config:
 
 def fields():
   """(name, type, default, help) of every user-settable field, for flag definitions."""
-  derived = {"steps_per_epoch", "warmup_steps"}
+  derived = {"steps_per_epoch", "warmup_steps", "whiten_bias_steps"}
   return [(f.name, f.type, f.default, f.metadata["help"])
           for f in dataclasses.fields(Config) if f.name not in derived]
 

@@ -1,4 +1,5 @@
-"""An exponential moving average of a model's weights, evaluated and saved as such."""
+"""Averages of a model's weights, evaluated and saved as such: an exponential moving
+average (`Ema`) or airbench94's Lookahead (`Lookahead`)."""
 
 import contextlib
 
@@ -19,6 +20,11 @@ class Ema(tf.Module):
     self.weights = [w for w in model.weights if "float" in str(w.dtype)]
     self.averages = [tf.Variable(w, trainable=False, name="ema") for w in self.weights]
     self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")
+
+  def reset(self):
+    """Restarts the averages from the model's current weights."""
+    for average, weight in zip(self.averages, self.weights):
+      average.assign(tf.cast(weight.value, average.dtype))
 
   def update(self):
     n = tf.cast(self.updates, tf.float32)
@@ -45,7 +51,8 @@ class Lookahead(Ema):
   toward the model's weights, slow = d * slow + (1 - d) * weights, and the model is
   reset to the slow copy. The decay grows as d = decay * (step / total_steps)^3: no
   averaging early, strong averaging late. Evaluated and saved like an EMA (the slow
-  copy is what the model holds right after each sync).
+  copy is what the model holds right after each sync). Syncs count applied updates,
+  so steps skipped by `--on_nan=skip` delay them.
   """
 
   def __init__(self, model, every, decay, total_steps):
@@ -60,7 +67,8 @@ class Lookahead(Ema):
       progress = tf.minimum(tf.cast(n, tf.float32) / self.total_steps, 1.0)
       decay = self.decay * progress ** 3
       for average, weight in zip(self.averages, self.weights):
-        average.assign(decay * average + (1.0 - decay) * tf.cast(weight.value, average.dtype))
+        average.assign(decay * average
+                       + (1.0 - decay) * tf.cast(weight.value, average.dtype))
         weight.assign(tf.cast(average, weight.dtype))
 
     tf.cond(n % self.every == 0, sync, lambda: None)

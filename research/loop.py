@@ -20,6 +20,7 @@ from tensorflow.python.framework import config as _tf_config  # pylint: disable=
 from research import checkpoints, data as data_lib, distribute, hooks as hooks_lib, losses
 from research import models, optim, tta
 from research import ema as ema_lib
+from research.config import ConfigError
 from research.metrics import Metrics
 from research import summaries
 from research.summaries import Progress, Writers, format_seconds
@@ -50,9 +51,13 @@ class Task:
     # Gradient multipliers: --bn_lr_scale on BatchNorm parameters (exact for SGD).
     self.grad_scales = [config.bn_lr_scale if v.name in optim.BATCHNORM_PARAMS else 1.0
                         for v in self.model.trainable_variables]
-    # Variables that stop training after some step: (variable, step).
-    stop = int(round(config.whiten_bias_epochs * config.steps_per_epoch))
-    self.frozen_after = [(v, stop) for v in models.whitening_biases(self.model)] if stop else []
+    # Variables that stop training after `config.whiten_bias_steps` steps.
+    self.frozen_later = []
+    if config.whiten_bias_epochs:
+      self.frozen_later = models.whitening_biases(self.model)
+      if not self.frozen_later:
+        raise ConfigError(f"--whiten_bias_epochs: --model={config.model} has no "
+                          "patch-whitening layer")
     self.train_loop = self._make_train_loop()
     self.eval_loop = self._make_eval_loop()
 
@@ -113,14 +118,15 @@ class Task:
     function may not contain the optimizer's cross-replica synchronization.
     """
     def apply():
-      frozen = [tf.identity(v) for v, _ in self.frozen_after]
+      frozen = [tf.identity(v) for v in self.frozen_later]
       # Keras all-reduces the gradients across replicas; LossScaleOptimizer
       # unscales them and skips the update if any is not finite.
       strategy.extended.call_for_each_replica(
           lambda g: self.optimizer.apply_gradients(zip(g, self.model.trainable_variables)),
           args=(grads,))
-      for (variable, stop), value in zip(self.frozen_after, frozen):
-        variable.assign(tf.where(self.step >= stop, value, variable))
+      frozen_now = self.step >= self.config.whiten_bias_steps
+      for variable, value in zip(self.frozen_later, frozen):
+        variable.assign(tf.where(frozen_now, value, variable))
       if self.ema is not None:
         self.ema.update()
 
@@ -137,12 +143,10 @@ class Task:
     """
     # A gradient's sum is NaN or infinite if any element is, or if the sum overflows
     # float32 (no usable update either): one pass over each gradient, not two.
-    # x 0.0 keeps NaN/inf and turns finite sums into 0, so their total cannot overflow.
-    total = tf.reduce_sum(tf.cast(loss, tf.float32))
+    sums = [tf.reduce_sum(tf.cast(loss, tf.float32))]
     if self.config.precision != "mixed_float16":
-      total += tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) * 0.0
-                         for g in grads if g is not None])
-    bad = 1.0 - tf.cast(tf.math.is_finite(total), tf.float32)
+      sums += [tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads if g is not None]
+    bad = 1.0 - tf.cast(tf.reduce_all(tf.math.is_finite(tf.stack(sums))), tf.float32)
     replica = tf.distribute.get_replica_context()
     if replica is not None and replica.num_replicas_in_sync > 1:
       bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, bad)
@@ -265,6 +269,8 @@ def train(config, strategy=None):
     initialized = models.init_from_data(task.model, data.train.images[:5000])
     if initialized:
       logging.info("initialized from data: %s", ", ".join(initialized))
+      if task.ema is not None:
+        task.ema.reset()  # Average from the initialized weights, not the random ones.
   logging.info("%s strategy, %d replica(s); %d train / %d %s examples; %s",
                config.strategy, strategy.num_replicas_in_sync, len(data.train),
                len(data.eval), data.eval_name,

@@ -47,7 +47,7 @@ def schedule(config):
   shape = SCHEDULES.get(config.schedule)
   return Warmup(config.learning_rate, config.warmup_steps,
                 max(1, config.train_steps - config.warmup_steps), shape,
-                start=config.warmup_start, floor=config.final_lr)
+                start=config.warmup_from, floor=config.decay_to)
 
 
 @SCHEDULES.register("constant")

@@ -231,12 +231,13 @@ def test_empty_class_folder_is_refused(tmp_path):
 def test_a_non_finite_gradient_with_a_finite_loss_is_caught(make_config):
   config = make_config().resolve(100, 10)
   task = loop.Task(config, tf.distribute.get_strategy())
+  all_finite = tf.function(task._all_finite)  # Compiled, as in the train loop.
   loss = tf.constant(1.0)
   finite = [tf.ones([3, 3]), tf.fill([2], 1e30), tf.fill([2], -1e30)]  # Large, finite.
-  assert bool(task._all_finite(loss, finite))
-  # A gradient whose sum overflows float32 counts as non-finite: no usable update.
-  assert not bool(task._all_finite(loss, [tf.fill([2], 3e38)]))
+  assert bool(all_finite(loss, finite))
   for bad in (float("nan"), float("inf"), -float("inf")):
     grads = finite + [tf.constant([0.0, bad])]
-    assert not bool(task._all_finite(loss, grads)), bad
-  assert not bool(task._all_finite(tf.constant(float("nan")), finite))
+    assert not bool(all_finite(loss, grads)), bad
+  assert not bool(all_finite(tf.constant(float("nan")), finite))
+  # A gradient whose sum overflows float32 counts as non-finite: no usable update.
+  assert not bool(all_finite(loss, [tf.fill([2], 3e38)]))

@@ -1,11 +1,13 @@
 """The fast recipe's pieces, each tested on its own."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import data, ema, loop, losses, models, optim, tta
+from research import data, distribute, ema, loop, losses, models, optim, tta
 from research.config import Config, ConfigError
 from research.models import airbench
 
@@ -56,9 +58,9 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
                              [0.0, 1.0, 2.0, 1.0, 0.0], atol=1e-6)
 
 
-def test_warmup_start_and_final_lr_bound_the_schedule():
+def test_warmup_from_and_decay_to_bound_the_schedule():
   config = Config(learning_rate=2.0, schedule="linear", warmup_steps=10, train_steps=110,
-                  warmup_start=0.2, final_lr=0.1)
+                  warmup_from=0.2, decay_to=0.1)
   lr = optim.schedule(config)
   np.testing.assert_allclose([float(lr(s)) for s in (0, 5, 10, 60, 110, 200)],
                              [0.4, 1.2, 2.0, 1.1, 0.2, 0.2], atol=1e-6)
@@ -80,12 +82,14 @@ def test_tta_averages_flipped_and_shifted_views():
   assert not np.allclose(shifted, (plain + flipped) / 2)
 
 
-def _task(make_config, **overrides):
+def _task(make_config, strategy="default", **overrides):
   config = make_config(**overrides)
   split = data.load(config)
   config = config.resolve(len(split.train), len(split.class_names))
-  task = loop.Task(config, tf.distribute.get_strategy())
-  batches = iter(data.train_dataset(split.train, config, 0, None))
+  strategy = distribute.make_strategy(strategy)
+  task = loop.Task(config, strategy)
+  batches = iter(strategy.distribute_datasets_from_function(
+      lambda ctx: data.train_dataset(split.train, config, 0, ctx)))
   return task, batches, split
 
 
@@ -136,15 +140,20 @@ def test_lookahead_pulls_a_slow_copy_and_resets_the_weights_every_k_steps():
   np.testing.assert_array_equal(kernel.numpy(), lookahead.averages[0].numpy())
 
 
-def test_lookahead_runs_in_the_compiled_loop(make_config):
-  task, batches, _ = _task(make_config, lookahead_every=2)
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_lookahead_runs_in_the_compiled_loop(make_config, strategy):
+  task, batches, _ = _task(make_config, strategy, lookahead_every=2)
   assert isinstance(task.ema, ema.Lookahead)
-  task.train_loop(batches, tf.constant(3))  # Synced after step 2, then one step more.
+  initial = [a.numpy().copy() for a in task.ema.averages]
+  task.train_loop(batches, tf.constant(1))
+  assert all(np.array_equal(i, a.numpy()) for i, a in zip(initial, task.ema.averages))
+  task.train_loop(batches, tf.constant(1))  # Step 2: a sync moves the slow copy...
+  assert any(not np.array_equal(i, a.numpy()) for i, a in zip(initial, task.ema.averages))
+  for w, a in zip(task.ema.weights, task.ema.averages):  # ...and resets the weights to it.
+    np.testing.assert_array_equal(w.numpy(), a.numpy())
+  task.train_loop(batches, tf.constant(1))  # Step 3: the weights move on alone.
   assert any(not np.array_equal(w.numpy(), a.numpy())
              for w, a in zip(task.ema.weights, task.ema.averages))
-  task.train_loop(batches, tf.constant(1))
-  for w, a in zip(task.ema.weights, task.ema.averages):
-    np.testing.assert_array_equal(w.numpy(), a.numpy())
 
 
 def test_lookahead_and_ema_are_exclusive(make_config):
@@ -152,10 +161,11 @@ def test_lookahead_and_ema_are_exclusive(make_config):
     make_config(lookahead_every=5, ema_decay=0.9)
 
 
-def test_whitening_bias_trains_only_for_its_epochs(make_config):
-  task, batches, _ = _task(make_config, model="airbench", whiten_bias_epochs=0.6,
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_whitening_bias_trains_only_for_its_epochs(make_config, strategy):
+  task, batches, _ = _task(make_config, strategy, model="airbench", whiten_bias_epochs=0.6,
                            learning_rate=0.5)
-  assert task.config.steps_per_epoch == 5  # 0.6 epochs: the bias trains for 3 steps.
+  assert task.config.whiten_bias_steps == 3  # 0.6 of 5 steps an epoch.
   [bias] = models.whitening_biases(task.model)
   values = [bias.numpy().copy()]
   for _ in range(5):
@@ -163,3 +173,30 @@ def test_whitening_bias_trains_only_for_its_epochs(make_config):
     values.append(bias.numpy().copy())
   moved = [not np.array_equal(a, b) for a, b in zip(values, values[1:])]
   assert moved == [True, True, True, False, False]
+
+
+def test_whitening_bias_epochs_needs_a_whitening_layer(make_config):
+  with pytest.raises(ConfigError, match="no patch-whitening layer"):
+    _task(make_config, model="resnet8", whiten_bias_epochs=1)
+
+
+def test_switching_weight_averaging_is_a_checkpoint_difference(make_config):
+  plain = make_config()
+  assert plain.averaging == "none"
+  assert make_config(ema_decay=0.9).averaging == "ema"
+  lookahead = make_config(lookahead_every=5)
+  assert lookahead.checkpoint_differences(plain) == [
+      "averaging: 'none' in the model dir, 'lookahead' now"]
+
+
+def test_averages_start_from_the_data_initialized_weights(make_config):
+  # Two steps, no sync yet: the saved (slow) weights must hold the data-whitening
+  # kernel, not the random one the model was built with.
+  kernels = {}
+  for name, overrides in (("plain", {}), ("lookahead", dict(lookahead_every=5))):
+    config = make_config(model="airbench", train_steps=2, eval_every=2, **overrides)
+    config = config.replace(model_dir=f"{config.model_dir}_{name}")
+    loop.train(config)
+    saved = keras.models.load_model(os.path.join(config.model_dir, "model.keras"))
+    kernels[name] = saved.get_layer("whiten").kernel.numpy()
+  np.testing.assert_allclose(kernels["lookahead"], kernels["plain"], rtol=1e-6)
