@@ -4,8 +4,8 @@
 #
 #   scripts/recipe_ablation.sh DATA_DIR [EPOCHS] [OUT_DIR]
 #
-# Pieces that need no retraining (EMA, TTA) are measured on the full run's model with
-# scripts/evaluate.py --weights/--tta (see docs/RECIPES.md).
+# TTA needs no retraining: it is measured on the full run's model with
+# scripts/evaluate.py --tta (see docs/RECIPES.md).
 set -euo pipefail
 data_dir=${1:?usage: $0 DATA_DIR [EPOCHS] [OUT_DIR]}
 epochs=${2:-4}
@@ -15,13 +15,18 @@ common=(--flagfile=configs/cifar10_fast.flags --dataset=folder "--data_dir=$data
         --val_split=0.1 "--epochs=$epochs" --eval_every=100000 --log_every=44)
 declare -A variants=(
   [full]=""
-  [no_whitening]="--model=airbench_nowhiten"
+  [no_whitening]="--model=airbench_nowhiten --whiten_bias_epochs=0"
   [no_identity_init]="--model=airbench_noidentity"
   [no_bn_lr_scale]="--bn_lr_scale=1"
   [no_label_smoothing]="--label_smoothing=0"
   [random_flip]="--augment=crop,flip"
+  [no_lookahead]="--lookahead_every=0"
+  [ema_not_lookahead]="--lookahead_every=0 --ema_decay=0.98"
+  [whiten_bias_always]="--whiten_bias_epochs=0"
 )
-for name in ${VARIANTS:-full no_whitening no_identity_init no_bn_lr_scale no_label_smoothing random_flip}; do
+all="full no_whitening no_identity_init no_bn_lr_scale no_label_smoothing random_flip"
+all+=" no_lookahead ema_not_lookahead whiten_bias_always"
+for name in ${VARIANTS:-$all}; do
   if [ ! -f "$out/$name/model.keras" ]; then
     python train.py "${common[@]}" ${variants[$name]} "--model_dir=$out/$name" \
       > "$out.$name.log" 2>&1 || { echo "$name failed: see $out.$name.log"; continue; }
