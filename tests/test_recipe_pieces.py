@@ -200,3 +200,31 @@ def test_averages_start_from_the_data_initialized_weights(make_config):
     saved = keras.models.load_model(os.path.join(config.model_dir, "model.keras"))
     kernels[name] = saved.get_layer("whiten").kernel.numpy()
   np.testing.assert_allclose(kernels["lookahead"], kernels["plain"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_fused_batchnorm_matches_keras_batchnorm(dtype):
+  x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, (8, 5, 5, 4)), tf.float32)
+  fused = airbench.FusedBatchNorm(momentum=0.6, scale=False, dtype=dtype)
+  plain = keras.layers.BatchNormalization(momentum=0.6, scale=False, dtype=dtype)
+  outputs, grads = [], []
+  for layer in (fused, plain):
+    layer.build(x.shape)
+    layer.beta.assign(tf.fill([4], 0.5))
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x, training=True)
+      loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.range(4, dtype=tf.float32))
+    outputs.append(tf.cast(y, tf.float32))
+    grads.append(tape.gradient(loss, [x, layer.beta]))
+  tol = 1e-4 if dtype == "float32" else 3e-2
+  np.testing.assert_allclose(outputs[0], outputs[1], atol=tol)
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, atol=tol * 10)
+  np.testing.assert_allclose(fused.moving_mean, plain.moving_mean, rtol=1e-2)
+  n = 8 * 5 * 5  # The fused op's batch variance has Bessel's correction.
+  np.testing.assert_allclose(fused.moving_variance - 0.6,
+                             (plain.moving_variance - 0.6) * n / (n - 1), rtol=2e-2)
+  # At inference the two differ by that correction of the moving variance.
+  np.testing.assert_allclose(tf.cast(fused(x, training=False), tf.float32),
+                             tf.cast(plain(x, training=False), tf.float32), atol=0.1)
