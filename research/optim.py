@@ -22,32 +22,33 @@ NO_DECAY = BATCHNORM_PARAMS + ("bias", "moving_mean", "moving_variance")
 
 
 class Warmup(keras.optimizers.schedules.LearningRateSchedule):
-  """Linear warmup from `start` x peak to the peak over `warmup_steps`, then the decay
-  `shape`, rescaled to end at `floor` x peak instead of 0."""
+  """Linear warmup from `warmup_from` x peak to the peak over `warmup_steps`, then the
+  decay `shape`, rescaled to end at `decay_to` x peak instead of 0."""
 
-  def __init__(self, peak, warmup_steps, decay_steps, shape, start=0.0, floor=0.0):
+  def __init__(self, peak, warmup_steps, decay_steps, shape, warmup_from=0.0, decay_to=0.0):
     self.peak, self.warmup_steps, self.decay_steps = peak, warmup_steps, decay_steps
     self.shape = shape  # fraction in [0, 1] of decay -> multiplier
-    self.start, self.floor = start, floor
+    self.warmup_from, self.decay_to = warmup_from, decay_to
 
   def __call__(self, step):
     step = tf.cast(step, tf.float32)
     warm = step / max(1, self.warmup_steps)
-    warm = self.start + (1.0 - self.start) * warm
+    warm = self.warmup_from + (1.0 - self.warmup_from) * warm
     done = tf.clip_by_value((step - self.warmup_steps) / max(1, self.decay_steps), 0.0, 1.0)
-    decay = self.floor + (1.0 - self.floor) * self.shape(done)
+    decay = self.decay_to + (1.0 - self.decay_to) * self.shape(done)
     return self.peak * tf.where(step < self.warmup_steps, warm, decay)
 
   def get_config(self):
     return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-            "decay_steps": self.decay_steps, "start": self.start, "floor": self.floor}
+            "decay_steps": self.decay_steps, "warmup_from": self.warmup_from,
+            "decay_to": self.decay_to}
 
 
 def schedule(config):
   shape = SCHEDULES.get(config.schedule)
   return Warmup(config.learning_rate, config.warmup_steps,
                 max(1, config.train_steps - config.warmup_steps), shape,
-                start=config.warmup_from, floor=config.decay_to)
+                warmup_from=config.warmup_from, decay_to=config.decay_to)
 
 
 @SCHEDULES.register("constant")
