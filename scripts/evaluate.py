@@ -22,7 +22,7 @@ flags.DEFINE_string("cache_dir", "", "where decoded folders are cached")
 flags.DEFINE_enum("tta", None, ["none", "flip", "flip_translate"],
                   "test-time augmentation (default: the run's --tta)")
 flags.DEFINE_enum("weights", "final", ["final", "checkpoint"],
-                  "final: model.keras (EMA weights where EMA was on); checkpoint: the "
+                  "final: model.keras (EMA or Lookahead weights where on); checkpoint: the "
                   "newest checkpoint's raw weights")
 flags.DEFINE_enum("split", "all", ["all", "validation"],
                   "all: every image of --data_dir; validation: the run's held-out split of it")
