@@ -77,7 +77,7 @@ class FusedBatchNorm(layers.BatchNormalization):
       return super().call(inputs, training=training, mask=mask)
     ones = tf.ones_like(self.moving_mean)
     scale = tf.convert_to_tensor(self.gamma) if self.scale else ones
-    offset = tf.convert_to_tensor(self.beta) if self.center else ones * 0.0
+    offset = tf.convert_to_tensor(self.beta) if self.center else tf.zeros_like(ones)
     if training and self.trainable:
       outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
           inputs, scale, offset, epsilon=self.epsilon, is_training=True)
