@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from research import data as data_lib, flops, loop, models, optim
+from research import precision as precision_lib
 from research.config import Config
 
 NUM_CLASSES = 10
@@ -48,7 +49,7 @@ class Settings:
   steps: int = 3               # steps per timed window (= steps_per_loop); 3 keeps
                                # all 8 models' 24 runs near 5 min on 2 cores
   repeats: int = 3             # timed windows; the median is reported
-  precision: str = "mixed_bfloat16"  # policy of the loop-vs-fit comparison
+  precision: str = "auto"      # policy of the loop-vs-fit comparison (auto: the hardware's)
   jit_compile: bool = False
   image_size: int = 32         # pixels per side
   airbench_batch_size: int = 512  # images per step, precision and utilization
@@ -59,7 +60,7 @@ class Settings:
 
   @classmethod
   def quick(cls, **overrides):
-    values = dict(models=("resnet8",), batch_size=8, steps=2, repeats=2,
+    values = dict(models=("resnet8",), batch_size=8, steps=2, repeats=2, precision="float32",
                   airbench_batch_size=8, airbench_steps=2, matmul_size=64,
                   pipeline_examples=64, pipeline_steps=2)
     values.update(overrides)
@@ -294,6 +295,13 @@ def determinism_cost(settings, dataset, log=print):
 def run(settings, log=print):
   """Runs every measurement; returns (table rows, summary dict of the headline ratios)."""
   rows, summary = [], {}
+  auto = precision_lib.resolve("auto")
+  features = precision_lib.native_bf16_flags()
+  rows.append(("CPU native bf16 flags; --precision=auto picks",
+               f"{', '.join(features) or 'none'}; {auto}"))
+  summary["auto_precision"] = auto
+  if settings.precision == "auto":
+    settings = dataclasses.replace(settings, precision=auto)
   log(f"loop vs fit: batch {settings.batch_size}, {settings.steps} steps a window, "
       f"{settings.repeats} windows, {settings.precision}, jit_compile={settings.jit_compile}")
   per_model = {}
@@ -321,6 +329,9 @@ def run(settings, log=print):
     log(f"  peak matmul {dtype.name} ({settings.matmul_size}^2): "
         f"{peak[dtype.name] / 1e9:.1f} GFLOP/s")
   summary["bf16_speedup"] = rate["mixed_bfloat16"] / rate["float32"]
+  # What `auto` gains over the precision it did not pick (on a CPU it picks one of these).
+  other = "float32" if auto == "mixed_bfloat16" else "mixed_bfloat16"
+  summary["auto_speedup"] = rate.get(auto, rate["float32"]) / rate[other]
   summary["utilization_bf16"] = flops_per_image * rate["mixed_bfloat16"] / peak["bfloat16"]
   summary["utilization_fp32"] = flops_per_image * rate["float32"] / peak["float32"]
   rows += [("airbench mixed_bfloat16 / float32 images/s",

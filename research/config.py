@@ -13,7 +13,7 @@ import os
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 TTA = ("none", "flip", "flip_translate")
 ON_NAN = ("skip", "rollback", "halt")
 
@@ -35,7 +35,9 @@ class Config:
   strategy: str = _field("default", "tf.distribute strategy: " + "|".join(STRATEGIES))
   cpu_devices: int = _field(0, "split the CPU into N logical devices (0: do not split)")
   jit_compile: bool = _field(False, "compile the train step with XLA")
-  precision: str = _field("mixed_bfloat16", "|".join(PRECISIONS))
+  precision: str = _field("auto", "|".join(PRECISIONS) + " (auto: mixed_bfloat16 where the "
+                          "hardware computes bf16 natively, mixed_float16 on older GPUs, "
+                          "else float32; config.json holds the resolved one)")
   deterministic: bool = _field(False, "turn on TensorFlow op determinism")
   seed: int = _field(0, "seed of initialization, shuffling and augmentation")
   model_dir: str = _field("", "checkpoints, TensorBoard and the final model "

@@ -19,6 +19,7 @@ from tensorflow.python.framework import config as _tf_config  # pylint: disable=
 
 from research import checkpoints, data as data_lib, distribute, hooks as hooks_lib, losses
 from research import models, optim, tta
+from research import precision as precision_lib
 from research import ema as ema_lib
 from research.config import ConfigError
 from research.metrics import Metrics
@@ -240,6 +241,7 @@ def train(config, strategy=None):
   config.validate_replicas(strategy.num_replicas_in_sync)
   data = data_lib.load(config)
   config = config.resolve(len(data.train), len(data.class_names))
+  config = config.replace(precision=precision_lib.resolve(config.precision))
   checkpoints.check_model_dir(config)
   keras.mixed_precision.set_global_policy(config.precision)
   keras.utils.set_random_seed(config.seed)

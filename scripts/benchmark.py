@@ -25,7 +25,7 @@ flags.DEFINE_integer("steps", None, "steps per timed window = steps_per_loop "
 flags.DEFINE_integer("repeats", None, "timed windows per measurement; medians are "
                      "reported (default 3)")
 flags.DEFINE_string("precision", None, "policy of the loop-vs-fit comparison "
-                    "(default mixed_bfloat16)")
+                    "(default auto: the one --precision=auto picks here)")
 flags.DEFINE_integer("airbench_batch_size", None, "images per step of the airbench "
                      "precision and utilization runs (default 512)")
 flags.DEFINE_integer("pipeline_examples", None, "synthetic images of the pipeline "

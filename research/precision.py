@@ -1,0 +1,79 @@
+"""`--precision=auto`: the mixed-precision policy that fits this machine's hardware.
+
+bfloat16 only pays where the hardware computes it natively: on a CPU without AMX or
+AVX512_BF16, TensorFlow's bf16 convolutions fall back to kernels 6-12x slower than
+float32 (docs/BENCHMARKS.md). float16 needs a GPU's tensor cores and loss scaling.
+"""
+
+from absl import logging
+
+# /proc/cpuinfo flags of native bfloat16 arithmetic on x86 CPUs.
+NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# GPUs from Ampere on (compute capability 8.0) have bf16 tensor cores; older ones fp16.
+BF16_GPU_CAPABILITY = (8, 0)
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+  """The first CPU's feature flags (empty where /proc/cpuinfo is missing: not Linux)."""
+  try:
+    with open(path) as f:
+      for line in f:
+        if line.startswith("flags"):
+          return frozenset(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+def native_bf16_flags(flags=None):
+  """The native-bf16 flags this CPU has, in NATIVE_BF16_CPU_FLAGS order."""
+  flags = cpu_flags() if flags is None else flags
+  return [f for f in NATIVE_BF16_CPU_FLAGS if f in flags]
+
+
+def choose(gpu_capabilities, flags):
+  """(policy, reason) for `--precision=auto`.
+
+  Args:
+    gpu_capabilities: (major, minor) compute capability of each visible GPU.
+    flags: the CPU's feature flags.
+  """
+  if gpu_capabilities:
+    oldest = min(gpu_capabilities)
+    name = f"GPU compute capability {oldest[0]}.{oldest[1]}"
+    if oldest >= BF16_GPU_CAPABILITY:
+      return "mixed_bfloat16", f"{name} has bfloat16 tensor cores"
+    return "mixed_float16", f"{name} has float16 but no bfloat16 tensor cores"
+  native = native_bf16_flags(flags)
+  if native:
+    return "mixed_bfloat16", f"the CPU computes bfloat16 natively ({', '.join(native)})"
+  return "float32", ("the CPU has no native bfloat16 (no " + " or ".join(NATIVE_BF16_CPU_FLAGS)
+                     + "): bfloat16 would be several times slower")
+
+
+def gpu_capabilities():
+  """Compute capabilities of the visible GPUs (initializes TensorFlow's devices)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  found = []
+  for gpu in tf.config.list_physical_devices("GPU"):
+    capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+    found.append(tuple(capability) if capability else (0, 0))
+  return found
+
+
+def resolve(requested):
+  """The policy to run for `requested` (`auto` or a policy), logging the choice.
+
+  An explicit `mixed_bfloat16` on a CPU-only machine without native bf16 still runs,
+  with a warning.
+  """
+  gpus = gpu_capabilities()
+  if requested == "auto":
+    policy, reason = choose(gpus, cpu_flags())
+    logging.info("precision: %s (--precision=auto: %s)", policy, reason)
+    return policy
+  if requested == "mixed_bfloat16" and not gpus and not native_bf16_flags():
+    logging.warning("--precision=mixed_bfloat16 on a CPU without native bfloat16 (no %s) "
+                    "will be several times slower than float32; use --precision=auto or "
+                    "--precision=float32", " or ".join(NATIVE_BF16_CPU_FLAGS))
+  return requested

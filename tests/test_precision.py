@@ -1,0 +1,55 @@
+"""--precision=auto: the policy follows the hardware, and the run records what it chose."""
+
+import json
+
+from absl import logging
+import pytest
+
+from research import loop, precision
+
+AMX = frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"})
+AVX512_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16"})
+AVX2 = frozenset({"avx2", "fma"})
+
+
+@pytest.mark.parametrize("gpus, flags, expected", [
+    ([], AMX, "mixed_bfloat16"),
+    ([], AVX512_BF16, "mixed_bfloat16"),
+    ([], AVX2, "float32"),
+    ([], frozenset(), "float32"),
+    ([(8, 0)], AVX2, "mixed_bfloat16"),
+    ([(7, 5)], AMX, "mixed_float16"),          # A GPU's choice wins over the CPU's.
+    ([(9, 0), (7, 0)], AVX2, "mixed_float16"),  # The oldest GPU decides.
+])
+def test_choice_follows_the_hardware(gpus, flags, expected):
+  policy, reason = precision.choose(gpus, flags)
+  assert policy == expected
+  assert reason
+
+
+def test_cpu_flags_read_the_first_flags_line(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16\n"
+                     "processor\t: 1\nflags\t\t: fpu\n")
+  assert precision.cpu_flags(str(cpuinfo)) == {"fpu", "avx2", "amx_bf16"}
+  assert precision.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_explicit_bf16_without_native_support_warns(monkeypatch):
+  monkeypatch.setattr(precision, "cpu_flags", lambda: AVX2)
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
+  assert precision.resolve("mixed_bfloat16") == "mixed_bfloat16"
+  assert len(warnings) == 1 and "several times slower" in warnings[0]
+  assert "--precision=auto" in warnings[0]
+  monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+  assert precision.resolve("mixed_bfloat16") == "mixed_bfloat16"
+  assert len(warnings) == 1
+
+
+def test_auto_run_saves_the_resolved_policy(make_config, monkeypatch):
+  monkeypatch.setattr(precision, "cpu_flags", lambda: AVX2)
+  config = make_config(precision="auto", train_steps=3, eval_every=3, checkpoint_every=3)
+  loop.train(config)
+  saved = json.load(open(f"{config.model_dir}/config.json"))
+  assert saved["precision"] == "float32"
