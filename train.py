@@ -2,6 +2,7 @@
 
   python train.py --strategy=mirrored --dataset=folder --data_dir=DIR --model=improved_cnn
   python train.py --flagfile=configs/cifar10_fast.flags --data_dir=DIR
+  python train.py --list=augment       # registered augmentations and their parameters
 
 Every flag is a field of research.config.Config (`--helpfull` lists them).
 """
@@ -19,6 +20,9 @@ _DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
            float: flags.DEFINE_float, bool: flags.DEFINE_bool}
 for _name, _type, _default, _help in config_lib.fields():
   _DEFINE[_type](_name, _default, _help)
+flags.DEFINE_string("list", None, "print the registered items of a flag (model, augment, "
+                    "loss, step, metrics, regularizers, hooks, optimizer, schedule; 'all' "
+                    "for every one) with their parameters, and exit")
 FLAGS = flags.FLAGS
 
 
@@ -33,7 +37,17 @@ def main(argv):
     config = config_from_flags().validate()
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
-  from research import data, loop  # pylint: disable=g-import-not-at-top  (slow imports)
+  from research import data, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
+  try:
+    plugins.validate(config)  # Every registry item the flags name, before any data.
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
+  if FLAGS.list:
+    known = plugins.registries()
+    if FLAGS.list != "all" and FLAGS.list not in known:
+      sys.exit(f"error: --list={FLAGS.list!r} is not one of: all, {', '.join(known)}")
+    print(plugins.listing(None if FLAGS.list == "all" else FLAGS.list))
+    return
   try:
     loop.train(config)
   except loop.Preempted as e:

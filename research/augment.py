@@ -1,15 +1,19 @@
-"""Batch augmentations: a registry of stateless, seeded ops on float32 [B,H,W,3].
+"""Batch augmentations: a registry of stateless, seeded ops on batch dicts.
 
-Each op is `op(images, seed, config) -> images` with pixel values in [0, 255] and
-`seed` an int64 [2] tensor. The pipeline folds the op's position into the step's
-seed, so the same (seed, step) always gives the same batch, and the next step a
-different one. To add an augmentation, register one function:
+A batch is a dict of per-example tensors: `image` float32 [B,H,W,3] in [0, 255],
+`label` int32 [B], `target` float32 [B,K] (a distribution over classes: one-hot until
+an op mixes it) and `index` int32 [B] (example ids). An op is
+`op(batch, seed, context) -> batch` with `seed` an int64 [2] tensor and `context` the
+run seed, step and epoch. The pipeline folds the op's position into the step's seed,
+so the same (seed, step) always gives the same batch, and the next step a different
+one. To add one, register a builder whose keyword parameters are its settings:
 
     @AUGMENTATIONS.register("invert")
-    def invert(images, seed, config):
-      return 255.0 - images
+    def invert(probability=1.0):          # --augment="crop,invert(probability=0.5)"
+      return on_images(lambda images, seed: ...)
 """
 
+import dataclasses
 import math
 
 import tensorflow as tf
@@ -19,102 +23,138 @@ from research.registry import Registry
 AUGMENTATIONS = Registry("augmentation")
 
 
-def pipeline(config):
-  """The `--augment` ops chained into one `(images, seed) -> images` function."""
-  ops = [AUGMENTATIONS.get(name) for name in config.augmentations]
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What an op may know besides the batch: the run's --seed, and the step's epoch."""
+  run_seed: int
+  step: tf.Tensor   # int64 scalar
+  epoch: tf.Tensor  # int64 scalar
 
-  def apply(images, seed, index=None, epoch=None):
-    """`index` (example ids) and `epoch` reach only ops marked `uses_example_ids`."""
+
+def pipeline(augment, run_seed):
+  """The `--augment` ops chained into one `(batch, seed, step, epoch) -> batch`."""
+  ops = [AUGMENTATIONS.build(spec) for spec in AUGMENTATIONS.parse_list(augment)]
+
+  def apply(batch, seed, step, epoch):
+    context = Context(run_seed, step, epoch)
     for i, op in enumerate(ops):
-      op_seed = tf.random.experimental.stateless_fold_in(seed, i)
-      if getattr(op, "uses_example_ids", False):
-        images = op(images, op_seed, config, index=index, epoch=epoch)
-      else:
-        images = op(images, op_seed, config)
-    return images
+      batch = op(batch, tf.random.experimental.stateless_fold_in(seed, i), context)
+    return batch
 
   return apply
+
+
+def on_images(fn):
+  """Lifts `fn(images, seed) -> images` to a batch op that leaves labels alone."""
+  def op(batch, seed, context):
+    del context
+    return {**batch, "image": fn(batch["image"], seed)}
+  return op
 
 
 def _uniform(seed, shape, low=0.0, high=1.0):
   return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
 
 
-@AUGMENTATIONS.register("flip")
-def flip(images, seed, config):
+def random_flip(images, seed):
   """Horizontal flip of a random half of the batch."""
-  del config
   do_flip = _uniform(seed, [tf.shape(images)[0]]) < 0.5
   return tf.where(do_flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
 
+@AUGMENTATIONS.register("flip")
+def flip():
+  """Horizontal flip of a random half of the batch."""
+  return on_images(random_flip)
+
+
 @AUGMENTATIONS.register("alternating_flip")
-def alternating_flip(images, seed, config, index, epoch):
+def alternating_flip():
   """airbench's flip: a random half of the examples in epoch 0, then the other half
   in epoch 1 and so on, so every example is seen both ways in every two epochs."""
-  del seed
-  # A fixed random bit per example (an integer hash of id and run seed).
-  bit = ((tf.cast(index, tf.int64) + 7919 * config.seed) * 2654435761 // 65536) % 2
-  do_flip = tf.equal((bit + tf.cast(epoch, tf.int64)) % 2, 1)
-  return tf.where(do_flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-
-
-alternating_flip.uses_example_ids = True
+  def op(batch, seed, context):
+    del seed
+    # A fixed random bit per example (an integer hash of id and run seed).
+    index = tf.cast(batch["index"], tf.int64)
+    bit = ((index + 7919 * context.run_seed) * 2654435761 // 65536) % 2
+    do_flip = tf.equal((bit + tf.cast(context.epoch, tf.int64)) % 2, 1)
+    images = batch["image"]
+    return {**batch, "image": tf.where(do_flip[:, None, None, None],
+                                       tf.reverse(images, axis=[2]), images)}
+  return op
 
 
 @AUGMENTATIONS.register("crop")
-def crop(images, seed, config):
-  """Random crop after reflect-padding by `--crop_padding` (a random translation)."""
-  pad = config.crop_padding
-  if pad == 0:
-    return images
-  batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
-  padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
-  offsets = tf.random.stateless_uniform([2, batch], seed=seed, minval=0,
-                                        maxval=2 * pad + 1, dtype=tf.int32)
-  rows = offsets[0][:, None] + tf.range(height)[None]  # [B, H]
-  cols = offsets[1][:, None] + tf.range(width)[None]   # [B, W]
-  out = tf.gather(padded, rows, axis=1, batch_dims=1)
-  return tf.gather(out, cols, axis=2, batch_dims=1)
+def crop(padding=4):
+  """Random crop after reflect-padding by `padding` pixels (a random translation)."""
+  if padding < 0:
+    raise ValueError(f"crop: padding must be >= 0, got {padding}")
+
+  def fn(images, seed):
+    if padding == 0:
+      return images
+    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    padded = tf.pad(images, [[0, 0], [padding] * 2, [padding] * 2, [0, 0]], mode="REFLECT")
+    offsets = tf.random.stateless_uniform([2, batch], seed=seed, minval=0,
+                                          maxval=2 * padding + 1, dtype=tf.int32)
+    rows = offsets[0][:, None] + tf.range(height)[None]  # [B, H]
+    cols = offsets[1][:, None] + tf.range(width)[None]   # [B, W]
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(out, cols, axis=2, batch_dims=1)
+
+  return on_images(fn)
 
 
-@AUGMENTATIONS.register("cutout")
-def cutout(images, seed, config):
-  """Fills a random `--cutout_size` square (centre anywhere) with mid-grey."""
-  batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+def _boxes(seed, batch, height, width, box_height, box_width):
+  """[B, H, W, 1] masks of one box per image, centre uniform, clipped to the image."""
   centre = _uniform(seed, [2, batch])
   cy = tf.cast(centre[0] * height, tf.int32)[:, None]
   cx = tf.cast(centre[1] * width, tf.int32)[:, None]
-  half = config.cutout_size // 2
+  top, left = cy - box_height // 2, cx - box_width // 2
   ys, xs = tf.range(height)[None], tf.range(width)[None]
-  in_rows = (ys >= cy - half) & (ys < cy - half + config.cutout_size)  # [B, H]
-  in_cols = (xs >= cx - half) & (xs < cx - half + config.cutout_size)  # [B, W]
-  hole = in_rows[:, :, None, None] & in_cols[:, None, :, None]
-  return tf.where(hole, 127.5, images)
+  in_rows = (ys >= top) & (ys < top + box_height)  # [B, H]
+  in_cols = (xs >= left) & (xs < left + box_width)  # [B, W]
+  return in_rows[:, :, None, None] & in_cols[:, None, :, None]
+
+
+@AUGMENTATIONS.register("cutout")
+def cutout(size=8):
+  """Fills a random `size` x `size` square (centre anywhere) with mid-grey."""
+  if size < 1:
+    raise ValueError(f"cutout: size must be >= 1, got {size}")
+
+  def fn(images, seed):
+    hole = _boxes(seed, tf.shape(images)[0], images.shape[1], images.shape[2], size, size)
+    return tf.where(hole, 127.5, images)
+
+  return on_images(fn)
 
 
 @AUGMENTATIONS.register("tutorial")
-def tutorial(images, seed, config):
+def tutorial():
   """The classic Keras tutorial's augmentation: rotation 15 deg, shift 10%, zoom 10%, flip.
 
   One projective transform per image, nearest fill as ImageDataGenerator did.
   """
-  batch = tf.shape(images)[0]
-  height, width = float(images.shape[1]), float(images.shape[2])
-  r = _uniform(seed, [4, batch], -1.0, 1.0)
-  angle = r[0] * (15.0 * math.pi / 180.0)
-  zoom = 1.0 + 0.1 * r[1]
-  shift_y, shift_x = r[2] * 0.1 * height, r[3] * 0.1 * width
-  # Maps output (x, y) to input: rotate and scale about the centre, then shift.
-  cos, sin = tf.cos(angle) * zoom, tf.sin(angle) * zoom
-  cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-  a0, a1, b0, b1 = cos, -sin, sin, cos
-  a2 = cx - a0 * cx - a1 * cy + shift_x
-  b2 = cy - b0 * cx - b1 * cy + shift_y
-  zeros = tf.zeros_like(a0)
-  transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-  out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=images, transforms=transforms,
-      output_shape=tf.constant([int(height), int(width)]), fill_value=0.0,
-      interpolation="BILINEAR", fill_mode="NEAREST")
-  return flip(out, tf.random.experimental.stateless_fold_in(seed, 99), config)
+  def fn(images, seed):
+    batch = tf.shape(images)[0]
+    height, width = float(images.shape[1]), float(images.shape[2])
+    r = _uniform(seed, [4, batch], -1.0, 1.0)
+    angle = r[0] * (15.0 * math.pi / 180.0)
+    zoom = 1.0 + 0.1 * r[1]
+    shift_y, shift_x = r[2] * 0.1 * height, r[3] * 0.1 * width
+    # Maps output (x, y) to input: rotate and scale about the centre, then shift.
+    cos, sin = tf.cos(angle) * zoom, tf.sin(angle) * zoom
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    a0, a1, b0, b1 = cos, -sin, sin, cos
+    a2 = cx - a0 * cx - a1 * cy + shift_x
+    b2 = cy - b0 * cx - b1 * cy + shift_y
+    zeros = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms,
+        output_shape=tf.constant([int(height), int(width)]), fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="NEAREST")
+    return random_flip(out, tf.random.experimental.stateless_fold_in(seed, 99))
+
+  return on_images(fn)

@@ -20,7 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from research import data as data_lib, flops, loop, models, optim
+from research import data as data_lib, flops, loop, models, optim, plugins
+from research import steps as steps_lib
+from research.state import TrainState
 from research import precision as precision_lib
 from research.config import Config
 
@@ -29,9 +31,9 @@ NUM_CLASSES = 10
 # The fast recipe (configs/cifar10_fast.flags), less what does not change the speed
 # of a step (learning-rate values, schedule, evaluation).
 FAST_RECIPE = dict(optimizer="sgd", nesterov=True, momentum=0.85,
-                   weight_decay=0.009, bn_lr_scale=64.0, label_smoothing=0.2,
-                   crop_padding=2, lookahead_every=5, whiten_bias_epochs=3,
-                   augment="crop,alternating_flip")
+                   weight_decay=0.009, bn_lr_scale=64.0,
+                   loss="cross_entropy(label_smoothing=0.2)", lookahead_every=5,
+                   whiten_bias_epochs=3, augment="crop(padding=2),alternating_flip")
 
 # The classic Keras tutorial's augmentation, as Keras preprocessing layers.
 TUTORIAL_LAYERS = lambda: keras.Sequential([
@@ -104,20 +106,25 @@ def in_memory_dataset(batch_size, image_size, num_batches=4, seed=0):
   images = split.images.astype(np.float32).reshape(
       (num_batches, batch_size) + split.images.shape[1:])
   labels = split.labels.reshape(num_batches, batch_size)
-  return tf.data.Dataset.from_tensor_slices((images, labels)).repeat().prefetch(2)
+  batches = {"image": images, "label": labels,
+             "target": np.eye(NUM_CLASSES, dtype=np.float32)[labels]}
+  return tf.data.Dataset.from_tensor_slices(batches).repeat().prefetch(2)
 
 
 def loop_window(config, dataset):
-  """Builds research.loop's Task; returns a call timing one `train_loop` window (s)."""
+  """Builds the training state and compiled loop; returns a call timing one window (s)."""
   keras.mixed_precision.set_global_policy(config.precision)
-  task = loop.Task(config, tf.distribute.get_strategy())
+  strategy = tf.distribute.get_strategy()
+  state = TrainState(config, strategy, [str(i) for i in range(NUM_CLASSES)])
+  train_loop = steps_lib.make_train_loop(
+      state, steps_lib.StepSpec.from_config(config, state.model), strategy)
   iterator = iter(dataset)
-  steps = tf.constant(config.steps_per_loop)
+  num_steps = tf.constant(config.steps_per_loop)
 
   def window():
     began = time.perf_counter()
-    task.train_loop(iterator, steps)
-    task.step.numpy()  # Waits for the call.
+    train_loop(iterator, num_steps)
+    state.step.numpy()  # Waits for the call.
     return time.perf_counter() - began
 
   return window
@@ -151,8 +158,10 @@ def fit_window(config, dataset, steps_per_execution):
                 jit_compile=config.jit_compile, steps_per_execution=steps_per_execution)
   timer = _EpochTimer()
 
+  pairs = dataset.map(lambda batch: (batch["image"], batch["label"]))
+
   def window():
-    model.fit(dataset, epochs=1, steps_per_epoch=config.steps_per_loop,
+    model.fit(pairs, epochs=1, steps_per_epoch=config.steps_per_loop,
               callbacks=[timer], shuffle=False, verbose=0)
     return timer.seconds[-1]
 
@@ -242,8 +251,8 @@ def pipeline_rates(settings, log=print):
   layers = TUTORIAL_LAYERS()
 
   @tf.autograph.experimental.do_not_convert  # Keras layers need no autograph.
-  def keras_augment(images, labels):
-    return layers(images, training=True), labels
+  def keras_augment(batch):
+    return {**batch, "image": layers(batch["image"], training=True)}
 
   cases = {"crop,alternating_flip": (base, None),
            "crop,flip": (base.replace(augment="crop,flip"), None),
@@ -263,8 +272,8 @@ def pipeline_rates(settings, log=print):
 def determinism_cost(settings, dataset, log=print):
   """Images/s of airbench training and of the input pipeline with TensorFlow op
   determinism off and on (process-wide, so toggled around each window)."""
-  config = airbench_config(settings, "mixed_bfloat16")
-  # One Task per mode: each traces its step under its own setting (the input-wait
+  config = airbench_config(settings, settings.precision)
+  # One training state per mode: each traces its step under its own setting (the input-wait
   # timestamps exist only without determinism).
 
   def toggled(enabled, window):
@@ -294,6 +303,7 @@ def determinism_cost(settings, dataset, log=print):
 
 def run(settings, log=print):
   """Runs every measurement; returns (table rows, summary dict of the headline ratios)."""
+  plugins.load()
   rows, summary = [], {}
   auto = precision_lib.resolve("auto")
   features = precision_lib.native_bf16_flags()

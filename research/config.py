@@ -11,6 +11,8 @@ import json
 import math
 import os
 
+from research.registry import split_list
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -53,17 +55,22 @@ class Config:
   image_size: int = _field(32, "images are resized to this square size")
   num_classes: int = _field(0, "set from the data; given only for synthetic data")
   synthetic_examples: int = _field(1024, "training examples of --dataset=synthetic")
-  augment: str = _field("crop,flip", "comma-separated augmentations, in order "
-                        "(empty: none)")
-  crop_padding: int = _field(4, "pixels of padding for the crop augmentation")
-  cutout_size: int = _field(8, "side in pixels of the cutout square")
+  augment: str = _field("crop,flip", "comma-separated augmentations, in order, each "
+                        "name or name(key=value, ...), e.g. crop(padding=2),mixup(alpha=0.2) "
+                        "(empty: none; --list=augment shows them)")
   skip_bad_images: bool = _field(False, "train on the readable images of a folder and "
                                  "report the others (default: stop and name them)")
 
   # Model and optimization.
   model: str = _field("resnet20", "architecture name from the model registry")
-  loss: str = _field("cross_entropy", "loss name from the loss registry")
-  label_smoothing: float = _field(0.0, "label smoothing in [0, 1)")
+  loss: str = _field("cross_entropy", "loss from the loss registry, e.g. "
+                     "cross_entropy(label_smoothing=0.2)")
+  step: str = _field("standard", "step kind from the step registry: standard, "
+                     "sam(rho=0.05), ...")
+  regularizers: str = _field("", "comma-separated weight regularizers added to the loss, "
+                             "e.g. l2(scale=1e-4)")
+  metrics: str = _field("", "comma-separated metrics beyond loss/accuracy/top5, e.g. "
+                        "ece,per_class_accuracy")
   optimizer: str = _field("sgd", "optimizer name from the optimizer registry")
   learning_rate: float = _field(0.1, "peak learning rate, for --batch_size examples")
   momentum: float = _field(0.9, "momentum of sgd, beta_1 of adam/adamw")
@@ -104,13 +111,10 @@ class Config:
   nan_retries: int = _field(3, "rollbacks before --on_nan=rollback gives up")
   inject_nan_step: int = _field(0, "fault injection for testing --on_nan: make the loss "
                                 "of this step (1-based) NaN (0: never)")
-  hooks: str = _field("", "comma-separated hooks run at loop points (see research/hooks.py)")
-
-  # TensorBoard extras (research/tensorboard_hooks.py), read when named in --hooks.
-  image_every: int = _field(1000, "steps between train_images grids")
-  histogram_every: int = _field(1000, "steps between weight and gradient histograms")
-  profile_steps: str = _field("10,20", "N,M: the profile hook traces steps N+1 to M "
-                              "(empty: none)")
+  hooks: str = _field("", "comma-separated hooks run at loop points, e.g. "
+                      "histograms(every=500),profile(start=10,stop=20)")
+  plugins: str = _field("", "comma-separated modules (names on PYTHONPATH or .py paths) "
+                        "whose registrations join the registries")
 
   # Resolved by `resolve`, saved for scripts that read the run back.
   steps_per_epoch: int = _field(0, "set from the data")
@@ -128,22 +132,19 @@ class Config:
     return "lookahead" if self.lookahead_every else "ema" if self.ema_decay else "none"
 
   @property
-  def augmentations(self):
-    return tuple(name.strip() for name in self.augment.split(",") if name.strip())
-
-  @property
-  def hook_names(self):
-    return tuple(name.strip() for name in self.hooks.split(",") if name.strip())
+  def plugin_modules(self):
+    return tuple(split_list(self.plugins))
 
   @property
   def global_eval_batch_size(self):
     return self.eval_batch_size or self.batch_size
 
   def validate(self):
-    """Raises ConfigError on the first value that cannot run. Writes nothing."""
-    # Imported here so that config.py stays cheap to import for tools.
-    from research import augment, hooks, losses, models, optim
+    """Raises ConfigError on the first core value that cannot run. Writes nothing.
 
+    Registry items (--model, --augment, ...) are checked by research.plugins.validate,
+    once the plugins are imported.
+    """
     _choice("strategy", self.strategy, STRATEGIES)
     _choice("dataset", self.dataset, DATASETS)
     _choice("precision", self.precision, PRECISIONS)
@@ -162,14 +163,6 @@ class Config:
       raise ConfigError(f"--bn_lr_scale must be > 0, got {self.bn_lr_scale}")
     _at_least("nan_retries", self.nan_retries, 0)
     _at_least("inject_nan_step", self.inject_nan_step, 0)
-    _choice("model", self.model, models.MODELS.names())
-    _choice("loss", self.loss, losses.LOSSES.names())
-    _choice("optimizer", self.optimizer, optim.OPTIMIZERS.names())
-    _choice("schedule", self.schedule, optim.SCHEDULES.names())
-    for name in self.augmentations:
-      _choice("augment", name, augment.AUGMENTATIONS.names())
-    for name in self.hook_names:
-      _choice("hooks", name, hooks.HOOKS.names())
     _at_least("batch_size", self.batch_size, 1)
     _at_least("eval_batch_size", self.eval_batch_size, 0)
     _at_least("steps_per_loop", self.steps_per_loop, 1)
@@ -180,19 +173,12 @@ class Config:
     _at_least("train_steps", self.train_steps, 0)
     _at_least("cpu_devices", self.cpu_devices, 0)
     _at_least("image_size", self.image_size, 8)
-    _at_least("crop_padding", self.crop_padding, 0)
-    _at_least("cutout_size", self.cutout_size, 1)
     _at_least("synthetic_examples", self.synthetic_examples, 1)
     _at_least("num_classes", self.num_classes, 0)
-    _at_least("image_every", self.image_every, 1)
-    _at_least("histogram_every", self.histogram_every, 1)
-    hooks.tensorboard_hooks.parse_profile_steps(self.profile_steps)
     if self.train_steps == 0 and not self.epochs > 0:
       raise ConfigError(f"--epochs must be > 0 when --train_steps=0, got {self.epochs}")
     if not 0.0 <= self.val_split < 1.0:
       raise ConfigError(f"--val_split must be in [0, 1), got {self.val_split}")
-    if not 0.0 <= self.label_smoothing < 1.0:
-      raise ConfigError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
     if not self.learning_rate > 0:
       raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
     if self.weight_decay < 0 or self.warmup_epochs < 0:

@@ -1,7 +1,7 @@
 """Datasets as in-memory uint8 arrays, and tf.data pipelines that are a function of step.
 
 Every dataset kind ends as a `Split(images uint8 [N,H,W,3], labels int32 [N])`.
-The training pipeline is `step -> (augmented images, labels)`: epoch `e` visits the
+The training pipeline is `step -> augmented batch dict`: epoch `e` visits the
 examples in a permutation seeded by (seed, e), and batch augmentation is seeded by
 (seed, step). A run restarted at step s therefore sees exactly the batches it would
 have seen, under any strategy, with no iterator state to checkpoint.
@@ -218,14 +218,15 @@ def _resize_split(split, size):
 def train_dataset(split, config, start_step, input_context):
   """The per-replica training batches of steps [start_step, config.train_steps).
 
-  Each input pipeline builds the global batch of a step, augments it with a seed
-  of (seed, step), takes its own replicas' slice, and yields one element per
-  local replica, the order tf.distribute hands them out in.
+  Each input pipeline builds the global batch of a step as a dict (`image` float32,
+  `label` int32, `target` one-hot float32 over `config.num_classes`, `index` example
+  ids), augments it with a seed of (seed, step), takes its own replicas' slice, and
+  yields one element per local replica, the order tf.distribute hands them out in.
   """
   batch = config.batch_size
   steps_per_epoch = len(split) // batch
   images, labels = tf.constant(split.images), tf.constant(split.labels)
-  ops = augment_lib.pipeline(config)
+  ops = augment_lib.pipeline(config.augment, config.seed)
 
   def epoch_batches(epoch):
     keys = tf.random.stateless_uniform([len(split)], seed=[config.seed, epoch])
@@ -233,10 +234,11 @@ def train_dataset(split, config, start_step, input_context):
     return tf.data.Dataset.from_tensor_slices(tf.reshape(order, [steps_per_epoch, batch]))
 
   def make_batch(step, index):
-    x = tf.cast(tf.gather(images, index), tf.float32)
-    x = ops(x, tf.stack([tf.constant(config.seed, tf.int64), step]), index=index,
-            epoch=step // steps_per_epoch)
-    return x, tf.gather(labels, index)
+    label = tf.gather(labels, index)
+    examples = {"image": tf.cast(tf.gather(images, index), tf.float32), "label": label,
+                "target": tf.one_hot(label, config.num_classes), "index": index}
+    seed = tf.stack([tf.constant(config.seed, tf.int64), step])
+    return ops(examples, seed, step, step // steps_per_epoch)
 
   first_epoch = start_step // steps_per_epoch
   num_epochs = -(-config.train_steps // steps_per_epoch)
@@ -248,10 +250,11 @@ def train_dataset(split, config, start_step, input_context):
   return _per_replica(ds, input_context).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(split, global_batch, input_context):
+def eval_dataset(split, global_batch, num_classes, input_context):
   """Every example exactly once: the last batch is padded and masked, never dropped.
 
-  Yields per-replica (images float32, labels, mask float32).
+  Yields per-replica dicts of `image` float32, `label`, one-hot `target` and `mask`
+  float32 (0 on padding).
   """
   n = len(split)
   steps = eval_steps(n, global_batch)
@@ -260,7 +263,8 @@ def eval_dataset(split, global_batch, input_context):
   labels = np.concatenate([split.labels, np.zeros(pad, np.int32)])
   mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
   ds = tf.data.Dataset.from_tensor_slices((images, labels, mask)).batch(global_batch)
-  ds = ds.map(lambda x, y, m: (tf.cast(x, tf.float32), y, m))
+  ds = ds.map(lambda x, y, m: {"image": tf.cast(x, tf.float32), "label": y,
+                               "target": tf.one_hot(y, num_classes), "mask": m})
   return _per_replica(ds, input_context).prefetch(tf.data.AUTOTUNE)
 
 
@@ -275,9 +279,10 @@ def _per_replica(ds, ctx):
   local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
   first = ctx.input_pipeline_id * local
 
-  def split(*tensors):
-    per = [tf.reshape(t, [ctx.num_replicas_in_sync, -1] + t.shape[1:].as_list())
-           [first:first + local] for t in tensors]
-    return tf.data.Dataset.from_tensor_slices(tuple(per))
+  def split(batch):
+    per = tf.nest.map_structure(
+        lambda t: tf.reshape(t, [ctx.num_replicas_in_sync, -1] + t.shape[1:].as_list())
+        [first:first + local], batch)
+    return tf.data.Dataset.from_tensor_slices(per)
 
   return ds.flat_map(split)

@@ -7,8 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from research import data as data_lib, tta
-from research import models  # noqa: F401  (registers custom layers for loading)
+from research import data as data_lib, plugins, predict
 from research.config import Config
 
 
@@ -18,6 +17,7 @@ def load_run(model_dir):
   if not os.path.exists(path):
     raise data_lib.DataError(f"{model_dir!r} has no model.keras: has the run finished?")
   config = Config.load(os.path.join(model_dir, "config.json"))
+  plugins.load(config.plugin_modules)  # Custom layers of the run's models and plugins.
   with open(os.path.join(model_dir, "classes.json")) as f:
     class_names = json.load(f)
   return config, class_names, keras.models.load_model(path)
@@ -43,6 +43,7 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=Non
   `split="validation"` scores only the run's held-out split of the folder.
   """
   config, class_names, model = load_run(model_dir)
+  tta_mode = tta_mode or config.tta
   if weights == "checkpoint":
     restore_checkpoint_weights(model_dir, model)
   split_name = split
@@ -57,14 +58,8 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=Non
   to_model = np.array([class_names.index(n) for n in folder_names], np.int32)
   labels = to_model[split.labels]
 
-  mode = tta_mode or config.tta
-  predict = tf.function(lambda x: tta.predict(model, tf.cast(x, tf.float32), mode))
-  correct = top5 = 0
-  for start in range(0, len(split), batch_size):
-    logits = predict(split.images[start:start + batch_size])
-    batch_labels = labels[start:start + batch_size]
-    correct += int(np.sum(np.argmax(logits, -1) == batch_labels))
-    top5 += int(tf.reduce_sum(tf.cast(tf.math.in_top_k(
-        batch_labels, tf.cast(logits, tf.float32), min(5, logits.shape[-1])), tf.int32)))
-  return {"accuracy": correct / len(split), "top5": top5 / len(split),
+  probs = predict.probabilities(model, split.images, tta_mode, batch_size)
+  top5 = np.argsort(-probs, axis=-1)[:, :min(5, probs.shape[-1])]
+  return {"accuracy": float(np.mean(probs.argmax(-1) == labels)),
+          "top5": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
           "examples": len(split)}

@@ -1,15 +1,16 @@
 """Hooks: code that runs at loop points, registered by name and chosen by `--hooks`.
 
-A hook builder takes the config and returns a `Hook`; the loop calls its callbacks
-with a `HookContext` (step, config, task with model and optimizer, data, writers,
+A hook builder takes the config (and its own parameters, `--hooks="name(every=10)"`)
+and returns a `Hook`; the loop calls its callbacks
+with a `HookContext` (step, config, state with model and optimizer, runner, data, writers,
 latest metrics). Callbacks run in Python between compiled calls, never inside them.
 
     @HOOKS.register("weight_norm")
-    def weight_norm(config):
+    def weight_norm(config, every=100):
       def log(ctx):
-        norm = tf.linalg.global_norm(ctx.task.model.trainable_variables)
+        norm = tf.linalg.global_norm(ctx.state.model.trainable_variables)
         ctx.writers.scalars(ctx.writers.train, ctx.step, {"weight_norm": norm})
-      return Hook(every=config.log_every, on_step=log)
+      return Hook(every=every, on_step=log)
 """
 
 import dataclasses
@@ -24,7 +25,8 @@ HOOKS = Registry("hook")
 class HookContext:
   step: int
   config: Any          # the resolved research.config.Config
-  task: Any            # research.loop.Task: .model, .optimizer, .evaluate(split)
+  state: Any           # research.state.TrainState: .model, .optimizer, .averaged_weights()
+  runner: Any          # research.steps.Runner: .evaluate(split, batch), .gradients(batch)
   data: Any            # research.data.Data: .train, .eval, .class_names
   writers: Any         # research.summaries.Writers: .train, .eval, .scalars(...)
   train_metrics: Optional[dict] = None  # the latest logged training metrics
@@ -57,8 +59,5 @@ def steps_to_next(hook, step):
 
 
 def build(config):
-  return [HOOKS.get(name)(config) for name in config.hook_names]
-
-
-# Registers the TensorBoard extras; last, as they import HOOKS and Hook from here.
-from research import tensorboard_hooks  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+  """The hooks `config.hooks` names, each built with the config and its parameters."""
+  return [HOOKS.build(spec, config) for spec in HOOKS.parse_list(config.hooks)]

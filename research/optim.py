@@ -1,5 +1,9 @@
 """Optimizers and learning-rate schedules, each a registered builder.
 
+An optimizer builder takes the learning-rate schedule and the config (for the shared
+--momentum and --weight_decay), and may declare settings of its own as keyword
+parameters (`--optimizer="lion(beta_2=0.98)"`).
+
 Schedules are `keras.optimizers.schedules.LearningRateSchedule`s of the step, with a
 linear warmup over `config.warmup_steps` in front of every one of them. A schedule is
 a shape: the multiplier of the peak as a function of the fraction of decay done.
@@ -75,7 +79,7 @@ def step(done):
 
 def build(config):
   """The optimizer, wrapped in a LossScaleOptimizer under mixed_float16."""
-  optimizer = OPTIMIZERS.get(config.optimizer)(schedule(config), config)
+  optimizer = OPTIMIZERS.build(config.optimizer, schedule(config), config)
   if config.weight_decay:
     optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
   if config.precision == "mixed_float16":

@@ -39,10 +39,15 @@ class Progress:
     done = step - self.start
     eta = ((self.total - step) * (time.perf_counter() - self.started) / done
            if done else float("nan"))
-    shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    shown = format_metrics(metrics)
     return (f"step {step}/{self.total} ({100 * step / self.total:.1f}%) "
             f"ep {step / self.steps_per_epoch:.2f} | {images_per_second:.0f} img/s | "
             f"ETA {format_seconds(eta)} | {shown}")
+
+
+def format_metrics(metrics):
+  """`loss 0.1234 accuracy 0.9876 ...`: every metric but the example count."""
+  return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "examples")
 
 
 def format_seconds(seconds):

@@ -1,8 +1,9 @@
 """TensorBoard extras as hooks: inputs, predictions, histograms, HParams, profile, summary.
 
 Each is a registered hook, chosen with `--hooks` (docs/TENSORBOARD.md lists them, with
-their costs). They run in Python between compiled calls and only read the model: the
-gradient histograms put back any state the extra forward pass changes.
+their costs), e.g. `--hooks="histograms(every=500),predictions"`. They run in Python
+between compiled calls and only read the model: the gradient histograms put back any
+state the extra forward pass changes.
 """
 
 import os
@@ -14,65 +15,59 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-from research import data as data_lib, flops, plots
-from research.config import ConfigError
+from research import data as data_lib, flops, plots, predict
 from research.hooks import HOOKS, Hook
 
 GRID_IMAGES, GRID_COLS = 16, 4   # augmented training inputs per grid
 GRID_CELL = 64                   # pixels: small inputs are scaled up to about this
-PREDICTION_EXAMPLES = 500        # first eval examples behind the prediction figures
 PREDICTION_GRID = 25             # images in the tutorial's 5x5 prediction grid
 MISTAKES = 16                    # most confidently wrong examples shown
-FINAL_METRICS = ("eval_accuracy", "eval_loss", "eval_top5", "train_accuracy", "train_loss")
 
 
 # --- train_images -------------------------------------------------------------
 
 
 def train_batch(ctx):
-  """The augmented global batch of step `ctx.step` as the model sees it (float32 0-255)."""
+  """The augmented global batch dict of step `ctx.step` as the step sees it."""
   config = ctx.config.replace(train_steps=ctx.step + 1)  # Just this one batch.
   dataset = data_lib.train_dataset(ctx.data.train, config, ctx.step, None)
   return next(iter(dataset))
 
 
 @HOOKS.register("train_images")
-def train_images(config):
-  """At start and every `--image_every` steps: a grid of augmented training inputs."""
+def train_images(config, every=1000):
+  """At start and every `every` steps: a grid of augmented training inputs."""
+  del config
   def write(ctx):
-    images, _ = train_batch(ctx)
+    images = train_batch(ctx)["image"]
     scale = max(1, GRID_CELL // images.shape[1])
     grid = plots.image_grid(images[:GRID_IMAGES].numpy(), GRID_COLS, scale=scale)
     with ctx.writers.train.as_default(step=ctx.step):
       tf.summary.image("train_images", grid[None])
-  return Hook(chief_only=True, every=config.image_every, on_step=write, at_start=write)
+  return Hook(chief_only=True, every=_positive("train_images", "every", every),
+              on_step=write, at_start=write)
 
 
 # --- predictions --------------------------------------------------------------
 
 
-def predict(model, images, batch_size=250):
-  """Softmax probabilities, float32 [N, classes], of float pixels in [0, 255]."""
-  out = [tf.nn.softmax(tf.cast(model(images[i:i + batch_size], training=False), tf.float32))
-         for i in range(0, len(images), batch_size)]
-  return np.concatenate([o.numpy() for o in out])
-
-
-def prediction_figures(model, split, class_names, count=PREDICTION_EXAMPLES):
-  """{name: Figure}: prediction grid, confusion matrix, confident mistakes of `count` examples."""
-  images = split.images[:count].astype(np.float32)
-  labels = split.labels[:count]
-  probs = predict(model, images)
+def prediction_figures(model, split, class_names, count=0, tta="none"):
+  """{name: Figure}: prediction grid, confusion matrix, confident mistakes of the first
+  `count` examples of `split` (0: all), predicted with TTA `tta`."""
+  count = count or len(split)
+  images, labels = split.images[:count], split.labels[:count]
+  probs = predict.probabilities(model, images, tta)
   guesses = probs.argmax(-1)
   wrong = np.flatnonzero(guesses != labels)
   worst = wrong[np.argsort(-probs[wrong, guesses[wrong]], kind="stable")][:MISTAKES]
   matrix = plots.confusion_matrix(labels, guesses, len(class_names))
   n = PREDICTION_GRID
+  shown = images.astype(np.float32)
   return {
-      "predictions": plots.prediction_grid(images[:n], labels[:n], probs[:n], class_names),
+      "predictions": plots.prediction_grid(shown[:n], labels[:n], probs[:n], class_names),
       "confusion_matrix": plots.confusion_figure(matrix, class_names),
       "confident_mistakes": plots.prediction_grid(
-          images[worst], labels[worst], probs[worst], class_names, cols=4,
+          shown[worst], labels[worst], probs[worst], class_names, cols=4,
           title=f"most confident of {len(wrong)} mistakes in {len(labels)} examples"),
   }
 
@@ -85,11 +80,14 @@ def write_figures(writer, step, figures):
 
 
 @HOOKS.register("predictions")
-def predictions(config):
-  """After each evaluation: prediction grid, confusion matrix, confident mistakes (eval run)."""
+def predictions(config, examples=0):
+  """After each evaluation: prediction grid, confusion matrix and confident mistakes of
+  the first `examples` eval examples (0: all), with the weights and TTA evaluated."""
   del config
   def write(ctx):
-    figures = prediction_figures(ctx.task.model, ctx.data.eval, ctx.data.class_names)
+    with ctx.state.averaged_weights():
+      figures = prediction_figures(ctx.state.model, ctx.data.eval, ctx.data.class_names,
+                                   examples, ctx.config.tta)
     write_figures(ctx.writers.eval, ctx.step, figures)
   return Hook(chief_only=True, after_eval=write)
 
@@ -97,32 +95,14 @@ def predictions(config):
 # --- histograms ---------------------------------------------------------------
 
 
-def gradients(ctx):
-  """Gradients of the mean loss on step `ctx.step`'s batch; the model's state is kept.
-
-  The training-mode pass moves BatchNorm statistics and dropout seeds: those
-  non-trainable variables are saved first and put back after.
-  """
-  model = ctx.task.model
-  saved = [v.numpy() for v in model.non_trainable_variables]
-  images, labels = train_batch(ctx)
-  with tf.GradientTape() as tape:
-    logits = tf.cast(model(images, training=True), tf.float32)
-    loss = tf.reduce_mean(ctx.task.loss_fn(labels, logits, ctx.config))
-    if model.losses:
-      loss += tf.add_n(model.losses)
-  grads = tape.gradient(loss, model.trainable_variables)
-  for variable, value in zip(model.non_trainable_variables, saved):
-    variable.assign(value)
-  return grads
-
-
 @HOOKS.register("histograms")
-def histograms(config):
-  """At start and every `--histogram_every` steps: each layer's weights and gradients."""
+def histograms(config, every=1000):
+  """At start and every `every` steps: each layer's weights, and its gradients on the
+  step's batch as the training step computes them (its step kind, scaling, all-reduce)."""
+  del config
   def write(ctx):
-    variables = ctx.task.model.trainable_variables
-    grads = gradients(ctx)
+    variables = ctx.state.model.trainable_variables
+    grads = ctx.runner.gradients(train_batch(ctx))
     with ctx.writers.train.as_default(step=ctx.step):
       tf.summary.scalar("gradient_norm", tf.linalg.global_norm(
           [g for g in grads if g is not None]))
@@ -130,19 +110,21 @@ def histograms(config):
         tf.summary.histogram(f"weights/{variable.path}", variable)
         if grad is not None:
           tf.summary.histogram(f"gradients/{variable.path}", grad)
-  return Hook(chief_only=True, every=config.histogram_every, on_step=write, at_start=write)
+  return Hook(chief_only=True, every=_positive("histograms", "every", every),
+              on_step=write, at_start=write)
 
 
 # --- hparams ------------------------------------------------------------------
 
 
 def final_metrics(ctx):
-  """The `final/...` scalars the HParams dashboard shows for this run."""
+  """The `final/...` scalars the HParams dashboard shows for this run: every metric of
+  the last evaluation and the last training log."""
   values = {}
   for prefix, metrics in (("eval", ctx.eval_metrics), ("train", ctx.train_metrics)):
-    for name in ("accuracy", "loss", "top5"):
-      if metrics and name in metrics and f"{prefix}_{name}" in FINAL_METRICS:
-        values[f"final/{prefix}_{name}"] = metrics[name]
+    for name, value in (metrics or {}).items():
+      if name != "examples":
+        values[f"final/{prefix}_{name}"] = value
   return values
 
 
@@ -166,47 +148,39 @@ def hparams(config):
 # --- profile ------------------------------------------------------------------
 
 
-def parse_profile_steps(text):
-  """`"N,M"` -> (N, M) with 0 <= N < M; `""` -> None. Raises ConfigError."""
-  if not text.strip():
-    return None
-  try:
-    first, last = (int(part) for part in text.split(","))
-  except ValueError:
-    raise ConfigError(f"--profile_steps={text!r} is not N,M (two step numbers)") from None
-  if not 0 <= first < last:
-    raise ConfigError(f"--profile_steps={text!r} needs 0 <= N < M")
-  return first, last
-
-
 @HOOKS.register("profile")
-def profile(config):
-  """Traces steps N+1..M of `--profile_steps=N,M` into RUN/train/plugins/profile.
+def profile(config, start=10, stop=20):
+  """Traces steps start+1..stop into RUN/train/plugins/profile.
 
   The trace (.xplane.pb) is written by TensorFlow itself; viewing it needs the
   optional tensorboard-plugin-profile package.
   """
-  steps = parse_profile_steps(config.profile_steps)
-  if steps is None:
-    return Hook(chief_only=True)
-  first, last = steps
-  running = []  # [True] while a trace is open: a resumed run may start past N.
+  del config
+  if not 0 <= start < stop:
+    raise ValueError(f"profile: needs 0 <= start < stop, got start={start}, stop={stop}")
+  running = []  # [True] while a trace is open: a resumed run may start past `start`.
 
   def toggle(ctx):
-    if ctx.step == first and not running:
+    if ctx.step == start and not running:
       tf.profiler.experimental.start(os.path.join(ctx.config.model_dir, "train"))
       running.append(True)
-    elif ctx.step >= last and running:
-      stop(ctx)
+    elif ctx.step >= stop and running:
+      end(ctx)
 
-  def stop(ctx):
+  def end(ctx):
     if running:
       tf.profiler.experimental.stop()
       running.clear()
-      logging.info("profile of steps %d-%d written under %s", first + 1, ctx.step,
+      logging.info("profile of steps %d-%d written under %s", start + 1, ctx.step,
                    os.path.join(ctx.config.model_dir, "train", "plugins", "profile"))
-  return Hook(chief_only=True, at_steps=tuple(s for s in steps if s > 0), on_step=toggle,
-              at_start=toggle, at_end=stop)
+  return Hook(chief_only=True, at_steps=tuple(s for s in (start, stop) if s > 0),
+              on_step=toggle, at_start=toggle, at_end=end)
+
+
+def _positive(hook, name, value):
+  if value < 1:
+    raise ValueError(f"{hook}: {name} must be >= 1, got {value}")
+  return value
 
 
 # --- model_summary ------------------------------------------------------------
@@ -253,6 +227,6 @@ def model_summary(config):
   """At start: the model's layers, size, FLOPs, versions, commit and config as text."""
   del config
   def write(ctx):
-    ctx.writers.text("model_summary", model_text(ctx.task.model, ctx.config), ctx.step)
-    write_graph(ctx.task.model, ctx.config, ctx.writers.train)
+    ctx.writers.text("model_summary", model_text(ctx.state.model, ctx.config), ctx.step)
+    write_graph(ctx.state.model, ctx.config, ctx.writers.train)
   return Hook(chief_only=True, at_start=write)

@@ -6,7 +6,8 @@
 Writes curves.png (the Keras tutorial's accuracy and loss panels, train dashed and
 eval solid), learning_rate.png, images_per_second.png and, per run with a saved model,
 [RUN_]predictions.png, [RUN_]confusion_matrix.png and [RUN_]confident_mistakes.png on
-the first --examples examples of its validation (or test) data.
+the first --examples examples (default: all) of its validation (or test) data, with
+the run's test-time augmentation, as the run's logged evaluation scored them.
 """
 
 import argparse
@@ -24,8 +25,8 @@ def parse_args(argv):
   parser.add_argument("runs", nargs="+", metavar="RUN", help="model dirs of training runs")
   parser.add_argument("--out_dir", default="",
                       help="where the PNGs go (default: RUN/plots for one run, else ./plots)")
-  parser.add_argument("--examples", type=int, default=tensorboard_hooks.PREDICTION_EXAMPLES,
-                      help="evaluation examples behind the prediction figures")
+  parser.add_argument("--examples", type=int, default=0,
+                      help="evaluation examples behind the prediction figures (0: all)")
   parser.add_argument("--no_predictions", action="store_true",
                       help="skip loading the models (curves only)")
   return parser.parse_args(argv)
@@ -47,7 +48,7 @@ def model_figures(run_dir, examples):
   """{file stem: Figure} of the run's final model on its own evaluation data."""
   config, class_names, model = evaluation.load_run(run_dir)
   split = data.load(config).eval
-  return tensorboard_hooks.prediction_figures(model, split, class_names, examples)
+  return tensorboard_hooks.prediction_figures(model, split, class_names, examples, config.tta)
 
 
 def plot_runs(run_dirs, out_dir, examples, predictions=True):

@@ -23,7 +23,20 @@ def tiny_config(tmp_path, **overrides):
                 learning_rate=0.05, schedule="constant", augment="crop,flip",
                 model_dir=str(tmp_path / "run"))
   values.update(overrides)
-  return Config(**values).validate()
+  from research import plugins  # pylint: disable=g-import-not-at-top
+  return plugins.validate(Config(**values).validate())
+
+
+def make_runner(config, strategy=None, class_names=None):
+  """(TrainState, steps.Runner) of a resolved config, as loop.train builds them."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from research import plugins, steps  # pylint: disable=g-import-not-at-top
+  from research.state import TrainState  # pylint: disable=g-import-not-at-top
+  plugins.validate(config)
+  strategy = strategy or tf.distribute.get_strategy()
+  names = class_names or [f"class_{i}" for i in range(config.num_classes)]
+  state = TrainState(config, strategy, names)
+  return state, steps.Runner(state, steps.StepSpec.from_config(config, state.model), strategy)
 
 
 @pytest.fixture

@@ -2,98 +2,142 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import augment
-from research.config import Config
+from research import augment, plugins
+from research.ideas import mixup
 
-CONFIG = Config(crop_padding=4, cutout_size=8)
+plugins.load()  # The ideas' augmentations (mixup, cutmix) too.
+NUM_CLASSES = 5
 
 
-def _images(n=8, size=16):
-  return tf.constant(np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)),
-                     tf.float32)
+def _batch(n=8, size=16):
+  rng = np.random.default_rng(0)
+  label = tf.constant(rng.integers(0, NUM_CLASSES, n), tf.int32)
+  return {"image": tf.constant(rng.uniform(0, 255, (n, size, size, 3)), tf.float32),
+          "label": label, "target": tf.one_hot(label, NUM_CLASSES),
+          "index": tf.range(n)}
 
 
 def _seed(step):
   return tf.constant([7, step], tf.int64)
 
 
-def _apply(op, images, step):
-  """Calls `op` for `step`; id-aware ops also get example ids and epoch = step."""
-  if getattr(op, "uses_example_ids", False):
-    return op(images, _seed(step), CONFIG, index=tf.range(images.shape[0]), epoch=step)
-  return op(images, _seed(step), CONFIG)
+def _apply(spec, batch, step):
+  """Runs augmentation `spec` for `step` (epoch = step) with the run seed 7."""
+  return augment.pipeline(spec, 7)(batch, _seed(step), tf.constant(step, tf.int64),
+                                   tf.constant(step, tf.int64))
 
 
 @pytest.mark.parametrize("name", augment.AUGMENTATIONS.names())
 def test_deterministic_for_a_seed_and_different_across_steps(name):
-  op = augment.AUGMENTATIONS.get(name)
-  images = _images()
-  first, again = _apply(op, images, 1), _apply(op, images, 1)
-  other = _apply(op, images, 2)
-  assert first.shape == images.shape and first.dtype == tf.float32
-  np.testing.assert_array_equal(first, again)
-  assert not np.array_equal(first, other)
-  assert not np.array_equal(first, images)
+  batch = _batch()
+  first, again = _apply(name, batch, 1), _apply(name, batch, 1)
+  other = _apply(name, batch, 2)
+  assert first["image"].shape == batch["image"].shape and first["image"].dtype == tf.float32
+  assert first.keys() == batch.keys()
+  for key in first:
+    np.testing.assert_array_equal(first[key], again[key])
+  assert not np.array_equal(first["image"], other["image"])
+  # mixup's Beta(0.2, 0.2) weight can round to exactly 1: that step is the identity.
+  assert name == "mixup" or not np.array_equal(first["image"], batch["image"])
 
 
 @pytest.mark.parametrize("name", augment.AUGMENTATIONS.names())
 def test_same_inside_tf_data(name):
-  op = augment.AUGMENTATIONS.get(name)
-  images = _images()
-  ds = tf.data.Dataset.from_tensors(images).map(lambda x: _apply(op, x, 3))
-  np.testing.assert_allclose(next(iter(ds)), _apply(op, images, 3), atol=1e-4)
+  batch = _batch()
+  ds = tf.data.Dataset.from_tensors(batch).map(lambda b: _apply(name, b, 3))
+  inside, eager = next(iter(ds)), _apply(name, batch, 3)
+  for key in eager:
+    np.testing.assert_allclose(inside[key], eager[key], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mixup(alpha=0.4)", "cutmix", "mixup(alpha=1.0)",
+                                  "cutmix(alpha=0.5)"])
+def test_mixed_targets_are_distributions_and_reproducible(name):
+  batch = _batch(32)
+  out = _apply(name, batch, 5)
+  target = out["target"].numpy()
+  np.testing.assert_allclose(target.sum(-1), 1.0, rtol=1e-6)
+  assert (target >= 0).all()
+  assert not np.array_equal(target, batch["target"])  # Some pairs have other labels.
+  np.testing.assert_array_equal(out["label"], batch["label"])  # Hard labels kept.
+  np.testing.assert_array_equal(out["image"], _apply(name, batch, 5)["image"])
+
+
+def test_mixup_mixes_images_and_targets_by_the_same_weight():
+  batch = _batch(16)
+  out = _apply("mixup(alpha=1.0)", batch, 1)
+  op_seed = tf.random.experimental.stateless_fold_in(_seed(1), 0)  # First op's seed.
+  lam = float(mixup.beta(tf.random.experimental.stateless_fold_in(op_seed, 0), 1.0))
+  other = mixup.partners(tf.random.experimental.stateless_fold_in(op_seed, 1), 16).numpy()
+  assert 0.0 < lam < 1.0 and sorted(other) == list(range(16))
+  for key in ("image", "target"):
+    x = batch[key].numpy()
+    np.testing.assert_allclose(out[key], lam * x + (1 - lam) * x[other], rtol=1e-5, atol=1e-4)
+
+
+def test_cutmix_target_weight_is_the_pasted_area():
+  batch = _batch(16)
+  out = _apply("cutmix(alpha=1.0)", batch, 2)
+  changed = (out["image"].numpy() != batch["image"].numpy()).any(-1).mean(axis=(1, 2))
+  own = np.sum(out["target"].numpy() * batch["target"].numpy(), -1)
+  # Own class keeps 1 - pasted area (at least: the partner may share the class).
+  assert np.all(own >= 1.0 - changed - 1e-5)
+  assert changed.max() > 0
 
 
 def test_flip_mirrors_or_keeps_each_image():
-  images = _images(32)
-  out = augment.flip(images, _seed(0), CONFIG).numpy()
-  flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images.numpy())]
-  kept = [np.array_equal(o, i) for o, i in zip(out, images.numpy())]
+  batch = _batch(32)
+  out = _apply("flip", batch, 0)["image"].numpy()
+  images = batch["image"].numpy()
+  flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
+  kept = [np.array_equal(o, i) for o, i in zip(out, images)]
   assert all(f or k for f, k in zip(flipped, kept))
   assert 4 < sum(flipped) < 28
 
 
 def test_alternating_flip_flips_each_example_once_every_two_epochs():
-  images = _images(64)
-  flipped = []
-  for epoch in range(4):
-    out = augment.alternating_flip(images, _seed(epoch), CONFIG, index=tf.range(64),
-                                   epoch=epoch).numpy()
-    flipped.append([not np.array_equal(o, i) for o, i in zip(out, images.numpy())])
-  flipped = np.array(flipped)
+  batch = _batch(64)
+  images = batch["image"].numpy()
+  flipped = np.array([[not np.array_equal(o, i) for o, i in zip(
+      _apply("alternating_flip", batch, epoch)["image"].numpy(), images)]
+                      for epoch in range(4)])
   assert 16 < flipped[0].sum() < 48
   np.testing.assert_array_equal(flipped[0] ^ flipped[1], True)
   np.testing.assert_array_equal(flipped[0], flipped[2])
 
 
 def test_crop_is_a_translation_of_the_padded_image():
-  images = _images(4)
-  out = augment.crop(images, _seed(0), CONFIG).numpy()
-  padded = np.pad(images.numpy(), [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect")
+  batch = _batch(4)
+  out = _apply("crop(padding=4)", batch, 0)["image"].numpy()
+  padded = np.pad(batch["image"].numpy(), [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect")
   for o, p in zip(out, padded):
     assert any(np.array_equal(o, p[y:y + 16, x:x + 16]) for y in range(9) for x in range(9))
-  np.testing.assert_array_equal(
-      augment.crop(images, _seed(0), CONFIG.replace(crop_padding=0)), images)
+  np.testing.assert_array_equal(_apply("crop(padding=0)", batch, 0)["image"], batch["image"])
 
 
 def test_cutout_greys_at_most_a_square():
-  images = _images(16)
-  out = augment.cutout(images, _seed(0), CONFIG).numpy()
-  changed = (out != images.numpy()).any(-1).sum(axis=(1, 2))
+  batch = _batch(16)
+  images = batch["image"].numpy()
+  out = _apply("cutout(size=8)", batch, 0)["image"].numpy()
+  changed = (out != images).any(-1).sum(axis=(1, 2))
   assert (changed <= 64).all() and (changed > 0).all()
-  assert np.all(out[out != images.numpy()] == 127.5)
+  assert np.all(out[out != images] == 127.5)
 
 
 def test_pipeline_chains_in_order_and_empty_is_identity():
-  images = _images()
-  np.testing.assert_array_equal(augment.pipeline(CONFIG.replace(augment=""))(images, _seed(0)),
-                                images)
-  out = augment.pipeline(CONFIG.replace(augment="crop,flip"))(images, _seed(0))
-  assert out.shape == images.shape
+  batch = _batch()
+  np.testing.assert_array_equal(_apply("", batch, 0)["image"], batch["image"])
+  chained = _apply("crop(padding=2),flip", batch, 0)["image"]
+  # The same as applying each op with its position folded into the step's seed.
+  by_hand = augment.AUGMENTATIONS.build("crop(padding=2)")(
+      batch, tf.random.experimental.stateless_fold_in(_seed(0), 0), None)
+  by_hand = augment.AUGMENTATIONS.build("flip")(
+      by_hand, tf.random.experimental.stateless_fold_in(_seed(0), 1), None)
+  np.testing.assert_array_equal(chained, by_hand["image"])
 
 
 def test_registry_refuses_duplicates_and_lists_names():
   with pytest.raises(ValueError, match="already registered"):
-    augment.AUGMENTATIONS.register("flip")(lambda x, s, c: x)
-  with pytest.raises(KeyError, match="known: alternating_flip, crop, cutout, flip"):
+    augment.AUGMENTATIONS.register("flip")(lambda: None)
+  with pytest.raises(KeyError, match="known: alternating_flip, crop, cutmix, cutout, flip"):
     augment.AUGMENTATIONS.get("twirl")

@@ -20,7 +20,14 @@ def run(script, *args):
 
 @pytest.mark.parametrize("args, message", [
     (["--strategy=tpu"], "--strategy='tpu' is not one of"),
-    (["--model=nope"], "--model='nope' is not one of"),
+    (["--model=nope"], "error: --model: unknown model 'nope'; known: airbench"),
+    (["--augment=crop,twirl(size=2)"], "error: --augment: unknown augmentation 'twirl'"),
+    (["--augment=crop(pad=2)"], "error: --augment: augmentation 'crop' has no parameter "
+                                "'pad'; its parameters: padding"),
+    (["--augment=mixup(alpha='big')"], "error: --augment: augmentation mixup(alpha='big'): "
+                                       "expected a float"),
+    (["--step=sam(rho=-1)"], "error: --step: sam: rho must be > 0"),
+    (["--list=nothing"], "error: --list='nothing' is not one of: all, model"),
     (["--dataset=folder", "--data_dir=/no/such"], "is not a directory"),
     (["--dataset=synthetic", "--strategy=mirrored", "--cpu_devices=2", "--batch_size=33"],
      "does not split over 2 replicas"),
@@ -32,6 +39,7 @@ def test_bad_flags_exit_non_zero_and_write_nothing(tmp_path, args, message):
   result = run("train.py", f"--model_dir={model_dir}", *args)
   assert result.returncode != 0
   assert message in result.stderr
+  assert "Traceback" not in result.stderr
   assert not model_dir.exists()
 
 

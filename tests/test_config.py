@@ -2,22 +2,32 @@ import json
 
 import pytest
 
+from research import plugins
 from research.config import Config, ConfigError
 
 
 def test_defaults_validate():
-  Config().validate()
+  plugins.validate(Config().validate())
 
 
 @pytest.mark.parametrize("changes, message", [
     (dict(strategy="tpu"), "--strategy='tpu' is not one of"),
-    (dict(model="vgg99"), "--model='vgg99' is not one of: airbench"),
-    (dict(augment="crop,twirl"), "--augment='twirl'"),
+    (dict(model="vgg99"), "--model: unknown model 'vgg99'; known: airbench"),
+    (dict(augment="crop,twirl"), "--augment: unknown augmentation 'twirl'"),
+    (dict(augment="crop(pad=2)"), "--augment: augmentation 'crop' has no parameter 'pad'; "
+                                  "its parameters: padding"),
+    (dict(augment="crop(padding='two')"), "crop(padding='two'): expected a int"),
+    (dict(augment="crop(padding=-1)"), "--augment: crop: padding must be >= 0"),
+    (dict(augment="crop(padding=two)"), "is not a Python literal"),
+    (dict(step="sam(rho=0)"), "--step: sam: rho must be > 0"),
+    (dict(metrics="ece(bins=1.5)"), "--metrics: metric ece(bins=1.5): expected a int"),
+    (dict(hooks="profile(start=5,stop=2)"), "--hooks: profile: needs 0 <= start < stop"),
+    (dict(plugins="no_such_module_xyz"), "--plugins: cannot import 'no_such_module_xyz'"),
     (dict(precision="float8"), "--precision"),
     (dict(val_split=1.0), "--val_split must be in [0, 1)"),
     (dict(batch_size=0), "--batch_size must be >= 1"),
     (dict(learning_rate=-1.0), "--learning_rate must be > 0"),
-    (dict(label_smoothing=1.0), "--label_smoothing"),
+    (dict(loss="cross_entropy(label_smoothing=1.0)"), "--loss: cross_entropy: label_smoothing"),
     (dict(dataset="folder"), "--dataset=folder needs --data_dir"),
     (dict(dataset="folder", data_dir="/no/such/dir"), "is not a directory"),
     (dict(model_dir="runs/../../etc"), "escapes its parent"),
@@ -25,7 +35,7 @@ def test_defaults_validate():
 ])
 def test_bad_values_name_the_flag(changes, message):
   with pytest.raises(ConfigError, match=None) as error:
-    Config(**changes).validate()
+    plugins.validate(Config(**changes).validate())
   assert message in str(error.value)
 
 

@@ -91,12 +91,13 @@ def test_offline_cifar_names_the_folder_way_out(monkeypatch):
 
 def _batches(split, config, start):
   ds = data.train_dataset(split, config, start, None)
-  return [(x.numpy(), y.numpy()) for x, y in ds]
+  return [(b["image"].numpy(), b["label"].numpy()) for b in ds]
 
 
 def test_train_batches_are_a_function_of_the_step():
   split, _ = data.synthetic(100, 8, 4)
-  config = Config(batch_size=16, train_steps=20, augment="crop,flip", seed=5)
+  config = Config(batch_size=16, train_steps=20, augment="crop,flip,mixup", seed=5,
+                  num_classes=4)
   full = _batches(split, config, 0)
   assert len(full) == 20 and full[0][0].shape == (16, 8, 8, 3)
   for start in (7, 6, 12):  # Inside an epoch and at epoch boundaries (6 steps/epoch).
@@ -111,7 +112,7 @@ def test_train_batches_are_a_function_of_the_step():
 def test_each_epoch_visits_each_example_at_most_once():
   split, _ = data.synthetic(64, 8, 4)
   split.images[:, 0, 0, 0] = np.arange(64)
-  config = Config(batch_size=10, train_steps=12, augment="", seed=0)
+  config = Config(batch_size=10, train_steps=12, augment="", seed=0, num_classes=4)
   batches = _batches(split, config, 0)
   for epoch in range(2):
     seen = np.concatenate([x[:, 0, 0, 0] for x, _ in batches[epoch * 6:(epoch + 1) * 6]])
@@ -121,8 +122,8 @@ def test_each_epoch_visits_each_example_at_most_once():
 @pytest.mark.parametrize("batch", [10, 7, 128])
 def test_eval_covers_every_example_once(batch):
   split, _ = data.synthetic(50, 8, 4)
-  ds = data.eval_dataset(split, batch, None)
-  masks = [m.numpy() for _, _, m in ds]
+  ds = data.eval_dataset(split, batch, 4, None)
+  masks = [b["mask"].numpy() for b in ds]
   assert len(masks) == data.eval_steps(50, batch)
   assert sum(m.sum() for m in masks) == 50
   assert all(len(m) == batch for m in masks)
@@ -132,9 +133,10 @@ def test_per_replica_slicing():
   ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
                                    num_replicas_in_sync=2)
   split, _ = data.synthetic(40, 8, 4)
-  config = Config(batch_size=8, train_steps=2, augment="")
+  config = Config(batch_size=8, train_steps=2, augment="mixup", num_classes=4)
   per_replica = list(data.train_dataset(split, config, 0, ctx))
   whole = list(data.train_dataset(split, config, 0, None))
-  assert len(per_replica) == 4 and per_replica[0][0].shape == (4, 8, 8, 3)
-  np.testing.assert_array_equal(
-      np.concatenate([per_replica[0][1], per_replica[1][1]]), whole[0][1])
+  assert len(per_replica) == 4 and per_replica[0]["image"].shape == (4, 8, 8, 3)
+  for key in ("image", "label", "target", "index"):
+    np.testing.assert_array_equal(
+        np.concatenate([per_replica[0][key], per_replica[1][key]]), whole[0][key])

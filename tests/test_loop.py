@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from research import data, distribute, loop
 from research.config import ConfigError
+from tests.conftest import make_runner
 
 
 def _mirrored():
@@ -55,11 +56,10 @@ def test_eval_is_independent_of_batch_size_and_strategy(make_config):
   weights = None
   results = []
   for batch, strategy in ((32, None), (26, None), (6, _mirrored())):
-    task = loop.Task(config.replace(eval_batch_size=batch),
-                     strategy or tf.distribute.get_strategy())
-    weights = weights or task.model.get_weights()
-    task.model.set_weights(weights)
-    results.append(task.evaluate(split.eval))
+    state, runner = make_runner(config, strategy)
+    weights = weights or state.model.get_weights()
+    state.model.set_weights(weights)
+    results.append(runner.evaluate(split.eval, batch))
   for other in results[1:]:
     assert other["examples"] == results[0]["examples"] == len(split.eval)
     np.testing.assert_allclose(other["accuracy"], results[0]["accuracy"])

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import data, distribute, ema, loop, losses, models, optim, tta
+from research import data, distribute, ema, loop, losses, models, optim, predict
 from research.config import Config, ConfigError
 from research.models import airbench
+from tests.conftest import make_runner
 
 
 def test_patch_whitening_decorrelates_patches():
@@ -46,7 +47,8 @@ def test_float32_gelu_matches_keras_gelu():
 def test_label_smoothing_matches_the_formula():
   logits = tf.constant([[2.0, 0.0, -1.0]])
   log_p = tf.nn.log_softmax(logits).numpy()[0]
-  loss = losses.cross_entropy(tf.constant([0]), logits, Config(label_smoothing=0.3))
+  loss = losses.cross_entropy(label_smoothing=0.3)({"logits": logits},
+                                                   {"target": tf.one_hot([0], 3)})
   expected = -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2])
   np.testing.assert_allclose(loss.numpy()[0], expected, rtol=1e-5)
 
@@ -68,16 +70,17 @@ def test_warmup_from_and_decay_to_bound_the_schedule():
 
 def test_tta_averages_flipped_and_shifted_views():
   images = tf.constant(np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)), tf.float32)
-  np.testing.assert_array_equal(tta._shift(images, 1)[:, 1:, 1:], images[:, :-1, :-1])
-  np.testing.assert_array_equal(tta._shift(images, -1)[:, :-1, :-1], images[:, 1:, 1:])
+  np.testing.assert_array_equal(predict._shift(images, 1)[:, 1:, 1:], images[:, :-1, :-1])
+  np.testing.assert_array_equal(predict._shift(images, -1)[:, :-1, :-1], images[:, 1:, 1:])
   model = lambda x, training: tf.reduce_mean(x[:, :, :4], axis=[1, 2])  # Not flip-invariant.
   plain, flipped = model(images, False), model(tf.reverse(images, [2]), False)
-  np.testing.assert_allclose(tta.predict(model, images, "none"), plain)
-  np.testing.assert_allclose(tta.predict(model, images, "flip"), (plain + flipped) / 2,
+  logits = lambda mode: predict.predict(model, images, mode)["logits"]
+  np.testing.assert_allclose(logits("none"), plain)
+  np.testing.assert_allclose(logits("flip"), (plain + flipped) / 2,
                              rtol=1e-6)
   mirrored = lambda x: (model(x, False) + model(tf.reverse(x, [2]), False)) / 2
-  shifted = (mirrored(tta._shift(images, 1)) + mirrored(tta._shift(images, -1))) / 2
-  np.testing.assert_allclose(tta.predict(model, images, "flip_translate"),
+  shifted = (mirrored(predict._shift(images, 1)) + mirrored(predict._shift(images, -1))) / 2
+  np.testing.assert_allclose(logits("flip_translate"),
                              (plain + flipped) / 4 + shifted / 2, rtol=1e-6)
   assert not np.allclose(shifted, (plain + flipped) / 2)
 
@@ -87,22 +90,22 @@ def _task(make_config, strategy="default", **overrides):
   split = data.load(config)
   config = config.resolve(len(split.train), len(split.class_names))
   strategy = distribute.make_strategy(strategy)
-  task = loop.Task(config, strategy)
+  state, runner = make_runner(config, strategy)
   batches = iter(strategy.distribute_datasets_from_function(
       lambda ctx: data.train_dataset(split.train, config, 0, ctx)))
-  return task, batches, split
+  return state, runner, batches, split, config
 
 
 def test_bn_lr_scale_multiplies_batchnorm_updates(make_config):
   updates = []
   for scale in (1.0, 8.0):
     keras.utils.set_random_seed(0)
-    task, batches, _ = _task(make_config, bn_lr_scale=scale, weight_decay=0.0,
-                             precision="float32")
-    before = [v.numpy().copy() for v in task.model.trainable_variables]
-    task.train_loop(batches, tf.constant(1))
+    state, runner, batches, _, config = _task(make_config, bn_lr_scale=scale,
+                                              weight_decay=0.0, precision="float32")
+    before = [v.numpy().copy() for v in state.model.trainable_variables]
+    runner.train_loop(batches, tf.constant(1))
     updates.append([(v.name, v.numpy() - b)
-                    for v, b in zip(task.model.trainable_variables, before)])
+                    for v, b in zip(state.model.trainable_variables, before)])
   assert any(name == "beta" for name, _ in updates[0])
   for (name, delta), (_, scaled) in zip(*updates):
     ratio = 8.0 if name in ("gamma", "beta") else 1.0
@@ -110,17 +113,17 @@ def test_bn_lr_scale_multiplies_batchnorm_updates(make_config):
 
 
 def test_ema_is_evaluated_and_swapped_back(make_config):
-  task, batches, split = _task(make_config, ema_decay=0.9)
-  task.train_loop(batches, tf.constant(5))
-  weights = [w.numpy().copy() for w in task.ema.weights]
-  averages = [a.numpy() for a in task.ema.averages]
+  state, runner, batches, split, config = _task(make_config, ema_decay=0.9)
+  runner.train_loop(batches, tf.constant(5))
+  weights = [w.numpy().copy() for w in state.ema.weights]
+  averages = [a.numpy() for a in state.ema.averages]
   assert any(not np.allclose(w, a) for w, a in zip(weights, averages))
-  with_ema = task.evaluate(split.eval)
-  for w, saved in zip(task.ema.weights, weights):  # Swapped back after evaluation.
+  with_ema = runner.evaluate(split.eval, 32)
+  for w, saved in zip(state.ema.weights, weights):  # Swapped back after evaluation.
     np.testing.assert_array_equal(w.numpy(), saved)
-  for w, a in zip(task.ema.weights, averages):
+  for w, a in zip(state.ema.weights, averages):
     w.assign(a)
-  np.testing.assert_allclose(task._evaluate(split.eval)["loss"], with_ema["loss"], rtol=1e-5)
+  np.testing.assert_allclose(runner.evaluate(split.eval, 32)["loss"], with_ema["loss"], rtol=1e-5)
 
 
 def test_lookahead_pulls_a_slow_copy_and_resets_the_weights_every_k_steps():
@@ -142,18 +145,18 @@ def test_lookahead_pulls_a_slow_copy_and_resets_the_weights_every_k_steps():
 
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
 def test_lookahead_runs_in_the_compiled_loop(make_config, strategy):
-  task, batches, _ = _task(make_config, strategy, lookahead_every=2)
-  assert isinstance(task.ema, ema.Lookahead)
-  initial = [a.numpy().copy() for a in task.ema.averages]
-  task.train_loop(batches, tf.constant(1))
-  assert all(np.array_equal(i, a.numpy()) for i, a in zip(initial, task.ema.averages))
-  task.train_loop(batches, tf.constant(1))  # Step 2: a sync moves the slow copy...
-  assert any(not np.array_equal(i, a.numpy()) for i, a in zip(initial, task.ema.averages))
-  for w, a in zip(task.ema.weights, task.ema.averages):  # ...and resets the weights to it.
+  state, runner, batches, _, config = _task(make_config, strategy, lookahead_every=2)
+  assert isinstance(state.ema, ema.Lookahead)
+  initial = [a.numpy().copy() for a in state.ema.averages]
+  runner.train_loop(batches, tf.constant(1))
+  assert all(np.array_equal(i, a.numpy()) for i, a in zip(initial, state.ema.averages))
+  runner.train_loop(batches, tf.constant(1))  # Step 2: a sync moves the slow copy...
+  assert any(not np.array_equal(i, a.numpy()) for i, a in zip(initial, state.ema.averages))
+  for w, a in zip(state.ema.weights, state.ema.averages):  # ...and resets the weights to it.
     np.testing.assert_array_equal(w.numpy(), a.numpy())
-  task.train_loop(batches, tf.constant(1))  # Step 3: the weights move on alone.
+  runner.train_loop(batches, tf.constant(1))  # Step 3: the weights move on alone.
   assert any(not np.array_equal(w.numpy(), a.numpy())
-             for w, a in zip(task.ema.weights, task.ema.averages))
+             for w, a in zip(state.ema.weights, state.ema.averages))
 
 
 def test_lookahead_and_ema_are_exclusive(make_config):
@@ -163,13 +166,13 @@ def test_lookahead_and_ema_are_exclusive(make_config):
 
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
 def test_whitening_bias_trains_only_for_its_epochs(make_config, strategy):
-  task, batches, _ = _task(make_config, strategy, model="airbench", whiten_bias_epochs=0.6,
-                           learning_rate=0.5)
-  assert task.config.whiten_bias_steps == 3  # 0.6 of 5 steps an epoch.
-  [bias] = models.whitening_biases(task.model)
+  state, runner, batches, _, config = _task(make_config, strategy, model="airbench",
+                                            whiten_bias_epochs=0.6, learning_rate=0.5)
+  assert config.whiten_bias_steps == 3  # 0.6 of 5 steps an epoch.
+  [bias] = models.whitening_biases(state.model)
   values = [bias.numpy().copy()]
   for _ in range(5):
-    task.train_loop(batches, tf.constant(1))
+    runner.train_loop(batches, tf.constant(1))
     values.append(bias.numpy().copy())
   moved = [not np.array_equal(a, b) for a, b in zip(values, values[1:])]
   assert moved == [True, True, True, False, False]

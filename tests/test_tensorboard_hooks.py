@@ -9,17 +9,19 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tests.conftest import tiny_config  # the module pytest loaded as conftest
-from research import data, events, hooks, loop, plots, tensorboard_hooks
+from research import data, distribute, events, hooks, loop, plots, predict
+from research import tensorboard_hooks
+from tests.conftest import make_runner
 from research.config import ConfigError
 
-ALL = "train_images,predictions,histograms,hparams,profile,model_summary"
+ALL = ("train_images(every=3),predictions,histograms(every=3),hparams,"
+       "profile(start=2, stop=4),model_summary")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """One 6-step run with every extra: evals at 3 and 6, images/histograms at 0, 3, 6."""
-  config = tiny_config(tmp_path_factory.mktemp("all"), hooks=ALL, eval_every=3,
-                       image_every=3, histogram_every=3, profile_steps="2,4")
+  config = tiny_config(tmp_path_factory.mktemp("all"), hooks=ALL, eval_every=3)
   result = loop.train(config)
   return (config, result, events.accumulator(os.path.join(config.model_dir, "train")),
           events.accumulator(os.path.join(config.model_dir, "eval")))
@@ -44,7 +46,7 @@ def test_train_images_show_the_augmented_batch_of_each_step(run):
   assert grids[0].shape == (4 * cell + 6, 4 * cell + 6, 3)
   split = data.load(config).train
   resolved = config.replace(train_steps=4, steps_per_epoch=len(split) // config.batch_size)
-  images, _ = next(iter(data.train_dataset(split, resolved, 3, None)))
+  images = next(iter(data.train_dataset(split, resolved, 3, None)))["image"]
   first = np.round(images[0].numpy()).astype(np.uint8).repeat(4, 0).repeat(4, 1)
   np.testing.assert_array_equal(grids[3][:cell, :cell], first)
   assert not np.array_equal(grids[0][:cell, :cell], grids[3][:cell, :cell])
@@ -69,7 +71,7 @@ def test_confusion_matrix_counts():
 def test_confident_mistakes_are_the_most_confident_wrong_guesses(monkeypatch):
   split = data.Split(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 1, 1], np.int32))
   probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]], np.float32)
-  monkeypatch.setattr(tensorboard_hooks, "predict", lambda model, images: probs)
+  monkeypatch.setattr(predict, "probabilities", lambda model, images, tta: probs)
   drawn = []
   monkeypatch.setattr(plots, "prediction_grid",
                       lambda images, labels, p, names, **kw: drawn.append((labels, p)))
@@ -96,16 +98,39 @@ def test_histograms_of_every_weight_and_gradient(run):
   assert len(norms) == 3 and all(n > 0 and np.isfinite(n) for n in norms)
 
 
-def test_gradients_leave_the_model_state_unchanged(make_config):
-  config = make_config()
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_histogram_gradients_are_the_steps_own(strategy, make_config):
+  # Plain SGD at lr 1: the step's update is exactly minus the gradient it applied,
+  # with --bn_lr_scale and global-batch scaling; BatchNorm statistics are put back.
+  config = make_config(optimizer="sgd", momentum=0.0, nesterov=False, weight_decay=0.0,
+                       learning_rate=1.0, bn_lr_scale=4.0, augment="crop,mixup")
   split = data.load(config)
   config = config.resolve(len(split.train), len(split.class_names))
-  task = loop.Task(config, tf.distribute.get_strategy())
-  before = [v.numpy() for v in task.model.variables]
-  grads = tensorboard_hooks.gradients(hooks.HookContext(0, config, task, split, None))
-  assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
-  for old, new in zip(before, task.model.variables):
+  state, runner = make_runner(config, distribute.make_strategy(strategy))
+  batch = next(iter(data.train_dataset(split.train, config, 0, None)))
+  before = [v.numpy() for v in state.model.variables]
+  grads = runner.gradients(batch)
+  for old, new in zip(before, state.model.variables):
     np.testing.assert_array_equal(old, new.numpy())
+  batches = iter(runner.strategy.distribute_datasets_from_function(
+      lambda ctx: data.train_dataset(split.train, config, 0, ctx)))
+  weights = [v.numpy() for v in state.model.trainable_variables]
+  runner.train_loop(batches, tf.constant(1))
+  for w, v, g in zip(weights, state.model.trainable_variables, grads):
+    np.testing.assert_allclose(w - v.numpy(), g.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_confusion_matrix_agrees_with_the_logged_evaluation(make_config, monkeypatch):
+  # Lookahead weights and flip TTA: the figures must use what the evaluation used.
+  matrices = []
+  confusion = plots.confusion_matrix
+  monkeypatch.setattr(plots, "confusion_matrix",
+                      lambda *a: matrices.append(confusion(*a)) or matrices[-1])
+  result = loop.train(make_config(hooks="predictions", lookahead_every=2, tta="flip",
+                                  train_steps=6, eval_every=6))
+  matrix = matrices[-1]
+  assert matrix.sum() == result.final_eval["examples"]
+  assert np.trace(matrix) / matrix.sum() == pytest.approx(result.final_eval["accuracy"])
 
 
 def test_hparams_and_final_metrics(run):
@@ -129,15 +154,11 @@ def test_profile_writes_a_trace(run):
   assert len(traces) == 1 and os.path.getsize(traces[0]) > 1000
 
 
-@pytest.mark.parametrize("text, expected", [("10,20", (10, 20)), ("0, 5", (0, 5)), ("", None)])
-def test_profile_steps_parse(text, expected):
-  assert tensorboard_hooks.parse_profile_steps(text) == expected
-
-
-@pytest.mark.parametrize("text", ["5,2", "3", "a,b", "-1,4"])
-def test_bad_profile_steps_are_refused(text, make_config):
-  with pytest.raises(ConfigError, match="--profile_steps"):
-    make_config(profile_steps=text)
+@pytest.mark.parametrize("hook", ["profile(start=5, stop=2)", "profile(start=-1)",
+                                  "histograms(every=0)", "profile(steps='2,4')"])
+def test_bad_hook_settings_are_refused(hook, make_config):
+  with pytest.raises(ConfigError, match="--hooks: "):
+    make_config(hooks=hook)
 
 
 def test_model_summary_text_and_graph(run):

@@ -1,0 +1,112 @@
+"""Where registrations come from: the package's own modules and the user's `--plugins`.
+
+A registry is filled by importing the modules that register into it. The package's
+modules are listed once here; a researcher's module (a name on PYTHONPATH, or a path to
+a .py file) joins them with `--plugins=my_ideas.mixup,~/ideas/sam2.py`, so trying an
+idea needs no edit inside research/.
+"""
+
+import importlib
+import importlib.util
+import os
+import pkgutil
+import sys
+
+from research.config import ConfigError
+from research.registry import SpecError
+
+# Importing each fills its registries; `registries()` maps flags to them. Every module
+# of research/ideas (one idea per file) is imported after these.
+BUILTIN_MODULES = ("research.augment", "research.losses", "research.metrics",
+                   "research.regularizers", "research.steps", "research.optim",
+                   "research.models", "research.tensorboard_hooks")
+IDEAS_PACKAGE = "research.ideas"
+
+
+class PluginError(ImportError):
+  """A `--plugins` entry that cannot be imported; the message says which and why."""
+
+
+def load(plugins=()):
+  """Imports the built-in modules, then each of `plugins` (idempotent)."""
+  for name in BUILTIN_MODULES:
+    importlib.import_module(name)
+  ideas = importlib.import_module(IDEAS_PACKAGE)
+  for info in pkgutil.iter_modules(ideas.__path__):
+    importlib.import_module(f"{IDEAS_PACKAGE}.{info.name}")
+  for plugin in plugins:
+    _import(plugin)
+
+
+def _import(plugin):
+  path = os.path.expanduser(plugin)
+  try:
+    if path.endswith(".py") or os.sep in path:
+      name = "research_plugin_" + os.path.splitext(os.path.basename(path))[0]
+      if name in sys.modules:
+        return sys.modules[name]
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"no file {path!r}")
+      spec = importlib.util.spec_from_file_location(name, path)
+      module = importlib.util.module_from_spec(spec)
+      sys.modules[name] = module
+      try:
+        spec.loader.exec_module(module)
+      except BaseException:
+        del sys.modules[name]
+        raise
+      return module
+    return importlib.import_module(plugin)
+  except Exception as e:  # pylint: disable=broad-except  (any error of the user's module)
+    raise PluginError(f"--plugins: cannot import {plugin!r} "
+                      f"({type(e).__name__}: {e})") from e
+
+
+def registries():
+  """{flag name: (registry, takes a list)} of every flag that names registry items."""
+  return {flag: (registry, many) for flag, (registry, many, _) in _REGISTRIES().items()}
+
+
+def _REGISTRIES():  # pylint: disable=invalid-name
+  """{flag: (registry, takes a list, how validation builds an item)}: a function of the
+  config giving the builder's code-supplied arguments, or None where building is
+  costly (models) or needs the data (metrics: class names)."""
+  from research import augment, hooks, losses, metrics, models, optim  # pylint: disable=g-import-not-at-top
+  from research import regularizers, steps  # pylint: disable=g-import-not-at-top
+  settings_only = lambda config: ()
+  return {"model": (models.MODELS, False, None),
+          "loss": (losses.LOSSES, False, settings_only),
+          "optimizer": (optim.OPTIMIZERS, False, None),
+          "schedule": (optim.SCHEDULES, False, None),
+          "step": (steps.STEPS, False, settings_only),
+          "augment": (augment.AUGMENTATIONS, True, settings_only),
+          "metrics": (metrics.METRICS, True, None),
+          "regularizers": (regularizers.REGULARIZERS, True, settings_only),
+          "hooks": (hooks.HOOKS, True, lambda config: (config,))}
+
+
+def validate(config):
+  """Imports `config.plugins` and checks every registry item the config names (name,
+  parameters, value types, and each builder's own checks); returns the config."""
+  try:
+    load(config.plugin_modules)
+  except PluginError as e:
+    raise ConfigError(str(e)) from None
+  for flag, (registry, many, arguments) in _REGISTRIES().items():
+    try:
+      specs = registry.parse_list(getattr(config, flag)) if many else [
+          registry.parse(getattr(config, flag))]
+      for spec in specs if arguments else ():
+        registry.build(spec, *arguments(config))  # Builders raise ValueError on bad values.
+    except (SpecError, ValueError) as e:
+      raise ConfigError(f"--{flag}: {e}") from None
+  return config
+
+
+def listing(flag=None):
+  """Every registered item of `flag` (or of every flag) with its parameters."""
+  out = []
+  for name, (registry, many) in registries().items():
+    if flag in (None, name):
+      out.append(f"--{name}{' (comma-separated)' if many else ''}:\n{registry.describe()}")
+  return "\n".join(out)

@@ -1,0 +1,63 @@
+"""The one prediction path: model outputs, test-time augmentation, probabilities.
+
+The loop's evaluation, scripts/evaluate.py, the TensorBoard hooks and plot_run all
+predict through here, with the run's `--tta` and the weights that are evaluated and
+saved, so a run is scored the same way everywhere.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+
+def outputs(model, images, training=False):
+  """The model's outputs as a dict whose `logits` are float32.
+
+  A model returns logits, or a dict of outputs with `logits` among them (an auxiliary
+  head, features for a distillation loss).
+  """
+  out = model(images, training=training)
+  if not isinstance(out, dict):
+    out = {"logits": out}
+  return {**out, "logits": tf.cast(out["logits"], tf.float32)}
+
+
+def _flip(images):
+  return tf.reverse(images, axis=[2])
+
+
+def _shift(images, pixels):
+  """Translates by `pixels` down and right (negative: up and left), reflect-padded."""
+  pad = abs(pixels)
+  padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+  start = pad - pixels
+  return padded[:, start:start + images.shape[1], start:start + images.shape[2], :]
+
+
+def predict(model, images, tta="none"):
+  """Outputs of `model` (inference mode) under TTA `tta` (none|flip|flip_translate).
+
+  The logits are averaged over the views; other outputs are those of the plain view.
+  """
+  plain = outputs(model, images)
+  if tta == "none":
+    return plain
+  logits = lambda x: outputs(model, x)["logits"]
+  mirrored = lambda x, first=None: 0.5 * ((logits(x) if first is None else first)
+                                          + logits(_flip(x)))
+  averaged = mirrored(images, plain["logits"])
+  if tta == "flip_translate":
+    # airbench94's level 2: half the weight on the mirrored pair, half on the mirrored
+    # pairs of the two 1-pixel diagonal shifts (6 forward passes).
+    shifted = 0.5 * (mirrored(_shift(images, 1)) + mirrored(_shift(images, -1)))
+    averaged = 0.5 * averaged + 0.5 * shifted
+  elif tta != "flip":
+    raise ValueError(f"unknown tta {tta!r}")
+  return {**plain, "logits": averaged}
+
+
+def probabilities(model, images, tta="none", batch_size=250):
+  """Softmax probabilities, float32 numpy [N, K], of N > 0 uint8 or float images."""
+  run = tf.function(
+      lambda x: tf.nn.softmax(predict(model, tf.cast(x, tf.float32), tta)["logits"]))
+  return np.concatenate([run(images[i:i + batch_size]).numpy()
+                         for i in range(0, len(images), batch_size)])

@@ -1,0 +1,63 @@
+"""The training state: everything a run updates and checkpoints, built under the scope."""
+
+import contextlib
+
+import tensorflow as tf
+
+from research import ema as ema_lib, metrics as metrics_lib, models, optim
+from research.config import ConfigError
+
+
+class TrainState(tf.Module):
+  """Model, optimizer, counters, weight averages and metric sums of one run.
+
+  Built under `strategy.scope()`, with the optimizer's slots created before the first
+  compiled call (lazy creation inside the replica function fails under Mirrored).
+  """
+
+  def __init__(self, config, strategy, class_names):
+    super().__init__(name="train_state")
+    self.num_classes = config.num_classes
+    with strategy.scope():
+      self.model = models.build(config)
+      self.optimizer = optim.build(config)
+      self.optimizer.build(self.model.trainable_variables)
+      counter = lambda name, dtype=tf.int64: tf.Variable(
+          tf.zeros([], dtype), trainable=False, name=name,
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.step = counter("global_step")
+      self.skipped = counter("skipped_steps")  # Non-finite steps, not applied.
+      self.input_wait = counter("input_wait", tf.float64)  # Seconds blocked on input.
+      metric_items = metrics_lib.build(config.metrics, config.num_classes, class_names)
+      self.train_metrics = metrics_lib.Metrics(metric_items)
+      self.eval_metrics = metrics_lib.Metrics(metric_items)
+      self.ema = ema_lib.build(self.model, config)  # EMA or Lookahead weights, or None.
+    # Variables that stop training after `config.whiten_bias_steps` steps.
+    self.frozen_later = []
+    if config.whiten_bias_epochs:
+      self.frozen_later = models.whitening_biases(self.model)
+      if not self.frozen_later:
+        raise ConfigError(f"--whiten_bias_epochs: --model={config.model} has no "
+                          "patch-whitening layer")
+
+  def checkpointed(self):
+    """The trackables a checkpoint holds, by the names checkpoints have always used."""
+    items = dict(model=self.model, optimizer=self.optimizer, step=self.step,
+                 skipped=self.skipped)
+    if self.ema is not None:
+      items["ema"] = self.ema
+    return items
+
+  def averaged_weights(self):
+    """Inside it, the model holds the weights that are evaluated and saved (EMA or
+    Lookahead if on)."""
+    return self.ema.swapped_in() if self.ema else contextlib.nullcontext()
+
+  def loss_scale(self):
+    """{"loss_scale": ...} under mixed_float16, else {}."""
+    scale = getattr(self.optimizer, "dynamic_scale", None)
+    return {} if scale is None else {"loss_scale": float(scale.numpy())}
+
+  def learning_rate(self):
+    optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+    return float(optimizer.learning_rate)

@@ -1,0 +1,237 @@
+"""The training step: step kinds in a registry, and the compiled loops that run them.
+
+A step kind computes one replica's gradients: `kind(state, forward_backward, batch) ->
+Pass`, where `forward_backward(batch) -> Pass` is one pass at the current weights. The
+`standard` kind is one forward and backward pass; others (SAM's two passes, see
+research/ideas/sam.py) are one registered builder each. What happens after (the
+finiteness check, the update, frozen variables, weight averaging, metric sums) is the
+same for every kind, in `make_train_loop`.
+
+Everything the compiled code reads is fixed before tracing in an immutable `StepSpec`
+built from the config once; no Config is read inside compiled code, and a step can be
+tested on one batch.
+"""
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import tensorflow as tf
+from tensorflow.python.framework import config as _tf_config  # pylint: disable=g-direct-tensorflow-import
+
+from research import data as data_lib, losses, optim, predict, regularizers
+from research.registry import Registry
+
+STEPS = Registry("step")
+
+
+class Pass(NamedTuple):
+  """One replica's forward and backward pass."""
+  outputs: dict      # the model's outputs, float32 logits
+  per_example: Any   # float32 [B] loss of each example
+  loss: Any          # the differentiated scalar: this replica's share of the global mean
+  grads: list        # of the loss (scaled under mixed_float16), one per trainable variable
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """What the compiled steps read, fixed before tracing."""
+  kind: Callable              # (state, forward_backward, batch) -> Pass
+  loss: Callable              # (outputs, batch) -> per-example [B]
+  regularizers: tuple         # of (model) -> scalar penalty
+  global_batch_size: int
+  grad_scales: tuple          # a multiplier per trainable variable (--bn_lr_scale)
+  check_gradients: bool       # False under mixed_float16: LossScaleOptimizer checks them
+  freeze_after_step: int      # state.frozen_later stop training after this step
+  tta: str = "none"           # test-time augmentation of the eval step
+  inject_nan_step: int = 0    # fault injection: this step's loss is NaN (0: never)
+  jit_compile: bool = False   # XLA for the forward and backward pass
+
+  @classmethod
+  def from_config(cls, config, model):
+    return cls(
+        kind=STEPS.build(config.step), loss=losses.LOSSES.build(config.loss),
+        regularizers=tuple(regularizers.REGULARIZERS.build(spec) for spec in
+                           regularizers.REGULARIZERS.parse_list(config.regularizers)),
+        global_batch_size=config.batch_size,
+        grad_scales=tuple(config.bn_lr_scale if v.name in optim.BATCHNORM_PARAMS else 1.0
+                          for v in model.trainable_variables),
+        check_gradients=config.precision != "mixed_float16",
+        freeze_after_step=config.whiten_bias_steps, tta=config.tta,
+        inject_nan_step=config.inject_nan_step, jit_compile=config.jit_compile)
+
+
+def forward_backward(state, spec, batch):
+  """One forward and backward pass of a replica's batch at the current weights."""
+  model = state.model
+  with tf.GradientTape() as tape:
+    outputs = predict.outputs(model, batch["image"], training=True)
+    per_example = spec.loss(outputs, batch)
+    if spec.inject_nan_step:  # Fault injection, to test --on_nan.
+      per_example *= tf.where(state.step + 1 == spec.inject_nan_step, float("nan"), 1.0)
+    # Averaged over the GLOBAL batch: replicas' gradients are then summed.
+    loss = tf.nn.compute_average_loss(per_example, global_batch_size=spec.global_batch_size)
+    penalties = list(model.losses) + [penalty(model) for penalty in spec.regularizers]
+    if penalties:
+      loss += tf.nn.scale_regularization_loss(tf.add_n(penalties))
+    scaled = state.optimizer.scale_loss(loss)  # Identity unless mixed_float16.
+  grads = tape.gradient(scaled, model.trainable_variables)
+  return Pass(outputs, per_example, loss, grads)
+
+
+def bind(state, spec):
+  """`forward_backward` of this state and spec as `batch -> Pass`, compiled with XLA
+  under --jit_compile. Step kinds call it once per pass they need."""
+  bound = lambda batch: forward_backward(state, spec, batch)
+  return tf.function(bound, jit_compile=True) if spec.jit_compile else bound
+
+
+@STEPS.register("standard")
+def standard():
+  """One forward and backward pass per step."""
+  return lambda state, forward_backward, batch: forward_backward(batch)
+
+
+# --- the compiled loops -------------------------------------------------------------
+
+
+def make_train_loop(state, spec, strategy):
+  """`train_loop(iterator, num_steps)`: num_steps steps over `tf.range` in one call."""
+
+  passes = bind(state, spec)
+
+  def step_fn(batch):
+    result = spec.kind(state, passes, batch)
+    grads = [g if scale == 1.0 or g is None else g * scale
+             for g, scale in zip(result.grads, spec.grad_scales)]
+    finite = all_finite(result.loss, grads if spec.check_gradients else [])
+    tf.distribute.get_replica_context().merge_call(
+        _apply_if, args=(state, spec, grads, finite))
+    mask = tf.fill(tf.shape(result.per_example), tf.cast(finite, tf.float32))
+    state.train_metrics.update(result.outputs, batch, result.per_example, mask)
+
+  def next_batch(iterator):
+    """The next batch, adding the seconds spent waiting for it to `input_wait`."""
+    if op_determinism_enabled():  # tf.timestamp is refused under op determinism.
+      return next(iterator)
+    asked = tf.timestamp()
+    with tf.control_dependencies([asked]):
+      batch = next(iterator)
+    local = tf.nest.flatten(strategy.experimental_local_results(batch))
+    with tf.control_dependencies(local):
+      state.input_wait.assign_add(tf.timestamp() - asked)
+    return batch
+
+  @tf.function
+  def train_loop(iterator, num_steps):
+    for _ in tf.range(num_steps):
+      strategy.run(step_fn, args=(next_batch(iterator),))
+      state.step.assign_add(1)
+
+  return train_loop
+
+
+def _apply_if(strategy, state, spec, grads, finite):
+  """Applies the update only if `finite`; otherwise counts a skipped step.
+
+  The condition runs in cross-replica context: a cond inside the replica
+  function may not contain the optimizer's cross-replica synchronization.
+  """
+  variables = state.model.trainable_variables
+
+  def apply():
+    frozen = [tf.identity(v) for v in state.frozen_later]
+    # Keras all-reduces the gradients across replicas; LossScaleOptimizer
+    # unscales them and skips the update if any is not finite.
+    strategy.extended.call_for_each_replica(
+        lambda g: state.optimizer.apply_gradients(zip(g, variables)), args=(grads,))
+    frozen_now = state.step >= spec.freeze_after_step
+    for variable, value in zip(state.frozen_later, frozen):
+      variable.assign(tf.where(frozen_now, value, variable))
+    if state.ema is not None:
+      state.ema.update()
+
+  def skip():
+    state.skipped.assign_add(1)
+
+  tf.cond(strategy.experimental_local_results(finite)[0], apply, skip)
+
+
+def all_finite(loss, grads):
+  """Whether every replica's loss and `grads` are finite, the same on all replicas."""
+  # A gradient's sum is NaN or infinite if any element is, or if the sum overflows
+  # float32 (no usable update either): one pass over each gradient, not two.
+  sums = [tf.reduce_sum(tf.cast(loss, tf.float32))]
+  sums += [tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads if g is not None]
+  bad = 1.0 - tf.cast(tf.reduce_all(tf.math.is_finite(tf.stack(sums))), tf.float32)
+  replica = tf.distribute.get_replica_context()
+  if replica is not None and replica.num_replicas_in_sync > 1:
+    bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, bad)
+  return bad == 0
+
+
+def eval_step(state, spec, batch):
+  """Outputs (with the spec's TTA) and per-example loss of one replica's eval batch."""
+  outputs = predict.predict(state.model, batch["image"], spec.tta)
+  return outputs, spec.loss(outputs, batch)
+
+
+def make_eval_loop(state, spec, strategy):
+  """`eval_loop(iterator, num_steps)`: adds each batch to `state.eval_metrics`."""
+
+  def step_fn(batch):
+    outputs, per_example = eval_step(state, spec, batch)
+    state.eval_metrics.update(outputs, batch, per_example, batch["mask"])
+
+  @tf.function
+  def eval_loop(iterator, num_steps):
+    for _ in tf.range(num_steps):
+      strategy.run(step_fn, args=(next(iterator),))
+
+  return eval_loop
+
+
+class Runner:
+  """The compiled train and eval loops of one state and spec, and what uses them."""
+
+  def __init__(self, state, spec, strategy):
+    self.state, self.spec, self.strategy = state, spec, strategy
+    self.train_loop = make_train_loop(state, spec, strategy)
+    self._eval_loop = make_eval_loop(state, spec, strategy)
+    self._gradients = None
+
+  def evaluate(self, split, global_batch_size):
+    """Metrics over every example of `split`, exactly once, with the weights that are
+    evaluated and saved (EMA or Lookahead if on) and the spec's TTA."""
+    num_classes = self.state.num_classes
+    dataset = self.strategy.distribute_datasets_from_function(
+        lambda ctx: data_lib.eval_dataset(split, global_batch_size, num_classes, ctx))
+    with self.state.averaged_weights():
+      self.state.eval_metrics.reset()
+      self._eval_loop(iter(dataset),
+                      tf.constant(data_lib.eval_steps(len(split), global_batch_size)))
+      return self.state.eval_metrics.result()
+
+  def gradients(self, batch):
+    """The step kind's gradients of one global batch (as the step scales them, summed
+    over replicas), without applying them; model state is put back after."""
+    if self._gradients is None:
+      passes = bind(self.state, self.spec)
+
+      def replica(b):
+        grads = self.spec.kind(self.state, passes, b).grads
+        return tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, [g * s for g, s in zip(grads, self.spec.grad_scales)])
+      self._gradients = tf.function(lambda b: self.strategy.run(replica, args=(b,)))
+    model = self.state.model
+    saved = [tf.identity(v) for v in model.non_trainable_variables]
+    dataset = self.strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors(batch))
+    grads = self.strategy.experimental_local_results(self._gradients(next(iter(dataset))))[0]
+    for variable, value in zip(model.non_trainable_variables, saved):
+      variable.assign(value)
+    return grads
+
+
+def op_determinism_enabled():
+  # Public TF has only `enable_op_determinism`; the query and the off switch are internal.
+  return _tf_config.is_op_determinism_enabled()
