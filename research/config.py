@@ -100,6 +100,9 @@ class Config:
   epochs: float = _field(30.0, "training length in epochs (ignored if --train_steps)")
   train_steps: int = _field(0, "training length in steps (0: use --epochs)")
   batch_size: int = _field(128, "GLOBAL batch size, split across replicas")
+  grad_accum_steps: int = _field(1, "average the gradients of N steps before each "
+                                 "update: N x --batch_size examples per update. Steps count "
+                                 "batches; the schedule, EMA and Lookahead count updates")
   eval_batch_size: int = _field(0, "global eval batch size (0: --batch_size)")
   steps_per_loop: int = _field(50, "train steps per compiled call")
   eval_every: int = _field(0, "steps between evaluations (0: once per epoch)")
@@ -164,6 +167,7 @@ class Config:
     _at_least("nan_retries", self.nan_retries, 0)
     _at_least("inject_nan_step", self.inject_nan_step, 0)
     _at_least("batch_size", self.batch_size, 1)
+    _at_least("grad_accum_steps", self.grad_accum_steps, 1)
     _at_least("eval_batch_size", self.eval_batch_size, 0)
     _at_least("steps_per_loop", self.steps_per_loop, 1)
     _at_least("log_every", self.log_every, 1)

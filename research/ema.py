@@ -79,7 +79,7 @@ def build(model, config):
   or None."""
   if config.lookahead_every:
     return Lookahead(model, config.lookahead_every, config.lookahead_decay,
-                     config.train_steps)
+                     config.train_steps // config.grad_accum_steps)  # In updates.
   if config.ema_decay:
     return Ema(model, config.ema_decay)
   return None

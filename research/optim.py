@@ -49,9 +49,13 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def schedule(config):
+  """The learning rate as a function of the optimizer's update count (with
+  --grad_accum_steps=N, one update every N steps)."""
   shape = SCHEDULES.get(config.schedule)
-  return Warmup(config.learning_rate, config.warmup_steps,
-                max(1, config.train_steps - config.warmup_steps), shape,
+  updates, warmup = config.train_steps // config.grad_accum_steps, 0
+  if config.warmup_steps:
+    warmup = max(1, config.warmup_steps // config.grad_accum_steps)
+  return Warmup(config.learning_rate, warmup, max(1, updates - warmup), shape,
                 warmup_from=config.warmup_from, decay_to=config.decay_to)
 
 

@@ -32,6 +32,9 @@ class TrainState(tf.Module):
       self.train_metrics = metrics_lib.Metrics(metric_items)
       self.eval_metrics = metrics_lib.Metrics(metric_items)
       self.ema = ema_lib.build(self.model, config)  # EMA or Lookahead weights, or None.
+      self.accumulation = None
+      if config.grad_accum_steps > 1:
+        self.accumulation = Accumulation(self.model.trainable_variables)
     # Variables that stop training after `config.whiten_bias_steps` steps.
     self.frozen_later = []
     if config.whiten_bias_epochs:
@@ -46,6 +49,8 @@ class TrainState(tf.Module):
                  skipped=self.skipped)
     if self.ema is not None:
       items["ema"] = self.ema
+    if self.accumulation is not None:
+      items["accumulation"] = self.accumulation
     return items
 
   def averaged_weights(self):
@@ -61,3 +66,23 @@ class TrainState(tf.Module):
   def learning_rate(self):
     optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
     return float(optimizer.learning_rate)
+
+
+class Accumulation(tf.Module):
+  """Gradients summed over the steps of one update (--grad_accum_steps).
+
+  Each replica adds its own gradients to its own copy (ON_READ variables); the update
+  applies each replica's sum / N, and the optimizer's all-reduce adds the replicas.
+  Keras' `gradient_accumulation_steps` cannot do this under MirroredStrategy: it puts
+  the all-reduce inside a cond in replica context, which tf.distribute refuses.
+  """
+
+  def __init__(self, variables):
+    super().__init__(name="accumulation")
+    self.sums = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False,
+                             name="accumulated_gradient",
+                             synchronization=tf.VariableSynchronization.ON_READ,
+                             aggregation=tf.VariableAggregation.SUM) for v in variables]
+    # Finite steps added since the last update (the same on every replica).
+    self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="accumulated_steps",
+                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

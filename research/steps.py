@@ -42,6 +42,7 @@ class StepSpec:
   grad_scales: tuple          # a multiplier per trainable variable (--bn_lr_scale)
   check_gradients: bool       # False under mixed_float16: LossScaleOptimizer checks them
   freeze_after_step: int      # state.frozen_later stop training after this step
+  grad_accum_steps: int = 1   # steps whose gradients are averaged into one update
   tta: str = "none"           # test-time augmentation of the eval step
   inject_nan_step: int = 0    # fault injection: this step's loss is NaN (0: never)
   jit_compile: bool = False   # XLA for the forward and backward pass
@@ -56,7 +57,8 @@ class StepSpec:
         grad_scales=tuple(config.bn_lr_scale if v.name in optim.BATCHNORM_PARAMS else 1.0
                           for v in model.trainable_variables),
         check_gradients=config.precision != "mixed_float16",
-        freeze_after_step=config.whiten_bias_steps, tta=config.tta,
+        freeze_after_step=config.whiten_bias_steps, grad_accum_steps=config.grad_accum_steps,
+        tta=config.tta,
         inject_nan_step=config.inject_nan_step, jit_compile=config.jit_compile)
 
 
@@ -104,6 +106,10 @@ def make_train_loop(state, spec, strategy):
     grads = [g if scale == 1.0 or g is None else g * scale
              for g, scale in zip(result.grads, spec.grad_scales)]
     finite = all_finite(result.loss, grads if spec.check_gradients else [])
+    if state.accumulation is not None:  # This replica's share, unless the step is skipped.
+      for total, g in zip(state.accumulation.sums, grads):
+        if g is not None:
+          total.assign_add(tf.where(finite, g, tf.zeros_like(g)))
     tf.distribute.get_replica_context().merge_call(
         _apply_if, args=(state, spec, grads, finite))
     mask = tf.fill(tf.shape(result.per_example), tf.cast(finite, tf.float32))
@@ -137,18 +143,41 @@ def _apply_if(strategy, state, spec, grads, finite):
   function may not contain the optimizer's cross-replica synchronization.
   """
   variables = state.model.trainable_variables
+  accumulation = state.accumulation
 
-  def apply():
+  def update(replica_grads, args=()):
+    """Applies `replica_grads(*args)` of each replica (args: per-replica values)."""
     frozen = [tf.identity(v) for v in state.frozen_later]
     # Keras all-reduces the gradients across replicas; LossScaleOptimizer
     # unscales them and skips the update if any is not finite.
     strategy.extended.call_for_each_replica(
-        lambda g: state.optimizer.apply_gradients(zip(g, variables)), args=(grads,))
+        lambda *a: state.optimizer.apply_gradients(zip(replica_grads(*a), variables)),
+        args=args)
     frozen_now = state.step >= spec.freeze_after_step
     for variable, value in zip(state.frozen_later, frozen):
       variable.assign(tf.where(frozen_now, value, variable))
     if state.ema is not None:
       state.ema.update()
+
+  def apply():
+    if accumulation is None:
+      return update(lambda g: g, (grads,))
+
+    def mean_and_reset():  # Called per replica: its own sums, then zeros.
+      mean = [total.read_value() / spec.grad_accum_steps for total in accumulation.sums]
+      with tf.control_dependencies(mean):
+        resets = [total.assign(tf.zeros_like(total)) for total in accumulation.sums]
+      with tf.control_dependencies(resets):
+        return [tf.identity(m) for m in mean]
+
+    accumulation.count.assign_add(1)
+    due = accumulation.count >= spec.grad_accum_steps
+
+    def update_and_restart():
+      update(mean_and_reset)
+      accumulation.count.assign(0)
+
+    tf.cond(due, update_and_restart, lambda: None)
 
   def skip():
     state.skipped.assign_add(1)

@@ -16,7 +16,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from research import hooks, loop  # noqa: E402
+from research import hooks, loop, plugins  # noqa: E402
+from research.registry import split_list  # noqa: E402
 from research.config import Config  # noqa: E402
 
 HOOK_NAMES = ("train_images", "predictions", "histograms", "hparams", "profile",
@@ -24,8 +25,8 @@ HOOK_NAMES = ("train_images", "predictions", "histograms", "hparams", "profile",
 EVENTS = ("on_step", "at_start", "after_eval", "at_end")
 
 
-def register_timed(name, seconds, calls):
-  """Registers `timed_<name>`: hook `name` with each callback's time added to `seconds`."""
+def register_timed(name, spec, seconds, calls):
+  """Registers `timed_<name>`: hook `spec` with each callback's time added to `seconds`."""
   def timed(fn):
     def call(ctx):
       began = time.perf_counter()
@@ -35,7 +36,7 @@ def register_timed(name, seconds, calls):
     return call
 
   def build(config):
-    hook = hooks.HOOKS.get(name)(config)
+    hook = hooks.HOOKS.build(spec, config)
     wrapped = {e: timed(getattr(hook, e)) for e in EVENTS if getattr(hook, e)}
     return hooks.Hook(every=hook.every, at_steps=hook.at_steps, **wrapped)
 
@@ -54,12 +55,15 @@ def main():
   parser.add_argument("--model", default="resnet20")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--eval_every", type=int, default=100)
-  parser.add_argument("--hooks", default=",".join(HOOK_NAMES))
+  parser.add_argument("--hooks", default=",".join(HOOK_NAMES),
+                      help="hook items, e.g. 'histograms(every=500),predictions'")
   args = parser.parse_args()
+  plugins.load()
   seconds, calls = {}, {}
-  names = [n for n in args.hooks.split(",") if n]
-  for name in names:
-    register_timed(name, seconds, calls)
+  specs = {hooks.HOOKS.parse(item).name: item for item in split_list(args.hooks)}
+  names = list(specs)
+  for name, spec in specs.items():
+    register_timed(name, spec, seconds, calls)
   root = tempfile.mkdtemp(prefix="hook_overhead_")
   base = Config(dataset="synthetic", synthetic_examples=2048, model=args.model,
                 batch_size=args.batch_size, train_steps=args.steps,

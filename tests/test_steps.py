@@ -44,12 +44,14 @@ def _weights(config, strategy=None):
 @pytest.mark.parametrize("overrides", [
     dict(augment="crop,flip,mixup(alpha=0.4)"),
     dict(augment="cutmix", step="sam(rho=0.05)"),
+    dict(grad_accum_steps=2, lookahead_every=2),
 ])
 def test_resume_is_bitwise_exact(overrides, make_config):
-  config = make_config(train_steps=8, checkpoint_every=4, eval_every=8, deterministic=True,
+  # Checkpoints at 3 and 6: with --grad_accum_steps=2, in the middle of an update.
+  config = make_config(train_steps=8, checkpoint_every=3, eval_every=8, deterministic=True,
                        **overrides)
   whole = _weights(config.replace(model_dir=config.model_dir + "_whole"))
-  loop.train(config.replace(train_steps=4))  # Stops at step 4 with a checkpoint...
+  loop.train(config.replace(train_steps=3))  # Stops at step 3 with a checkpoint...
   resumed = _weights(config)                  # ...and the same command resumes it.
   for a, b in zip(whole, resumed):
     np.testing.assert_array_equal(a, b)
@@ -164,3 +166,34 @@ def test_keras_optimizers_from_the_registry_train(name, make_config):
                        eval_every=6, weight_decay=1e-4)
   history = loop.train(config).train_history
   assert all(np.isfinite(m["loss"]) for _, m in history)
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_two_accumulated_steps_are_one_step_of_twice_the_batch(strategy, make_config):
+  # No augmentation, constant rate: steps 1-2 of batch 16 hold the examples of step 1
+  # of batch 32 (the epoch's permutation, sliced in order).
+  weights = {}
+  for accum, batch in ((2, 16), (1, 32)):
+    config = make_config(model="baseline_cnn", image_size=32, augment="", momentum=0.9,
+                         weight_decay=0.0, batch_size=batch, grad_accum_steps=accum)
+    split = data.load(config)
+    config = config.resolve(len(split.train), len(split.class_names))
+    state, runner = make_runner(config, distribute.make_strategy(strategy))
+    if accum == 1:
+      state.model.set_weights(weights["start"])
+    else:
+      weights["start"] = state.model.get_weights()
+    batches = iter(runner.strategy.distribute_datasets_from_function(
+        lambda ctx, c=config: data.train_dataset(split.train, c, 0, ctx)))
+    if accum == 2:
+      runner.train_loop(batches, tf.constant(1))  # Half an update: nothing moves yet.
+      for a, b in zip(weights["start"], state.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+      runner.train_loop(batches, tf.constant(1))
+    else:
+      runner.train_loop(batches, tf.constant(1))
+    assert int(state.optimizer.iterations.numpy()) == 1
+    weights[accum] = state.model.get_weights()
+  assert any(not np.allclose(a, b) for a, b in zip(weights["start"], weights[1]))
+  for a, b in zip(weights[1], weights[2]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
