@@ -16,25 +16,18 @@ from absl import app, flags, logging  # noqa: E402
 
 from research import config as config_lib  # noqa: E402
 
-_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
-           float: flags.DEFINE_float, bool: flags.DEFINE_bool}
-for _name, _type, _default, _help in config_lib.fields():
-  _DEFINE[_type](_name, _default, _help)
+config_lib.define_flags(flags.FLAGS)
 flags.DEFINE_string("list", None, "print the registered items of a flag (model, augment, "
                     "loss, step, metrics, regularizers, hooks, optimizer, schedule; 'all' "
                     "for every one) with their parameters, and exit")
 FLAGS = flags.FLAGS
 
 
-def config_from_flags():
-  return config_lib.Config(**{name: FLAGS[name].value for name, *_ in config_lib.fields()})
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    config = config_from_flags().validate()
+    config = config_lib.from_flags(FLAGS).validate()
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
   from research import data, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)

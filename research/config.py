@@ -264,6 +264,29 @@ class Config:
             for name in CHECKPOINT_FIELDS if getattr(self, name) != getattr(other, name)]
 
 
+def define_flags(flag_values):
+  """Defines a flag of the same name for every user-settable field in `flag_values`."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  define = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
+            float: flags.DEFINE_float, bool: flags.DEFINE_bool}
+  for name, kind, default, help_text in fields():
+    define[kind](name, default, help_text, flag_values=flag_values)
+
+
+def from_flags(flag_values):
+  """The Config of parsed `flag_values` (defined by `define_flags`)."""
+  return Config(**{name: flag_values[name].value for name, *_ in fields()})
+
+
+def from_flagfile(path, **overrides):
+  """The Config a flagfile of configs/ describes, as `train.py --flagfile=path` reads it."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  define_flags(values)
+  values(["flagfile", f"--flagfile={path}"])
+  return from_flags(values).replace(**overrides)
+
+
 def fields():
   """(name, type, default, help) of every user-settable field, for flag definitions."""
   derived = {"steps_per_epoch", "warmup_steps", "whiten_bias_steps"}

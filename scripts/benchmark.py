@@ -41,7 +41,7 @@ _SIZES = ("batch_size", "steps", "repeats", "precision", "airbench_batch_size",
 
 def main(argv):
   del argv
-  from research import benchmark  # pylint: disable=g-import-not-at-top
+  from scripts import benchmark_lib as benchmark  # pylint: disable=g-import-not-at-top
   overrides = {name: FLAGS[name].value for name in _SIZES if FLAGS[name].value is not None}
   overrides.update(models=tuple(FLAGS.models), jit_compile=FLAGS.jit_compile)
   if FLAGS.quick:

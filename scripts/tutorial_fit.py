@@ -31,7 +31,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from research import benchmark, data  # pylint: disable=g-import-not-at-top
+  from research import data  # pylint: disable=g-import-not-at-top
+  from scripts import benchmark_lib as benchmark  # pylint: disable=g-import-not-at-top
   try:
     split, _ = data.load_folder(FLAGS.data_dir, 32, FLAGS.cache_dir)
     train, val = data.split_validation(split, FLAGS.val_split)

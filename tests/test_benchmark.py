@@ -3,7 +3,8 @@ positive, and the table prints. No timing targets: this machine's speed is not t
 
 import json
 
-from research import benchmark, data
+from research import config as config_lib, data
+from scripts import benchmark_lib as benchmark
 from tests.test_cli import run
 
 KEYS = ("fit_ratio", "fit_default_ratio", "bf16_speedup", "utilization_bf16",
@@ -58,3 +59,12 @@ def test_tutorial_fit_script_refuses_a_missing_folder(tmp_path):
   result = run("scripts/tutorial_fit.py", f"--data_dir={tmp_path / 'nowhere'}")
   assert result.returncode != 0
   assert "error:" in result.stderr
+
+
+def test_the_benchmark_times_the_flagfiles_recipe():
+  recipe = config_lib.from_flagfile(benchmark.FAST_RECIPE_FLAGS)
+  timed = benchmark.airbench_config(benchmark.Settings.quick(), "float32")
+  for field in ("model", "augment", "loss", "optimizer", "momentum", "weight_decay",
+                "bn_lr_scale", "lookahead_every", "whiten_bias_epochs", "tta"):
+    assert getattr(timed, field) == getattr(recipe, field), field
+  assert timed.batch_size == 8 and timed.precision == "float32"

@@ -6,12 +6,14 @@ taken after a warmup window, so compilation and tracing are never timed. Rivals
 (loop and fit, bfloat16 and float32) take turns window by window, so a background
 job slows both alike. All the
 measurements run in one process on one machine, so their ratios are comparable.
-Used by scripts/benchmark.py; each function takes plain arguments so tests can call
-it at tiny sizes.
+Used by scripts/benchmark.py and scripts/tutorial_fit.py; each function takes plain
+arguments so tests can call it at tiny sizes. It lives outside the package: it times
+research's loop, it is not part of it.
 """
 
 import dataclasses
 import math
+import os
 import resource
 import statistics
 import time
@@ -24,16 +26,19 @@ from research import data as data_lib, flops, loop, models, optim, plugins
 from research import steps as steps_lib
 from research.state import TrainState
 from research import precision as precision_lib
+from research import config as config_lib
 from research.config import Config
 
 NUM_CLASSES = 10
 
-# The fast recipe (configs/cifar10_fast.flags), less what does not change the speed
-# of a step (learning-rate values, schedule, evaluation).
-FAST_RECIPE = dict(optimizer="sgd", nesterov=True, momentum=0.85,
-                   weight_decay=0.009, bn_lr_scale=64.0,
-                   loss="cross_entropy(label_smoothing=0.2)", lookahead_every=5,
-                   whiten_bias_epochs=3, augment="crop(padding=2),alternating_flip")
+# The fast recipe, read from its flagfile: the benchmark times what users run.
+FAST_RECIPE_FLAGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "configs", "cifar10_fast.flags")
+# What a timed window changes in the recipe: sizes, precision, and no evaluation.
+_TIMED = ("batch_size", "steps_per_loop", "precision", "jit_compile", "image_size",
+          "num_classes", "train_steps", "dataset", "model_dir", "eval_every", "log_every",
+          "checkpoint_every", "epochs")
+
 
 # The classic Keras tutorial's augmentation, as Keras preprocessing layers.
 TUTORIAL_LAYERS = lambda: keras.Sequential([
@@ -202,8 +207,12 @@ def loop_vs_fit(settings, model, log=print):
 
 
 def airbench_config(settings, precision):
-  return make_config(settings, "airbench", settings.airbench_batch_size,
-                     settings.airbench_steps, precision, **FAST_RECIPE)
+  """The fast recipe of configs/cifar10_fast.flags at the benchmark's sizes."""
+  recipe = config_lib.from_flagfile(FAST_RECIPE_FLAGS).to_dict()
+  kept = {k: v for k, v in recipe.items() if k not in _TIMED and k != "model"
+          and k in config_lib.Config.__dataclass_fields__}
+  return make_config(settings, recipe["model"], settings.airbench_batch_size,
+                     settings.airbench_steps, precision, **kept)
 
 
 def peak_matmul_flops(size, dtype, repeats):

@@ -1,0 +1,1 @@
+"""Entry points; benchmark_lib is importable by them and by the tests."""
