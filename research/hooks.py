@@ -43,6 +43,7 @@ class Hook:
   after_eval: Optional[Callable] = None  # fn(ctx) after each evaluation
   at_end: Optional[Callable] = None    # fn(ctx) once, after the last step
   chief_only: bool = False             # run only in the process that writes files
+  eval_metrics: tuple = ()             # metric items evaluation must add for this hook
 
 
 def due(hook, step):

@@ -86,7 +86,9 @@ def train(config, strategy=None):
       json.dump(data.class_names, f)
 
   # --- model, optimizer, metrics, checkpoint: all under the strategy's scope ---
-  state = TrainState(config, strategy, data.class_names)
+  hooks = hooks_lib.build(config)
+  state = TrainState(config, strategy, data.class_names,
+                     eval_metrics=[m for h in hooks for m in h.eval_metrics])
   runner = steps.Runner(state, steps.StepSpec.from_config(config, state.model), strategy)
   with strategy.scope():
     # Every worker saves (saving is collective); only the chief's copy is kept.
@@ -121,7 +123,6 @@ def train(config, strategy=None):
 
   train_iter = batches(start, config.seed)
 
-  hooks = hooks_lib.build(config)
   context = hooks_lib.HookContext(start, config, state, runner, data, writers, chief=chief)
   _call(hooks, "at_start", context)
 
@@ -198,8 +199,7 @@ def train(config, strategy=None):
         metrics = runner.evaluate(data.eval, config.global_eval_batch_size)
         result.eval_history.append((step, metrics))
         context.eval_metrics = metrics
-        writers.scalars(writers.eval, step,
-                        {k: v for k, v in metrics.items() if k != "examples"})
+        writers.scalars(writers.eval, step, metrics)
         logging.info("eval at step %d: %d %s examples | %s", step, metrics["examples"],
                      data.eval_name, summaries.format_metrics(metrics))
         _call(hooks, "after_eval", context)

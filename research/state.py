@@ -15,7 +15,8 @@ class TrainState(tf.Module):
   compiled call (lazy creation inside the replica function fails under Mirrored).
   """
 
-  def __init__(self, config, strategy, class_names):
+  def __init__(self, config, strategy, class_names, eval_metrics=()):
+    """`eval_metrics`: metric items evaluation adds for the hooks (confusion_matrix)."""
     super().__init__(name="train_state")
     self.num_classes = config.num_classes
     with strategy.scope():
@@ -28,9 +29,10 @@ class TrainState(tf.Module):
       self.step = counter("global_step")
       self.skipped = counter("skipped_steps")  # Non-finite steps, not applied.
       self.input_wait = counter("input_wait", tf.float64)  # Seconds blocked on input.
-      metric_items = metrics_lib.build(config.metrics, config.num_classes, class_names)
-      self.train_metrics = metrics_lib.Metrics(metric_items)
-      self.eval_metrics = metrics_lib.Metrics(metric_items)
+      build = lambda extra=(): metrics_lib.build(config.metrics, config.num_classes,
+                                                 class_names, extra)
+      self.train_metrics = metrics_lib.Metrics(build())
+      self.eval_metrics = metrics_lib.Metrics(build(tuple(eval_metrics)))
       self.ema = ema_lib.build(self.model, config)  # EMA or Lookahead weights, or None.
       self.accumulation = None
       if config.grad_accum_steps > 1:

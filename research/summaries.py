@@ -3,6 +3,7 @@
 import os
 import time
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -15,8 +16,10 @@ class Writers:
     self.train, self.eval = make("train"), make("eval")
 
   def scalars(self, writer, step, values):
+    """Each number of `values` as a scalar (arrays, such as a confusion matrix, are
+    for the hooks to draw)."""
     with writer.as_default(step=step):
-      for name, value in values.items():
+      for name, value in scalar_items(values):
         tf.summary.scalar(name, value)
 
   def text(self, name, value, step=0):
@@ -45,9 +48,15 @@ class Progress:
             f"ETA {format_seconds(eta)} | {shown}")
 
 
+def scalar_items(values):
+  """(name, number) of `values` whose value is one number (not the example count)."""
+  return [(k, v) for k, v in values.items()
+          if k != "examples" and np.ndim(v) == 0]
+
+
 def format_metrics(metrics):
-  """`loss 0.1234 accuracy 0.9876 ...`: every metric but the example count."""
-  return " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "examples")
+  """`loss 0.1234 accuracy 0.9876 ...`: every scalar metric but the example count."""
+  return " ".join(f"{k} {v:.4f}" for k, v in scalar_items(metrics))
 
 
 def format_seconds(seconds):

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hp
 
-from research import data as data_lib, flops, plots, predict
+from research import data as data_lib, flops, plots, predict, summaries
 from research.hooks import HOOKS, Hook
 
 GRID_IMAGES, GRID_COLS = 16, 4   # augmented training inputs per grid
@@ -51,16 +51,18 @@ def train_images(config, every=1000):
 # --- predictions --------------------------------------------------------------
 
 
-def prediction_figures(model, split, class_names, count=0, tta="none"):
+def prediction_figures(model, split, class_names, count=0, tta="none", matrix=None):
   """{name: Figure}: prediction grid, confusion matrix, confident mistakes of the first
-  `count` examples of `split` (0: all), predicted with TTA `tta`."""
+  `count` examples of `split` (0: all), predicted with TTA `tta`. `matrix`, when given,
+  is the confusion matrix of the whole split (an evaluation's), drawn instead."""
   count = count or len(split)
   images, labels = split.images[:count], split.labels[:count]
   probs = predict.probabilities(model, images, tta)
   guesses = probs.argmax(-1)
   wrong = np.flatnonzero(guesses != labels)
   worst = wrong[np.argsort(-probs[wrong, guesses[wrong]], kind="stable")][:MISTAKES]
-  matrix = plots.confusion_matrix(labels, guesses, len(class_names))
+  if matrix is None:
+    matrix = plots.confusion_matrix(labels, guesses, len(class_names))
   n = PREDICTION_GRID
   shown = images.astype(np.float32)
   return {
@@ -80,16 +82,21 @@ def write_figures(writer, step, figures):
 
 
 @HOOKS.register("predictions")
-def predictions(config, examples=0):
-  """After each evaluation: prediction grid, confusion matrix and confident mistakes of
-  the first `examples` eval examples (0: all), with the weights and TTA evaluated."""
+def predictions(config, examples=500):
+  """After each evaluation: its confusion matrix (every example, counted by the
+  evaluation itself), and a prediction grid and the most confidently wrong of the first
+  `examples` eval examples, with the weights and TTA evaluated."""
   del config
+  if examples < 1:
+    raise ValueError(f"predictions: examples must be >= 1, got {examples}")
+
   def write(ctx):
     with ctx.state.averaged_weights():
       figures = prediction_figures(ctx.state.model, ctx.data.eval, ctx.data.class_names,
-                                   examples, ctx.config.tta)
+                                   examples, ctx.config.tta,
+                                   matrix=ctx.eval_metrics["confusion_matrix"])
     write_figures(ctx.writers.eval, ctx.step, figures)
-  return Hook(chief_only=True, after_eval=write)
+  return Hook(chief_only=True, after_eval=write, eval_metrics=("confusion_matrix",))
 
 
 # --- histograms ---------------------------------------------------------------
@@ -122,9 +129,8 @@ def final_metrics(ctx):
   the last evaluation and the last training log."""
   values = {}
   for prefix, metrics in (("eval", ctx.eval_metrics), ("train", ctx.train_metrics)):
-    for name, value in (metrics or {}).items():
-      if name != "examples":
-        values[f"final/{prefix}_{name}"] = value
+    for name, value in summaries.scalar_items(metrics or {}):
+      values[f"final/{prefix}_{name}"] = value
   return values
 
 

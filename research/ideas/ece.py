@@ -9,7 +9,7 @@ strategy: the per-bin counts, confidences and hits are masked sums like every me
 import numpy as np
 import tensorflow as tf
 
-from research.metrics import METRICS, Metric, hits
+from research.metrics import METRICS, Metric, hits, masked_sum
 
 
 @METRICS.register("ece")
@@ -19,15 +19,16 @@ def ece(num_classes, class_names, bins=15):
   if bins < 1:
     raise ValueError(f"ece: bins must be >= 1, got {bins}")
 
-  def quantities(outputs, batch, per_example_loss):
+  def sums(outputs, batch, per_example_loss, mask):
     del per_example_loss
     confidence = tf.reduce_max(tf.nn.softmax(outputs["logits"]), axis=-1)
     # Bin b holds confidences in (b/bins, (b+1)/bins]; the first also holds 0.
     index = tf.clip_by_value(tf.cast(tf.math.ceil(confidence * bins), tf.int32) - 1,
                              0, bins - 1)
     in_bin = tf.one_hot(index, bins)  # [B, bins]
-    return {"count": in_bin, "confidence": in_bin * confidence[:, None],
-            "hits": in_bin * hits(outputs, batch)[:, None]}
+    return {"count": masked_sum(in_bin, mask),
+            "confidence": masked_sum(in_bin * confidence[:, None], mask),
+            "hits": masked_sum(in_bin * hits(outputs, batch)[:, None], mask)}
 
   def result(sums, examples):
     count = np.maximum(sums["count"], 1e-12)
@@ -35,4 +36,4 @@ def ece(num_classes, class_names, bins=15):
     return {"ece": float(np.sum(sums["count"] * gaps) / examples)}
 
   return Metric(shapes={"count": (bins,), "confidence": (bins,), "hits": (bins,)},
-                quantities=quantities, result=result)
+                sums=sums, result=result)
