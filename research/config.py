@@ -19,6 +19,10 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 TTA = ("none", "flip", "flip_translate")
 ON_NAN = ("skip", "rollback", "halt")
 
+# TensorBoard extras on by default: their measured cost is under 3% of a CIFAR run
+# (docs/TENSORBOARD.md); the profile stays opt-in.
+DEFAULT_HOOKS = "train_images,predictions,histograms,hparams,model_summary"
+
 # Fields that shape the checkpoint: a model dir written with other values is refused.
 CHECKPOINT_FIELDS = ("model", "num_classes", "image_size", "optimizer", "averaging")
 
@@ -114,8 +118,8 @@ class Config:
   nan_retries: int = _field(3, "rollbacks before --on_nan=rollback gives up")
   inject_nan_step: int = _field(0, "fault injection for testing --on_nan: make the loss "
                                 "of this step (1-based) NaN (0: never)")
-  hooks: str = _field("", "comma-separated hooks run at loop points, e.g. "
-                      "histograms(every=500),profile(start=10,stop=20)")
+  hooks: str = _field(DEFAULT_HOOKS, "comma-separated hooks run at loop points (none: "
+                      "no hooks), e.g. histograms(every=500),profile(start=10,stop=20)")
   plugins: str = _field("", "comma-separated modules (names on PYTHONPATH or .py paths) "
                         "whose registrations join the registries")
 

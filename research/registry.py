@@ -85,7 +85,10 @@ class Registry:
     return spec
 
   def parse_list(self, text):
-    """Specs of a comma-separated list (commas inside parentheses belong to an item)."""
+    """Specs of a comma-separated list (commas inside parentheses belong to an item);
+    `none`, like an empty text, is the empty list."""
+    if text.strip() == "none":
+      return []
     return [self.parse(item) for item in split_list(text)]
 
   def build(self, text, *args):

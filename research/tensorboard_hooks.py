@@ -109,7 +109,10 @@ def histograms(config, every=1000):
   del config
   def write(ctx):
     variables = ctx.state.model.trainable_variables
+    # Every worker takes part (the gradients are all-reduced); the chief writes.
     grads = ctx.runner.gradients(train_batch(ctx))
+    if not ctx.chief:
+      return
     with ctx.writers.train.as_default(step=ctx.step):
       tf.summary.scalar("gradient_norm", tf.linalg.global_norm(
           [g for g in grads if g is not None]))
@@ -117,8 +120,7 @@ def histograms(config, every=1000):
         tf.summary.histogram(f"weights/{variable.path}", variable)
         if grad is not None:
           tf.summary.histogram(f"gradients/{variable.path}", grad)
-  return Hook(chief_only=True, every=_positive("histograms", "every", every),
-              on_step=write, at_start=write)
+  return Hook(every=_positive("histograms", "every", every), on_step=write, at_start=write)
 
 
 # --- hparams ------------------------------------------------------------------

@@ -20,7 +20,7 @@ def tiny_config(tmp_path, **overrides):
   values = dict(dataset="synthetic", synthetic_examples=256, val_split=0.25, image_size=16,
                 model="resnet8", batch_size=32, train_steps=6, steps_per_loop=3,
                 log_every=3, eval_every=6, checkpoint_every=6, precision="float32",
-                learning_rate=0.05, schedule="constant", augment="crop,flip",
+                learning_rate=0.05, schedule="constant", augment="crop,flip", hooks="none",
                 model_dir=str(tmp_path / "run"))
   values.update(overrides)
   from research import plugins  # pylint: disable=g-import-not-at-top
