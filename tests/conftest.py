@@ -14,6 +14,10 @@ from research.config import Config  # noqa: E402
 
 distribute.split_cpu(2)  # Before anything initializes TensorFlow's devices.
 
+from research import plugins  # noqa: E402
+
+plugins.load()  # Every registered item, ideas included, for the parametrized tests.
+
 
 def tiny_config(tmp_path, **overrides):
   """A few-second run on generated data; override anything."""
@@ -23,14 +27,13 @@ def tiny_config(tmp_path, **overrides):
                 learning_rate=0.05, schedule="constant", augment="crop,flip", hooks="none",
                 model_dir=str(tmp_path / "run"))
   values.update(overrides)
-  from research import plugins  # pylint: disable=g-import-not-at-top
   return plugins.validate(Config(**values).validate())
 
 
 def make_runner(config, strategy=None, class_names=None):
   """(TrainState, steps.Runner) of a resolved config, as loop.train builds them."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from research import plugins, steps  # pylint: disable=g-import-not-at-top
+  from research import steps  # pylint: disable=g-import-not-at-top
   from research.state import TrainState  # pylint: disable=g-import-not-at-top
   plugins.validate(config)
   strategy = strategy or tf.distribute.get_strategy()

@@ -14,7 +14,9 @@ def test_builds_with_float32_logits_under_bf16(name):
     out = model(np.zeros((2, 32, 32, 3), np.float32), training=False)
   finally:
     keras.mixed_precision.set_global_policy("float32")
-  assert out.shape == (2, 7) and out.dtype == "float32"
+  outputs = out if isinstance(out, dict) else {"logits": out}  # A dict must hold logits.
+  assert outputs["logits"].shape == (2, 7)
+  assert all(o.dtype == "float32" for o in outputs.values())
 
 
 @pytest.mark.parametrize("name", models.MODELS.names())
