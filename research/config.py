@@ -81,12 +81,18 @@ class Config:
   nesterov: bool = _field(True, "Nesterov momentum for sgd")
   weight_decay: float = _field(5e-4, "decoupled weight decay (0: none); "
                                "BatchNorm and biases are excluded")
+  param_rules: str = _field("", "per-variable settings, first match wins: optimizer, "
+                            "lr_scale, weight_decay, epochs, e.g. "
+                            "kernels(rank=4,optimizer='muon'),batchnorm(lr_scale=64) "
+                            "(--list=param_rules)")
   bn_lr_scale: float = _field(1.0, "learning-rate multiplier of BatchNorm parameters "
-                              "(applied to their gradients: exact for sgd)")
+                              "(applied to their gradients: exact for sgd); shorthand "
+                              "for the rule batchnorm(lr_scale=X)")
   ema_decay: float = _field(0.0, "keep an exponential moving average of the weights with "
                             "this decay, evaluate and save it (0: off)")
   whiten_bias_epochs: float = _field(0.0, "train the patch-whitening layer's bias only "
-                                     "for this many epochs, then freeze it (0: always)")
+                                     "for this many epochs, then freeze it (0: always); "
+                                     "shorthand for the rule whitening_bias(epochs=X)")
   lookahead_every: int = _field(0, "every N steps, move a slow copy of the weights toward "
                                 "them and reset them to it; evaluate and save the slow "
                                 "copy (0: off)")
@@ -126,7 +132,6 @@ class Config:
   # Resolved by `resolve`, saved for scripts that read the run back.
   steps_per_epoch: int = _field(0, "set from the data")
   warmup_steps: int = _field(0, "set from --warmup_epochs")
-  whiten_bias_steps: int = _field(0, "set from --whiten_bias_epochs")
 
   # ---------------------------------------------------------------------------
 
@@ -228,7 +233,6 @@ class Config:
         steps_per_epoch=steps_per_epoch,
         train_steps=train_steps,
         warmup_steps=int(round(self.warmup_epochs * steps_per_epoch)),
-        whiten_bias_steps=int(round(self.whiten_bias_epochs * steps_per_epoch)),
         eval_every=self.eval_every or steps_per_epoch,
         checkpoint_every=self.checkpoint_every or steps_per_epoch,
         model_dir=self.model_dir or os.path.join("runs", f"{self.model}_{self.dataset}"))
@@ -293,7 +297,7 @@ def from_flagfile(path, **overrides):
 
 def fields():
   """(name, type, default, help) of every user-settable field, for flag definitions."""
-  derived = {"steps_per_epoch", "warmup_steps", "whiten_bias_steps"}
+  derived = {"steps_per_epoch", "warmup_steps"}
   return [(f.name, f.type, f.default, f.metadata["help"])
           for f in dataclasses.fields(Config) if f.name not in derived]
 

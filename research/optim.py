@@ -9,15 +9,20 @@ linear warmup over `config.warmup_steps` in front of every one of them. A schedu
 a shape: the multiplier of the peak as a function of the fraction of decay done.
 """
 
+import dataclasses
 import math
+import re
+from typing import Callable
 
 import keras
 import tensorflow as tf
 
+from research.config import ConfigError
 from research.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
 SCHEDULES = Registry("schedule")
+RULES = Registry("parameter rule")
 
 # Variable names of BatchNorm's learned parameters (`--bn_lr_scale` scales their updates).
 BATCHNORM_PARAMS = ("gamma", "beta")
@@ -81,11 +86,159 @@ def step(done):
   return tf.where(done < 0.5, 1.0, tf.where(done < 0.75, 0.1, 0.01))
 
 
-def build(config):
-  """The optimizer, wrapped in a LossScaleOptimizer under mixed_float16."""
-  optimizer = OPTIMIZERS.build(config.optimizer, schedule(config), config)
-  if config.weight_decay:
-    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY))
+# --- per-variable rules -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """Settings of the trainable variables `match(model, variable)` selects.
+
+  `--param_rules` lists rules in order and the first that matches a variable wins
+  (airbench's parameter groups, optax's multi_transform); unmatched variables take the
+  defaults. Names in NO_DECAY (biases, BatchNorm) are never decayed.
+  """
+  name: str
+  match: Callable = lambda model, variable: True
+  optimizer: str = ""          # optimizer item for these variables ("": --optimizer)
+  lr_scale: float = 1.0        # multiplies their gradients: their learning rate, for SGD
+  weight_decay: bool = True    # whether --weight_decay applies
+  train_steps: int = 0         # > 0: they train for this many steps, then stay fixed
+
+
+DEFAULT_RULE = Rule("default")
+
+
+def _rule(name, match, optimizer, lr_scale, weight_decay=True, train_steps=0):
+  if not lr_scale > 0:
+    raise ValueError(f"{name}: lr_scale must be > 0, got {lr_scale}")
+  if optimizer:
+    OPTIMIZERS.parse(optimizer)  # An unknown optimizer fails here, before any data.
+  return Rule(name, match, optimizer, float(lr_scale), weight_decay, train_steps)
+
+
+def _steps(config, epochs):
+  return int(round(epochs * config.steps_per_epoch)) if epochs else 0
+
+
+@RULES.register("batchnorm")
+def batchnorm(config, lr_scale=1.0, optimizer=""):
+  """BatchNorm's learned scale and offset (airbench's bias_scaler: lr_scale=64)."""
+  del config
+  return _rule("batchnorm", lambda model, v: v.name in BATCHNORM_PARAMS, optimizer, lr_scale)
+
+
+@RULES.register("kernels")
+def kernels(config, rank=0, optimizer="", lr_scale=1.0, weight_decay=True):
+  """Weight kernels of rank `rank` (4: conv filters, 2: dense; 0: both), e.g. Muon's."""
+  del config
+  match = lambda model, v: v.name == "kernel" and (not rank or len(v.shape) == rank)
+  return _rule(f"kernels(rank={rank})", match, optimizer, lr_scale, weight_decay)
+
+
+@RULES.register("whitening_bias")
+def whitening_bias(config, epochs=3.0, optimizer="", lr_scale=1.0):
+  """airbench's patch-whitening bias, trained for the first `epochs` only."""
+  from research import models  # pylint: disable=g-import-not-at-top  (models import optim)
+  match = lambda model, v: any(v is b for b in models.whitening_biases(model))
+  return _rule("whitening_bias", match, optimizer, lr_scale, train_steps=max(
+      1, _steps(config, epochs)) if epochs else 0)
+
+
+@RULES.register("pattern")
+def pattern(config, regex="", optimizer="", lr_scale=1.0, weight_decay=True, epochs=0.0):
+  """Variables whose path matches `regex` (re.search), e.g. 'dense|logits'."""
+  if not regex:
+    raise ValueError("pattern: needs regex='...'")
+  compiled = re.compile(regex)
+  return _rule(f"pattern({regex!r})", lambda model, v: bool(compiled.search(v.path)),
+               optimizer, lr_scale, weight_decay, _steps(config, epochs))
+
+
+def rule_specs(config):
+  """--param_rules, then the rules of the shorthand flags --bn_lr_scale and
+  --whiten_bias_epochs."""
+  specs = [str(s) for s in RULES.parse_list(config.param_rules)]
+  if config.bn_lr_scale != 1.0:
+    specs.append(f"batchnorm(lr_scale={config.bn_lr_scale!r})")
+  if config.whiten_bias_epochs:
+    specs.append(f"whitening_bias(epochs={config.whiten_bias_epochs!r})")
+  return specs
+
+
+def variable_rules(config, model):
+  """The Rule of each trainable variable of `model` (a resolved config).
+
+  Raises ConfigError for a rule that matches no variable: a typo, or a model without
+  the layer (--whiten_bias_epochs on a model without patch whitening).
+  """
+  rules = [RULES.build(spec, config) for spec in rule_specs(config)]
+  variables = model.trainable_variables
+  chosen = [next((r for r in rules if r.match(model, v)), DEFAULT_RULE) for v in variables]
+  for spec, rule in zip(rule_specs(config), rules):
+    if not any(rule.match(model, v) for v in variables):
+      raise ConfigError(f"--param_rules: {spec} matches no trainable variable of "
+                        f"--model={config.model}")
+  return chosen
+
+
+class Optimizers(tf.Module):
+  """Several optimizers, each for the variables its rules give it, used as one.
+
+  Each applies its own variables' gradients (and all-reduces them under a strategy);
+  the first, --optimizer's, gives the learning rate and iteration count that are logged.
+  """
+
+  def __init__(self, optimizers, variables_of):
+    super().__init__(name="optimizers")
+    self.optimizers = optimizers  # tracked: each is checkpointed under its index
+    self._variables_of = variables_of  # [list of variable ids] per optimizer
+
+  @property
+  def learning_rate(self):
+    return self.optimizers[0].learning_rate
+
+  @property
+  def iterations(self):
+    return self.optimizers[0].iterations
+
+  def build(self, variables):
+    for optimizer, ids in zip(self.optimizers, self._variables_of):
+      optimizer.build([v for v in variables if id(v) in ids])
+
+  def scale_loss(self, loss):
+    return loss
+
+  def apply_gradients(self, grads_and_vars):
+    grads_and_vars = list(grads_and_vars)
+    for optimizer, ids in zip(self.optimizers, self._variables_of):
+      optimizer.apply_gradients([(g, v) for g, v in grads_and_vars if id(v) in ids])
+
+
+def build(config, model):
+  """The optimizer(s) of `model`'s variables by their rules; a LossScaleOptimizer under
+  mixed_float16. One optimizer unless rules name others (then `Optimizers`)."""
+  variables = model.trainable_variables
+  rules = variable_rules(config, model)
+  groups = {}  # optimizer item -> variables, --optimizer's first
+  groups[config.optimizer] = []
+  for variable, rule in zip(variables, rules):
+    groups.setdefault(rule.optimizer or config.optimizer, []).append((variable, rule))
+  groups = {item: members for item, members in groups.items() if members}
+  optimizers = []
+  for item, members in groups.items():
+    optimizer = OPTIMIZERS.build(item, schedule(config), config)
+    if config.weight_decay:
+      optimizer.exclude_from_weight_decay(
+          var_list=[v for v, rule in members if not rule.weight_decay],
+          var_names=list(NO_DECAY))
+    optimizers.append(optimizer)
+  if len(optimizers) > 1:
+    if config.precision == "mixed_float16":
+      raise ConfigError("--param_rules with several optimizers cannot run under "
+                        "mixed_float16 (one loss scale per optimizer); use float32 or "
+                        "mixed_bfloat16")
+    return Optimizers(optimizers, [{id(v) for v, _ in members} for members in groups.values()])
+  optimizer = optimizers[0]
   if config.precision == "mixed_float16":
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer

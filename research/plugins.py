@@ -77,6 +77,7 @@ def _REGISTRIES():  # pylint: disable=invalid-name
   return {"model": (models.MODELS, False, None),
           "loss": (losses.LOSSES, False, settings_only),
           "optimizer": (optim.OPTIMIZERS, False, None),
+          "param_rules": (optim.RULES, True, lambda config: (config,)),
           "schedule": (optim.SCHEDULES, False, None),
           "step": (steps.STEPS, False, settings_only),
           "augment": (augment.AUGMENTATIONS, True, settings_only),

@@ -5,7 +5,6 @@ import contextlib
 import tensorflow as tf
 
 from research import ema as ema_lib, metrics as metrics_lib, models, optim
-from research.config import ConfigError
 
 
 class TrainState(tf.Module):
@@ -21,7 +20,8 @@ class TrainState(tf.Module):
     self.num_classes = config.num_classes
     with strategy.scope():
       self.model = models.build(config)
-      self.optimizer = optim.build(config)
+      self.rules = optim.variable_rules(config, self.model)  # One per trainable variable.
+      self.optimizer = optim.build(config, self.model)
       self.optimizer.build(self.model.trainable_variables)
       counter = lambda name, dtype=tf.int64: tf.Variable(
           tf.zeros([], dtype), trainable=False, name=name,
@@ -37,13 +37,6 @@ class TrainState(tf.Module):
       self.accumulation = None
       if config.grad_accum_steps > 1:
         self.accumulation = Accumulation(self.model.trainable_variables)
-    # Variables that stop training after `config.whiten_bias_steps` steps.
-    self.frozen_later = []
-    if config.whiten_bias_epochs:
-      self.frozen_later = models.whitening_biases(self.model)
-      if not self.frozen_later:
-        raise ConfigError(f"--whiten_bias_epochs: --model={config.model} has no "
-                          "patch-whitening layer")
 
   def checkpointed(self):
     """The trackables a checkpoint holds, by the names checkpoints have always used."""

@@ -39,9 +39,9 @@ class StepSpec:
   loss: Callable              # (outputs, batch) -> per-example [B]
   regularizers: tuple         # of (model) -> scalar penalty
   global_batch_size: int
-  grad_scales: tuple          # a multiplier per trainable variable (--bn_lr_scale)
+  grad_scales: tuple          # a multiplier per trainable variable (rules' lr_scale)
   check_gradients: bool       # False under mixed_float16: LossScaleOptimizer checks them
-  freeze_after_step: int      # state.frozen_later stop training after this step
+  frozen_after: tuple         # (variable index, steps): it stays fixed after `steps`
   grad_accum_steps: int = 1   # steps whose gradients are averaged into one update
   tta: str = "none"           # test-time augmentation of the eval step
   inject_nan_step: int = 0    # fault injection: this step's loss is NaN (0: never)
@@ -49,15 +49,17 @@ class StepSpec:
 
   @classmethod
   def from_config(cls, config, model):
+    rules = optim.variable_rules(config, model)
     return cls(
         kind=STEPS.build(config.step), loss=losses.LOSSES.build(config.loss),
         regularizers=tuple(regularizers.REGULARIZERS.build(spec) for spec in
                            regularizers.REGULARIZERS.parse_list(config.regularizers)),
         global_batch_size=config.batch_size,
-        grad_scales=tuple(config.bn_lr_scale if v.name in optim.BATCHNORM_PARAMS else 1.0
-                          for v in model.trainable_variables),
+        grad_scales=tuple(rule.lr_scale for rule in rules),
+        frozen_after=tuple((i, rule.train_steps) for i, rule in enumerate(rules)
+                           if rule.train_steps),
         check_gradients=config.precision != "mixed_float16",
-        freeze_after_step=config.whiten_bias_steps, grad_accum_steps=config.grad_accum_steps,
+        grad_accum_steps=config.grad_accum_steps,
         tta=config.tta,
         inject_nan_step=config.inject_nan_step, jit_compile=config.jit_compile)
 
@@ -147,15 +149,15 @@ def _apply_if(strategy, state, spec, grads, finite):
 
   def update(replica_grads, args=()):
     """Applies `replica_grads(*args)` of each replica (args: per-replica values)."""
-    frozen = [tf.identity(v) for v in state.frozen_later]
+    frozen = [(variables[i], steps, tf.identity(variables[i]))
+              for i, steps in spec.frozen_after]
     # Keras all-reduces the gradients across replicas; LossScaleOptimizer
     # unscales them and skips the update if any is not finite.
     strategy.extended.call_for_each_replica(
         lambda *a: state.optimizer.apply_gradients(zip(replica_grads(*a), variables)),
         args=args)
-    frozen_now = state.step >= spec.freeze_after_step
-    for variable, value in zip(state.frozen_later, frozen):
-      variable.assign(tf.where(frozen_now, value, variable))
+    for variable, steps, value in frozen:  # Past its steps: put back after the update.
+      variable.assign(tf.where(state.step >= steps, value, variable))
     if state.ema is not None:
       state.ema.update()
 

@@ -157,7 +157,7 @@ def fit_window(config, dataset, steps_per_execution):
   keras.mixed_precision.set_global_policy(config.precision)
   model = models.build(config)
   # The same bookkeeping as our step, which also sums top-1 and top-5 accuracy.
-  model.compile(optimizer=optim.build(config),
+  model.compile(optimizer=optim.build(config, model),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5)],
                 jit_compile=config.jit_compile, steps_per_execution=steps_per_execution)

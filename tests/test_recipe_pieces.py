@@ -168,8 +168,9 @@ def test_lookahead_and_ema_are_exclusive(make_config):
 def test_whitening_bias_trains_only_for_its_epochs(make_config, strategy):
   state, runner, batches, _, config = _task(make_config, strategy, model="airbench",
                                             whiten_bias_epochs=0.6, learning_rate=0.5)
-  assert config.whiten_bias_steps == 3  # 0.6 of 5 steps an epoch.
   [bias] = models.whitening_biases(state.model)
+  [index] = [i for i, v in enumerate(state.model.trainable_variables) if v is bias]
+  assert runner.spec.frozen_after == ((index, 3),)  # After 0.6 of 5 steps an epoch.
   values = [bias.numpy().copy()]
   for _ in range(5):
     runner.train_loop(batches, tf.constant(1))
@@ -179,7 +180,8 @@ def test_whitening_bias_trains_only_for_its_epochs(make_config, strategy):
 
 
 def test_whitening_bias_epochs_needs_a_whitening_layer(make_config):
-  with pytest.raises(ConfigError, match="no patch-whitening layer"):
+  with pytest.raises(ConfigError, match="whitening_bias.* matches no trainable variable of "
+                                        "--model=resnet8"):
     _task(make_config, model="resnet8", whiten_bias_epochs=1)
 
 
