@@ -8,6 +8,7 @@ baseline. Prints a markdown table (the one in docs/TENSORBOARD.md).
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -38,7 +39,7 @@ def register_timed(name, spec, seconds, calls):
   def build(config):
     hook = hooks.HOOKS.build(spec, config)
     wrapped = {e: timed(getattr(hook, e)) for e in EVENTS if getattr(hook, e)}
-    return hooks.Hook(every=hook.every, at_steps=hook.at_steps, **wrapped)
+    return dataclasses.replace(hook, **wrapped)  # Same cadence and eval metrics, timed.
 
   hooks.HOOKS.register(f"timed_{name}")(build)
 
@@ -67,7 +68,7 @@ def main():
   root = tempfile.mkdtemp(prefix="hook_overhead_")
   base = Config(dataset="synthetic", synthetic_examples=2048, model=args.model,
                 batch_size=args.batch_size, train_steps=args.steps,
-                eval_every=args.eval_every, log_every=50, precision="float32")
+                eval_every=args.eval_every, log_every=50, precision="float32", hooks="none")
   timed_run(base.replace(model_dir=os.path.join(root, "warmup"), train_steps=20))
   baseline = timed_run(base.replace(model_dir=os.path.join(root, "none")).validate())
   print(f"{args.model}, batch {args.batch_size}, {args.steps} steps, evals every "
