@@ -82,7 +82,7 @@ def write_figures(writer, step, figures):
 
 
 @HOOKS.register("predictions")
-def predictions(config, examples=500):
+def predictions(config, examples=250):
   """After each evaluation: its confusion matrix (every example, counted by the
   evaluation itself), and a prediction grid and the most confidently wrong of the first
   `examples` eval examples, with the weights and TTA evaluated."""
