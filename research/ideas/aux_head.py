@@ -10,23 +10,18 @@ import keras
 from keras import layers
 
 from research.losses import LOSSES, cross_entropy
-from research.models.registry import MODELS, logits, rescaled_input
+from research.models.cnn import baseline_cnn
+from research.models.registry import MODELS
 
 
 @MODELS.register("baseline_cnn_aux")
 def baseline_cnn_aux(num_classes, image_size):
   """The tutorial's CNN with an auxiliary classifier on its second conv block."""
-  inputs, x = rescaled_input(image_size)
-  x = layers.Conv2D(32, 3, activation="relu")(x)
-  x = layers.MaxPooling2D()(x)
-  x = layers.Conv2D(64, 3, activation="relu")(x)
-  side = layers.GlobalAveragePooling2D()(x)
+  base = baseline_cnn(num_classes, image_size)
+  second_conv = [layer for layer in base.layers if isinstance(layer, layers.Conv2D)][1]
+  side = layers.GlobalAveragePooling2D()(second_conv.output)
   aux = layers.Dense(num_classes, dtype="float32", name="aux_logits")(side)
-  x = layers.MaxPooling2D()(x)
-  x = layers.Conv2D(64, 3, activation="relu")(x)
-  x = layers.Flatten()(x)
-  x = layers.Dense(64, activation="relu")(x)
-  return keras.Model(inputs, {"logits": logits(x, num_classes), "aux_logits": aux},
+  return keras.Model(base.input, {"logits": base.output, "aux_logits": aux},
                      name="baseline_cnn_aux")
 
 
