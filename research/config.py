@@ -157,6 +157,10 @@ class Config:
     Registry items (--model, --augment, ...) are checked by research.plugins.validate,
     once the plugins are imported.
     """
+    for field in dataclasses.fields(self):  # inf and nan pass every range check below.
+      value = getattr(self, field.name)
+      if field.type is float and not math.isfinite(value):
+        raise ConfigError(f"--{field.name} must be a finite number, got {value}")
     _choice("strategy", self.strategy, STRATEGIES)
     _choice("dataset", self.dataset, DATASETS)
     _choice("precision", self.precision, PRECISIONS)

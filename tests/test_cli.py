@@ -33,6 +33,7 @@ def run(script, *args):
      "does not split over 2 replicas"),
     (["--batch_size=abc"], "invalid literal"),
     (["--epochs=-1"], "--epochs must be > 0"),
+    (["--learning_rate=inf"], "error: --learning_rate must be a finite number, got inf"),
 ])
 def test_bad_flags_exit_non_zero_and_write_nothing(tmp_path, args, message):
   model_dir = tmp_path / "run"
