@@ -206,11 +206,14 @@ def train(config, strategy=None):
 
       _call([h for h in hooks if hooks_lib.due(h, step)], "on_step", context)
 
-      if step % config.checkpoint_every == 0 or done or signals:
+      # Read the signal list once: one arriving between the save and the raise
+      # would otherwise stop the run with no checkpoint of this step.
+      stopping = list(signals)
+      if step % config.checkpoint_every == 0 or done or stopping:
         ckpt.save(step)
       writers.flush()
-      if signals and not done:
-        raise Preempted(f"signal {signals[0]} at step {step}: checkpoint saved in "
+      if stopping and not done:
+        raise Preempted(f"signal {stopping[0]} at step {step}: checkpoint saved in "
                         f"{config.model_dir}; rerun the same command to resume")
 
   # --- the end: the model as a standalone file ----------------------------------
