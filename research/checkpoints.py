@@ -1,4 +1,4 @@
-"""Checkpoints in the model dir: save, resume with fallback, refuse foreign dirs."""
+"""Checkpoints in the model dir: save, and resume from the newest readable one."""
 
 import glob
 import os
@@ -7,7 +7,6 @@ import re
 from absl import logging
 import tensorflow as tf
 
-from research.config import Config, ConfigError
 
 
 class Checkpointer:
@@ -54,13 +53,3 @@ class Checkpointer:
   def save(self, step):
     return self.manager.save(checkpoint_number=step)
 
-
-def check_model_dir(config):
-  """Refuses a model dir whose saved config shaped a different checkpoint."""
-  path = os.path.join(config.model_dir, "config.json")
-  if not os.path.exists(path):
-    return
-  differences = config.checkpoint_differences(Config.load(path))
-  if differences:
-    raise ConfigError(f"model dir {config.model_dir!r} holds a different run ("
-                      + "; ".join(differences) + "); use another --model_dir")

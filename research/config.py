@@ -11,6 +11,7 @@ import json
 import math
 import os
 
+from research import files
 from research.registry import split_list
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
@@ -48,6 +49,9 @@ class Config:
   seed: int = _field(0, "seed of initialization, shuffling and augmentation")
   model_dir: str = _field("", "checkpoints, TensorBoard and the final model "
                           "(default: runs/<model>_<dataset>)")
+  allow_config_change: bool = _field(False, "resume a model dir trained with another "
+                                     "config (the changes are logged, and every config "
+                                     "is kept in its config_history.jsonl)")
 
   # Data.
   dataset: str = _field("cifar10", "|".join(DATASETS))
@@ -239,7 +243,12 @@ class Config:
         warmup_steps=int(round(self.warmup_epochs * steps_per_epoch)),
         eval_every=self.eval_every or steps_per_epoch,
         checkpoint_every=self.checkpoint_every or steps_per_epoch,
-        model_dir=self.model_dir or os.path.join("runs", f"{self.model}_{self.dataset}"))
+        model_dir=self.run_dir)
+
+  @property
+  def run_dir(self):
+    """--model_dir, or its default."""
+    return self.model_dir or os.path.join("runs", f"{self.model}_{self.dataset}")
 
   # --- serialization ---------------------------------------------------------
 
@@ -260,10 +269,7 @@ class Config:
       return cls.from_dict(json.load(f))
 
   def save(self, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(self.to_json() + "\n")
-    os.replace(tmp, path)
+    files.write_text(path, self.to_json() + "\n")
 
   def hparams(self):
     """The flat view logged to TensorBoard's HParams dashboard."""

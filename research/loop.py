@@ -7,7 +7,6 @@ Python between those calls.
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import time
@@ -17,7 +16,8 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework import config as _tf_config  # pylint: disable=g-direct-tensorflow-import
 
-from research import checkpoints, data as data_lib, distribute, hooks as hooks_lib, models
+from research import checkpoints, data as data_lib, distribute, files, hooks as hooks_lib
+from research import model_dir as model_dir_lib, models
 from research import plugins, steps
 from research import precision as precision_lib
 from research import summaries
@@ -66,24 +66,28 @@ class Result:
 
 
 def train(config, strategy=None):
-  """Trains `config` (validated) in `config.model_dir`, resuming if it holds a checkpoint."""
-  # --- set-up: plugins, strategy, data, resolved config -------------------------
+  """Trains `config` (validated) in `config.model_dir`, resuming if it holds a checkpoint.
+
+  The chief holds the model dir's lock from before the data is read to the end.
+  """
   plugins.validate(config)
+  config = config.replace(model_dir=config.run_dir)
   strategy = strategy or distribute.make_strategy(config.strategy, config.cpu_devices)
   config.validate_replicas(strategy.num_replicas_in_sync)
+  chief = distribute.is_chief(strategy)
+  with model_dir_lib.Lock(config.model_dir) if chief else contextlib.nullcontext():
+    return _train(config, strategy, chief)
+
+
+def _train(config, strategy, chief):
+  # --- set-up: data, resolved config ---------------------------------------------
   data = data_lib.load(config)
   config = config.resolve(len(data.train), len(data.class_names))
   config = config.replace(precision=precision_lib.resolve(config.precision))
-  checkpoints.check_model_dir(config)
+  changes = model_dir_lib.check_config(config)
   keras.mixed_precision.set_global_policy(config.precision)
   keras.utils.set_random_seed(config.seed)
   _set_op_determinism(config.deterministic)
-  chief = distribute.is_chief(strategy)
-  if chief:
-    os.makedirs(config.model_dir, exist_ok=True)
-    config.save(os.path.join(config.model_dir, "config.json"))
-    with open(os.path.join(config.model_dir, "classes.json"), "w") as f:
-      json.dump(data.class_names, f)
 
   # --- model, optimizer, metrics, checkpoint: all under the strategy's scope ---
   hooks = hooks_lib.build(config)
@@ -108,6 +112,11 @@ def train(config, strategy=None):
                config.strategy, strategy.num_replicas_in_sync, len(data.train),
                len(data.eval), data.eval_name,
                f"resumed at step {start} from {restored}" if restored else "from scratch")
+  if changes:
+    logging.info("config changed since the model dir's last run: %s", "; ".join(changes))
+  if chief:
+    model_dir_lib.record(config, start)
+    files.write_json(os.path.join(config.model_dir, "classes.json"), data.class_names)
 
   if chief and start:
     # Events written after this checkpoint by a killed run would repeat steps.
@@ -222,7 +231,8 @@ def train(config, strategy=None):
   writers.flush()
   if chief:
     with state.averaged_weights():
-      state.model.save(os.path.join(config.model_dir, "model.keras"))
+      with files.replacing(os.path.join(config.model_dir, "model.keras")) as tmp:
+        state.model.save(tmp)
   logging.info("done: step %d in %s", step,
                format_seconds(time.perf_counter() - progress.started))
   return result

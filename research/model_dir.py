@@ -1,0 +1,137 @@
+"""The model dir: usable before any data is read, one run at a time, changes refused.
+
+`Lock` makes a second training on the same dir stop with one line naming the first.
+`check_config` refuses a resume whose config would silently change the experiment
+(the data order, the model, the optimization); `record` keeps every config a dir was
+trained with in `config_history.jsonl`.
+"""
+
+import dataclasses
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+
+from absl import logging
+
+from research.config import CHECKPOINT_FIELDS, Config, ConfigError
+
+LOCK_FILE = "lock"
+HISTORY_FILE = "config_history.jsonl"
+
+# Fields a resumed run may change freely: where and how it runs, how long, what it
+# logs. Any other field changes the experiment (--allow_config_change lets it), and a
+# CHECKPOINT_FIELDS change cannot load at all.
+RUN_FIELDS = frozenset((
+    "strategy", "cpu_devices", "jit_compile", "precision", "deterministic", "model_dir",
+    "cache_dir", "skip_bad_images", "epochs", "train_steps", "eval_batch_size",
+    "steps_per_loop", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints",
+    "on_nan", "nan_retries", "inject_nan_step", "hooks", "plugins", "metrics", "tta",
+    "allow_config_change"))
+
+
+def prepare(path):
+  """Creates `path`, or says in one line why it cannot hold a run."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except FileExistsError:
+    raise ConfigError(f"--model_dir {path!r} is a file, not a directory") from None
+  except OSError as e:
+    raise ConfigError(f"--model_dir {path!r} cannot be created: {e.strerror}") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ConfigError(f"--model_dir {path!r} is not writable")
+
+
+class Lock:
+  """An exclusive lock on a model dir, released when the process ends however it ends.
+
+  The kernel holds the lock (flock on `lock`); the file names the holder for the
+  message. A file left by a killed run is free to take and is taken over with a
+  warning. flock may not reach across hosts on a network filesystem; multi-worker
+  runs lock from the chief only.
+  """
+
+  def __init__(self, model_dir):
+    self.model_dir = model_dir
+    self.path = os.path.join(model_dir, LOCK_FILE)
+    self._fd = None
+
+  def __enter__(self):
+    prepare(self.model_dir)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      holder = _read_holder(fd)
+      os.close(fd)
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise
+      raise ConfigError(f"model dir {self.model_dir!r} is in use by {_describe(holder)}; "
+                        "wait for that run, stop it, or use another --model_dir") from None
+    previous = _read_holder(fd)
+    if previous:
+      logging.warning("model dir %s: taking over the lock of %s, which is no longer "
+                      "running", self.model_dir, _describe(previous))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds")}).encode(), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc):
+    os.ftruncate(self._fd, 0)  # An empty file is a free lock; the file stays.
+    os.close(self._fd)  # Closing releases the flock.
+    self._fd = None
+
+
+def _read_holder(fd):
+  try:
+    return json.loads(os.pread(fd, 4096, 0) or b"null")
+  except ValueError:
+    return {"holder": "an unreadable lock file"}
+
+
+def _describe(holder):
+  if not holder or "pid" not in holder:
+    return "another process"
+  return (f"pid {holder['pid']} on {holder.get('host', '?')} "
+          f"(started {holder.get('started', '?')})")
+
+
+def check_config(config):
+  """Compares resolved `config` with the one the model dir was trained with.
+
+  Returns the changed run fields for the log; raises ConfigError on a checkpoint
+  field, or on an experiment field unless --allow_config_change.
+  """
+  path = os.path.join(config.model_dir, "config.json")
+  if not os.path.exists(path):
+    return []
+  saved = Config.load(path)
+  changed = [f.name for f in dataclasses.fields(Config)
+             if getattr(saved, f.name) != getattr(config, f.name)]
+  describe = lambda name: (f"{name}: {getattr(saved, name)!r} in the model dir, "
+                           f"{getattr(config, name)!r} now")
+  unloadable = config.checkpoint_differences(saved)
+  if unloadable:
+    raise ConfigError(f"model dir {config.model_dir!r} holds a different run ("
+                      + "; ".join(unloadable) + "); use another --model_dir")
+  experiment = [describe(n) for n in changed
+                if n not in RUN_FIELDS and n not in CHECKPOINT_FIELDS]
+  if experiment and not config.allow_config_change:
+    raise ConfigError(f"model dir {config.model_dir!r} was trained with another config ("
+                      + "; ".join(experiment) + "); resuming would change the experiment. "
+                      "Use another --model_dir, or --allow_config_change to go on")
+  return [describe(n) for n in changed if n in RUN_FIELDS or config.allow_config_change]
+
+
+def record(config, step):
+  """Saves `config` as the dir's config.json and appends it to the history."""
+  config.save(os.path.join(config.model_dir, "config.json"))
+  entry = {"time": datetime.datetime.now().isoformat(timespec="seconds"), "step": step,
+           "config": config.to_dict()}
+  with open(os.path.join(config.model_dir, HISTORY_FILE), "a") as f:
+    f.write(json.dumps(entry, sort_keys=True) + "\n")

@@ -1,0 +1,96 @@
+"""One run per model dir, usable dirs only, config changes refused, whole files."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from research import files, loop, model_dir
+from research.config import ConfigError
+from tests.conftest import ROOT
+
+HOLD = """
+import sys, time
+sys.path.insert(0, {root!r})
+from research import model_dir
+with model_dir.Lock({path!r}):
+  print("held", flush=True)
+  time.sleep(120)
+"""
+
+
+def hold_lock(path):
+  """A process holding the lock of `path` until killed."""
+  proc = subprocess.Popen([sys.executable, "-c", HOLD.format(root=ROOT, path=str(path))],
+                          stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline() == "held\n"
+  return proc
+
+
+def test_a_held_dir_is_refused_naming_the_holder_then_taken_over_once_it_dies(tmp_path,
+                                                                               caplog):
+  holder = hold_lock(tmp_path)
+  try:
+    with pytest.raises(ConfigError, match=rf"in use by pid {holder.pid} on "):
+      with model_dir.Lock(str(tmp_path)):
+        pass
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  with model_dir.Lock(str(tmp_path)):  # The dead holder's file is still there.
+    assert f"taking over the lock of pid {holder.pid}" in caplog.text
+    with pytest.raises(ConfigError, match=f"in use by pid {os.getpid()}"):
+      with model_dir.Lock(str(tmp_path)):
+        pass
+  with model_dir.Lock(str(tmp_path)):  # Released on exit.
+    pass
+
+
+def test_training_on_a_held_dir_stops_before_reading_data(make_config, tmp_path):
+  config = make_config(dataset="folder", data_dir=str(tmp_path))  # No images: never read.
+  with model_dir.Lock(config.model_dir):
+    with pytest.raises(ConfigError, match="is in use by pid"):
+      loop.train(config)
+  assert os.listdir(config.model_dir) == [model_dir.LOCK_FILE]
+
+
+def test_unusable_model_dirs_are_one_line(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(ConfigError, match="is a file, not a directory"):
+    model_dir.prepare(str(tmp_path / "file"))
+  with pytest.raises(ConfigError, match="cannot be created"):
+    model_dir.prepare("/proc/no/run")
+
+
+def test_resuming_with_another_experiment_is_refused_unless_allowed(make_config, caplog):
+  config = make_config(train_steps=3, checkpoint_every=3)
+  loop.train(config)
+  with pytest.raises(ConfigError, match=r"batch_size: 32 in the model dir, 16 now.*"
+                                        r"--allow_config_change"):
+    loop.train(config.replace(batch_size=16, train_steps=6))
+  # A longer run is not another experiment; a new batch size is, once allowed.
+  with caplog.at_level(logging.INFO):
+    loop.train(config.replace(train_steps=6))
+  assert "train_steps: 3 in the model dir, 6 now" in caplog.text
+  loop.train(config.replace(batch_size=16, train_steps=9, allow_config_change=True))
+  with open(os.path.join(config.model_dir, model_dir.HISTORY_FILE)) as f:
+    history = [json.loads(line) for line in f]
+  assert [(e["step"], e["config"]["batch_size"]) for e in history] == [
+      (0, 32), (3, 32), (6, 16)]
+
+
+def test_a_failed_write_leaves_the_previous_file(tmp_path):
+  path = str(tmp_path / "classes.json")
+  files.write_json(path, ["a", "b"])
+  with pytest.raises(RuntimeError):
+    with files.replacing(path) as tmp:
+      with open(tmp, "w") as f:
+        f.write("[\"a\", ")
+      raise RuntimeError("killed mid-write")
+  with open(path) as f:
+    assert json.load(f) == ["a", "b"]
+  assert os.listdir(tmp_path) == ["classes.json"]
