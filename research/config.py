@@ -123,8 +123,9 @@ class Config:
   log_every: int = _field(100, "steps between console and TensorBoard logs")
   checkpoint_every: int = _field(0, "steps between checkpoints (0: once per epoch)")
   keep_checkpoints: int = _field(3, "checkpoints kept in the model dir")
-  on_nan: str = _field("skip", "non-finite loss or gradients: skip the step, rollback to "
-                       "the last checkpoint with reseeded data, or halt")
+  on_nan: str = _field("skip", "a step with non-finite loss, gradients or updated weights "
+                       "is not applied; then: skip it, rollback to the last checkpoint "
+                       "with reseeded data, or halt")
   nan_retries: int = _field(3, "rollbacks before --on_nan=rollback gives up")
   inject_nan_step: int = _field(0, "fault injection for testing --on_nan: make the loss "
                                 "of this step (1-based) NaN (0: never)")

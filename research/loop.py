@@ -33,7 +33,7 @@ class Preempted(Exception):
 
 
 class NonFiniteError(RuntimeError):
-  """Training produced a non-finite loss or gradients and --on_nan gave up."""
+  """Training produced non-finite steps and --on_nan gave up."""
 
 
 @contextlib.contextmanager
@@ -108,6 +108,8 @@ def _train(config, strategy, chief):
       logging.info("initialized from data: %s", ", ".join(initialized))
       if state.ema is not None:
         state.ema.reset()  # Average from the initialized weights, not the random ones.
+    if config.on_nan == "rollback":
+      ckpt.save(0)  # A rollback before the first checkpoint restarts from here.
   logging.info("%s strategy, %d replica(s); %d train / %d %s examples; %s",
                config.strategy, strategy.num_replicas_in_sync, len(data.train),
                len(data.eval), data.eval_name,
@@ -169,8 +171,9 @@ def _train(config, strategy, chief):
                                  "rollbacks (--nan_retries)")
           ckpt.restore()
           step, skipped = int(state.step.numpy()), int(state.skipped.numpy())
-          logging.warning("%s; rolled back to step %d, reseeding the data (try %d of %d)",
-                          message, step, rollbacks, config.nan_retries)
+          logging.warning("%s; rolled back to step %d%s, reseeding the data (try %d of %d)",
+                          message, step, " (the initial weights)" if step == 0 else "",
+                          rollbacks, config.nan_retries)
           train_iter = batches(step, config.seed + 1000 * rollbacks)
           state.train_metrics.reset()
           window_seconds, window_steps = 0.0, 0

@@ -201,6 +201,10 @@ class Optimizers(tf.Module):
   def iterations(self):
     return self.optimizers[0].iterations
 
+  @property
+  def variables(self):
+    return [v for optimizer in self.optimizers for v in optimizer.variables]
+
   def build(self, variables):
     for optimizer, ids in zip(self.optimizers, self._variables_of):
       optimizer.build([v for v in variables if id(v) in ids])

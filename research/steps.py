@@ -104,7 +104,11 @@ def make_train_loop(state, spec, strategy):
   passes = bind(state, spec)
 
   def step_fn(batch):
-    result = spec.kind(state, passes, batch)
+    # BatchNorm statistics change in the forward pass: kept to put back if the step
+    # is not applied.
+    stats = [tf.identity(v) for v in state.model.non_trainable_variables]
+    with tf.control_dependencies(stats):
+      result = spec.kind(state, passes, batch)
     grads = [g if scale == 1.0 or g is None else g * scale
              for g, scale in zip(result.grads, spec.grad_scales)]
     finite = all_finite(result.loss, grads if spec.check_gradients else [])
@@ -113,7 +117,7 @@ def make_train_loop(state, spec, strategy):
         if g is not None:
           total.assign_add(tf.where(finite, g, tf.zeros_like(g)))
     tf.distribute.get_replica_context().merge_call(
-        _apply_if, args=(state, spec, grads, finite))
+        _apply_if, args=(state, spec, grads, finite, stats))
     mask = tf.fill(tf.shape(result.per_example), tf.cast(finite, tf.float32))
     state.train_metrics.update(result.outputs, batch, result.per_example, mask)
 
@@ -138,8 +142,10 @@ def make_train_loop(state, spec, strategy):
   return train_loop
 
 
-def _apply_if(strategy, state, spec, grads, finite):
-  """Applies the update only if `finite`; otherwise counts a skipped step.
+def _apply_if(strategy, state, spec, grads, finite, stats):
+  """Applies the update only if `finite`, and keeps it only if the updated weights and
+  optimizer slots are finite too; otherwise puts back the non-trainable variables
+  (`stats`: their values before the step) and counts a skipped step.
 
   The condition runs in cross-replica context: a cond inside the replica
   function may not contain the optimizer's cross-replica synchronization.
@@ -147,10 +153,19 @@ def _apply_if(strategy, state, spec, grads, finite):
   variables = state.model.trainable_variables
   accumulation = state.accumulation
 
+  def skipped():
+    # Replicas held the same values before the step: the first one's are everyone's.
+    for variable, value in zip(state.model.non_trainable_variables, stats):
+      variable.assign(strategy.experimental_local_results(value)[0])
+    state.skipped.assign_add(1)
+
   def update(replica_grads, args=()):
     """Applies `replica_grads(*args)` of each replica (args: per-replica values)."""
-    frozen = [(variables[i], steps, tf.identity(variables[i]))
-              for i, steps in spec.frozen_after]
+    # Finite gradients can still overflow the weights (a huge learning rate): keep
+    # the values before the update, to put back if any comes out non-finite.
+    updated = list(variables) + list(state.optimizer.variables)
+    before = [tf.identity(v) for v in updated]
+    frozen = [(variables[i], steps, before[i]) for i, steps in spec.frozen_after]
     # Keras all-reduces the gradients across replicas; LossScaleOptimizer
     # unscales them and skips the update if any is not finite.
     strategy.extended.call_for_each_replica(
@@ -158,8 +173,18 @@ def _apply_if(strategy, state, spec, grads, finite):
         args=args)
     for variable, steps, value in frozen:  # Past its steps: put back after the update.
       variable.assign(tf.where(state.step >= steps, value, variable))
-    if state.ema is not None:
-      state.ema.update()
+
+    def keep():
+      if state.ema is not None:
+        state.ema.update()
+
+    def undo():
+      for variable, value in zip(updated, before):
+        variable.assign(value)
+      skipped()
+
+    tf.cond(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in updated
+                           if tf.as_dtype(v.dtype).is_floating]), keep, undo)
 
   def apply():
     if accumulation is None:
@@ -181,10 +206,7 @@ def _apply_if(strategy, state, spec, grads, finite):
 
     tf.cond(due, update_and_restart, lambda: None)
 
-  def skip():
-    state.skipped.assign_add(1)
-
-  tf.cond(strategy.experimental_local_results(finite)[0], apply, skip)
+  tf.cond(strategy.experimental_local_results(finite)[0], apply, skipped)
 
 
 def all_finite(loss, grads):

@@ -177,6 +177,38 @@ def test_on_nan_rollback_restores_then_gives_up(make_config, caplog):
   assert _all_checkpoints_finite(config)
 
 
+def test_an_update_that_overflows_the_weights_is_not_applied(make_config):
+  # The l1 gradient is 1e30 per weight: loss and gradients are finite, and every
+  # sgd step would move the weights by 1e40, past float32's range.
+  config = make_config(train_steps=4, checkpoint_every=2, regularizers="l1(scale=1e30)",
+                       learning_rate=1e10, on_nan="skip", deterministic=True)
+  result = loop.train(config)
+  assert result.step == 4 and all(np.isfinite(m["loss"]) for _, m in result.train_history)
+  assert _all_checkpoints_finite(config)
+  skipped = tf.train.load_checkpoint(f"{config.model_dir}/checkpoints/ckpt-4")
+  assert skipped.get_tensor("skipped/.ATTRIBUTES/VARIABLE_VALUE") == 4
+  # Nothing was applied: the BatchNorm statistics are still their initial 0 and 1,
+  # and the weights those of a run whose single step moved them by ~1e-30.
+  model = keras.models.load_model(os.path.join(config.model_dir, "model.keras"))
+  for variable in model.non_trainable_weights:
+    initial = 0.0 if "mean" in variable.path else 1.0
+    np.testing.assert_array_equal(variable.numpy(), initial, err_msg=variable.path)
+  loop.train(config.replace(train_steps=1, learning_rate=1e-30, regularizers="",
+                            model_dir=config.model_dir + "_untrained"))
+  untrained = keras.models.load_model(f"{config.model_dir}_untrained/model.keras")
+  for a, b in zip(model.trainable_weights, untrained.trainable_weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-20)
+
+
+def test_rollback_before_the_first_checkpoint_restarts_from_the_initial_weights(
+    make_config, caplog):
+  config = make_config(train_steps=6, checkpoint_every=6, inject_nan_step=2,
+                       on_nan="rollback", nan_retries=1, steps_per_loop=1, log_every=1)
+  with pytest.raises(loop.NonFiniteError, match="gave up after 1 rollbacks"):
+    loop.train(config)
+  assert "rolled back to step 0 (the initial weights)" in caplog.text
+
+
 def test_same_seed_same_weights_other_seed_other_weights(make_config):
   runs = {}
   for name, seed in (("a", 1), ("b", 1), ("c", 2)):
