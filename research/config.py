@@ -118,7 +118,10 @@ class Config:
                                  "update: N x --batch_size examples per update. Steps count "
                                  "batches; the schedule, EMA and Lookahead count updates")
   eval_batch_size: int = _field(0, "global eval batch size (0: --batch_size)")
-  steps_per_loop: int = _field(50, "train steps per compiled call")
+  steps_per_loop: int = _field(50, "train steps per compiled call, at most")
+  loop_seconds: float = _field(5.0, "once the step time is known, calls are cut to about "
+                               "this long, so Ctrl-C, logs and the ETA answer on slow "
+                               "machines (0: --steps_per_loop only)")
   eval_every: int = _field(0, "steps between evaluations (0: once per epoch)")
   log_every: int = _field(100, "steps between console and TensorBoard logs")
   checkpoint_every: int = _field(0, "steps between checkpoints (0: once per epoch)")
@@ -188,6 +191,7 @@ class Config:
     _at_least("grad_accum_steps", self.grad_accum_steps, 1)
     _at_least("eval_batch_size", self.eval_batch_size, 0)
     _at_least("steps_per_loop", self.steps_per_loop, 1)
+    _at_least("loop_seconds", self.loop_seconds, 0)
     _at_least("log_every", self.log_every, 1)
     _at_least("eval_every", self.eval_every, 0)
     _at_least("checkpoint_every", self.checkpoint_every, 0)

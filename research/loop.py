@@ -8,7 +8,6 @@ Python between those calls.
 import contextlib
 import dataclasses
 import os
-import signal
 import time
 
 from absl import logging
@@ -17,6 +16,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as _tf_config  # pylint: disable=g-direct-tensorflow-import
 
 from research import checkpoints, data as data_lib, distribute, files, hooks as hooks_lib
+from research import interrupts as interrupts_lib
 from research import model_dir as model_dir_lib, models
 from research import plugins, steps
 from research import precision as precision_lib
@@ -34,24 +34,6 @@ class Preempted(Exception):
 
 class NonFiniteError(RuntimeError):
   """Training produced non-finite steps and --on_nan gave up."""
-
-
-@contextlib.contextmanager
-def _preemption_signals():
-  """Turns SIGTERM and SIGINT into a flag the loop checks between compiled calls."""
-  received = []
-  handler = lambda signum, frame: received.append(signum)
-  previous = {}
-  try:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      previous[sig] = signal.signal(sig, handler)
-  except ValueError:  # Not the main thread: leave signals alone.
-    pass
-  try:
-    yield received
-  finally:
-    for sig, old in previous.items():
-      signal.signal(sig, old)
 
 
 @dataclasses.dataclass
@@ -142,18 +124,34 @@ def _train(config, strategy, chief):
   progress = Progress(config.train_steps, start, config.steps_per_epoch)
   cadences = [config.log_every, config.eval_every, config.checkpoint_every]
   step, window_seconds, window_steps = start, 0.0, 0
+  step_seconds = None  # Per step, from the last call; the first call also compiles.
   skipped, rollbacks = int(state.skipped.numpy()), 0
   logged_weights = _snapshot(state.model.trainable_variables)
-  with _preemption_signals() as signals:
+  with interrupts_lib.Interrupts() as interrupts:
+    if restored or config.on_nan == "rollback":
+      interrupts.saved(start)
     while step < config.train_steps:
       num = min(config.steps_per_loop, config.train_steps - step,
                 *(every - step % every for every in cadences),
                 *(n for n in (hooks_lib.steps_to_next(h, step) for h in hooks) if n))
+      if step_seconds is None:
+        num = 1  # Compiling: one step, timed apart from the others.
+      elif config.loop_seconds:  # Short calls keep signals, logs and the ETA responsive.
+        num = min(num, max(1, int(config.loop_seconds / step_seconds)))
+      interrupts.running(step + num, num, step_seconds and num * step_seconds)
       began = time.perf_counter()
       runner.train_loop(train_iter, tf.constant(num))
       before, step = step, int(state.step.numpy())  # Reading waits for the call.
-      window_seconds += time.perf_counter() - began
-      window_steps += num
+      elapsed = time.perf_counter() - began
+      if step_seconds is None:
+        logging.info("compiled the train loop and ran step %d in %s", step,
+                     format_seconds(elapsed))
+        progress.restart(step)
+        state.input_wait.assign(0.0)
+      else:
+        window_seconds += elapsed
+        window_steps += num
+      step_seconds = elapsed / num  # After compiling, an over-estimate: calls start short.
       context.step = step
 
       # Non-finite steps were not applied; --on_nan says what happens next.
@@ -188,16 +186,18 @@ def _train(config, strategy, chief):
         metrics = state.train_metrics.result()
         state.train_metrics.reset()
         metrics.pop("examples")
-        images_per_second = window_steps * config.batch_size / window_seconds
-        timing = {"images_per_second": images_per_second,
-                  "step_seconds": window_seconds / window_steps,
-                  "weight_norm": float(tf.linalg.global_norm(state.model.trainable_variables)),
+        timing = {"weight_norm": float(tf.linalg.global_norm(state.model.trainable_variables)),
                   # Norm of the sum of the updates since the last log.
                   "update_norm": float(tf.linalg.global_norm(
                       [v - w for v, w in zip(state.model.trainable_variables, logged_weights)]))}
         logged_weights = _snapshot(state.model.trainable_variables)
-        if not steps.op_determinism_enabled():
-          timing["input_wait_fraction"] = float(state.input_wait.numpy()) / window_seconds
+        images_per_second = None  # Unknown while only the compiling call has run.
+        if window_steps:
+          images_per_second = window_steps * config.batch_size / window_seconds
+          timing.update(images_per_second=images_per_second,
+                        step_seconds=window_seconds / window_steps)
+          if not steps.op_determinism_enabled():
+            timing["input_wait_fraction"] = float(state.input_wait.numpy()) / window_seconds
         state.input_wait.assign(0.0)
         window_seconds, window_steps = 0.0, 0
         result.train_history.append((step, metrics))
@@ -220,9 +220,10 @@ def _train(config, strategy, chief):
 
       # Read the signal list once: one arriving between the save and the raise
       # would otherwise stop the run with no checkpoint of this step.
-      stopping = list(signals)
+      stopping = list(interrupts.received)
       if step % config.checkpoint_every == 0 or done or stopping:
         ckpt.save(step)
+        interrupts.saved(step)
       writers.flush()
       if stopping and not done:
         raise Preempted(f"signal {stopping[0]} at step {step}: checkpoint saved in "

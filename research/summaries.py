@@ -35,17 +35,22 @@ class Progress:
   """`step 1200/35000 (3.4%) ep 3.1 | 2345 img/s | ETA 12m03s | loss ...` lines."""
 
   def __init__(self, total_steps, start_step, steps_per_epoch):
-    self.total, self.start, self.steps_per_epoch = total_steps, start_step, steps_per_epoch
-    self.started = time.perf_counter()
+    self.total, self.steps_per_epoch = total_steps, steps_per_epoch
+    self.restart(start_step)
+
+  def restart(self, step):
+    """Measures the pace from `step` on (after compiling, which is not the pace)."""
+    self.start, self.started = step, time.perf_counter()
 
   def line(self, step, images_per_second, metrics):
+    """`images_per_second` None: not measured yet (only the compiling call has run)."""
     done = step - self.start
     eta = ((self.total - step) * (time.perf_counter() - self.started) / done
            if done else float("nan"))
-    shown = format_metrics(metrics)
+    speed = "? img/s" if images_per_second is None else f"{images_per_second:.0f} img/s"
     return (f"step {step}/{self.total} ({100 * step / self.total:.1f}%) "
-            f"ep {step / self.steps_per_epoch:.2f} | {images_per_second:.0f} img/s | "
-            f"ETA {format_seconds(eta)} | {shown}")
+            f"ep {step / self.steps_per_epoch:.2f} | {speed} | "
+            f"ETA {format_seconds(eta)} | {format_metrics(metrics)}")
 
 
 def scalar_items(values):
