@@ -30,7 +30,7 @@ def main(argv):
     config = config_lib.from_flags(FLAGS).validate()
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
-  from research import data, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
+  from research import checkpoints, data, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
   try:
     plugins.validate(config)  # Every registry item the flags name, before any data.
   except config_lib.ConfigError as e:
@@ -46,7 +46,8 @@ def main(argv):
   except loop.Preempted as e:
     logging.warning("preempted: %s", e)
     sys.exit(loop.PREEMPTED_EXIT_CODE)
-  except (config_lib.ConfigError, data.DataError, loop.NonFiniteError) as e:
+  except (config_lib.ConfigError, data.DataError, loop.NonFiniteError,
+          checkpoints.CheckpointError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -3,16 +3,23 @@
 import glob
 import os
 import re
+import shutil
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
+
+
+class CheckpointError(Exception):
+  """No checkpoint can be read, or one cannot be written; the message says what is kept."""
 
 
 class Checkpointer:
   """A tf.train.CheckpointManager over `trackables`, restoring the newest good one."""
 
   def __init__(self, directory, max_to_keep, **trackables):
+    self.trackables = trackables
     self.checkpoint = tf.train.Checkpoint(**trackables)
     self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                               max_to_keep=max_to_keep)
@@ -37,8 +44,9 @@ class Checkpointer:
         logging.warning("resumed from %s after skipping %s", path, ", ".join(failures))
       return path
     if failures:
-      raise RuntimeError(f"no readable checkpoint in {self.manager.directory}: "
-                         + ", ".join(failures))
+      raise CheckpointError(f"no readable checkpoint in {self.manager.directory}: "
+                            + ", ".join(failures) + "; move them away to start again "
+                            "from step 0")
     return None
 
   def candidates(self):
@@ -51,5 +59,36 @@ class Checkpointer:
     return sorted(listed | found, key=number, reverse=True)
 
   def save(self, step):
-    return self.manager.save(checkpoint_number=step)
+    """Saves `step`, or raises CheckpointError saying what is kept and what is needed,
+    leaving no partial files of `step` behind (a full disk, a vanished directory)."""
+    try:
+      return self.manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as e:
+      directory = self.manager.directory
+      for path in glob.glob(os.path.join(directory, f"ckpt-{step}[._]*")):
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+      kept = self.manager.latest_checkpoint
+      reason = getattr(e, "message", None) or e.strerror or str(e)
+      raise CheckpointError(
+          f"saving the checkpoint of step {step} in {directory} failed: "
+          f"{reason.splitlines()[0]} (a checkpoint takes about {megabytes(self.size())}, "
+          f"{megabytes(free_bytes(directory))} are free); "
+          + (f"{os.path.basename(kept)} is kept: free some space and rerun the same "
+             "command to resume from it" if kept else "no checkpoint is kept")) from None
+
+  def size(self):
+    """Bytes of the variables a checkpoint holds."""
+    variables = {}
+    for trackable in self.trackables.values():
+      for v in getattr(trackable, "variables", [trackable]):
+        variables[id(v)] = int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
+    return sum(variables.values())
+
+
+def free_bytes(directory):
+  return shutil.disk_usage(directory).free
+
+
+def megabytes(num_bytes):
+  return f"{num_bytes / 2**20:.1f} MB"
 

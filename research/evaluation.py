@@ -7,20 +7,43 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from research import data as data_lib, plugins, predict
+from research import data as data_lib, models, plugins, predict
 from research.config import Config
 
 
-def load_run(model_dir):
-  """(config, class names, keras model) of a finished run."""
-  path = os.path.join(model_dir, "model.keras")
-  if not os.path.exists(path):
-    raise data_lib.DataError(f"{model_dir!r} has no model.keras: has the run finished?")
-  config = Config.load(os.path.join(model_dir, "config.json"))
+def load_run(model_dir, weights="final"):
+  """(config, class names, keras model) of a run.
+
+  weights="final": its model.keras (EMA or Lookahead weights where on);
+  "checkpoint": the model built from its config, with the newest checkpoint's raw
+  weights (works before the run has finished, or when model.keras is damaged).
+  """
+  if not os.path.isdir(model_dir):
+    raise data_lib.DataError(f"--model_dir {model_dir!r} does not exist")
+  config_path = os.path.join(model_dir, "config.json")
+  if not os.path.exists(config_path):
+    raise data_lib.DataError(f"{model_dir!r} holds no training run (no config.json)")
+  config = Config.load(config_path)
   plugins.load(config.plugin_modules)  # Custom layers of the run's models and plugins.
   with open(os.path.join(model_dir, "classes.json")) as f:
     class_names = json.load(f)
-  return config, class_names, keras.models.load_model(path)
+  if weights == "checkpoint":
+    model = models.build(config)
+    restore_checkpoint_weights(model_dir, model)
+    return config, class_names, model
+  path = os.path.join(model_dir, "model.keras")
+  if not os.path.exists(path):
+    raise data_lib.DataError(
+        f"{model_dir!r} has no model.keras: the run has not finished. Rerun its training "
+        "command to finish it, or pass --weights=checkpoint to use its newest checkpoint")
+  try:
+    model = keras.models.load_model(path)
+  except Exception as e:  # pylint: disable=broad-except  (a torn zip fails in many ways)
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    raise data_lib.DataError(
+        f"{path} is damaged ({reason}). Rerun the run's training command, which saves it "
+        "again from the last checkpoint, or pass --weights=checkpoint") from None
+  return config, class_names, model
 
 
 def restore_checkpoint_weights(model_dir, model):
@@ -29,7 +52,11 @@ def restore_checkpoint_weights(model_dir, model):
   path = tf.train.latest_checkpoint(directory)
   if path is None:
     raise data_lib.DataError(f"no checkpoint in {directory!r}")
-  tf.train.Checkpoint(model=model).restore(path).expect_partial()
+  try:
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+  except (tf.errors.OpError, ValueError) as e:
+    raise data_lib.DataError(f"checkpoint {path} is unreadable "
+                             f"({str(e).splitlines()[0]})") from None
   return path
 
 
@@ -42,10 +69,8 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=Non
   checkpoint's raw weights instead of model.keras (EMA weights where EMA was on);
   `split="validation"` scores only the run's held-out split of the folder.
   """
-  config, class_names, model = load_run(model_dir)
+  config, class_names, model = load_run(model_dir, weights)
   tta_mode = tta_mode or config.tta
-  if weights == "checkpoint":
-    restore_checkpoint_weights(model_dir, model)
   split_name = split
   split, folder_names = data_lib.load_folder(data_dir, config.image_size, cache_dir)
   if split_name == "validation":

@@ -82,6 +82,8 @@ def _train(config, strategy, chief):
     if not chief:
       ckpt_dir = os.path.join(ckpt_dir, f"worker-{strategy.cluster_resolver.task_id}")
     ckpt = checkpoints.Checkpointer(ckpt_dir, config.keep_checkpoints, **state.checkpointed())
+  if chief:
+    _check_free_space(config.model_dir, ckpt.size())
   restored = ckpt.restore()
   start = int(state.step.numpy())
   if not restored:
@@ -235,11 +237,28 @@ def _train(config, strategy, chief):
   writers.flush()
   if chief:
     with state.averaged_weights():
-      with files.replacing(os.path.join(config.model_dir, "model.keras")) as tmp:
-        state.model.save(tmp)
+      path = os.path.join(config.model_dir, "model.keras")
+      try:
+        with files.replacing(path) as tmp:
+          state.model.save(tmp)
+      except OSError as e:
+        raise checkpoints.CheckpointError(
+            f"saving {path} failed: {e.strerror or e}; the checkpoint of step {step} is "
+            "kept: free some space and rerun the same command to save it") from None
   logging.info("done: step %d in %s", step,
                format_seconds(time.perf_counter() - progress.started))
   return result
+
+
+def _check_free_space(model_dir, checkpoint_bytes):
+  """Warns when the disk cannot hold a new checkpoint beside the kept ones."""
+  needed = 2 * checkpoint_bytes  # The new one is written before the oldest is deleted.
+  free = checkpoints.free_bytes(model_dir)
+  if free < needed:
+    logging.warning("model dir %s has %s free; a checkpoint takes about %s and the next "
+                    "is written before the oldest is deleted: the run will likely stop at "
+                    "its first save", model_dir, checkpoints.megabytes(free),
+                    checkpoints.megabytes(checkpoint_bytes))
 
 
 def _snapshot(variables):

@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from research import data, loop, steps
+from research import checkpoints, data, loop, steps
 from tests.conftest import ROOT
 
 # 192 train examples / 24 = 8 steps an epoch; checkpoints every 3 steps.
@@ -274,3 +274,57 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_caught():
   assert not bool(all_finite(tf.constant(float("nan")), finite))
   # A gradient whose sum overflows float32 counts as non-finite: no usable update.
   assert not bool(all_finite(loss, [tf.fill([2], 3e38)]))
+
+
+def _small_filesystem(path, size_bytes):
+  """Mounts a tmpfs of `size_bytes` at `path`; False where mounting is not allowed."""
+  os.makedirs(path)
+  return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs",
+                         str(path)], capture_output=True).returncode == 0
+
+
+def _fail_saves_after(monkeypatch, saves):
+  """A filesystem double: checkpoint saves after the first `saves` fail as a full disk
+  does, leaving a temporary directory behind."""
+  real = tf.train.CheckpointManager.save
+  count = []
+
+  def save(self, checkpoint_number=None, **kwargs):
+    count.append(checkpoint_number)
+    if len(count) <= saves:
+      return real(self, checkpoint_number=checkpoint_number, **kwargs)
+    os.makedirs(os.path.join(self.directory, f"ckpt-{checkpoint_number}_temp"))
+    raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+  monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "double"])
+def test_a_full_disk_at_a_checkpoint_is_one_error_keeping_the_previous(disk, make_config,
+                                                                        tmp_path,
+                                                                        monkeypatch):
+  config = make_config(train_steps=6, checkpoint_every=3, keep_checkpoints=1)
+  if disk == "tmpfs":
+    sized = config.replace(model_dir=str(tmp_path / "sized"))
+    loop.train(sized)
+    used = sum(os.path.getsize(p) for p in glob.glob(f"{sized.model_dir}/**", recursive=True)
+               if os.path.isfile(p))
+    # Room for the run's files and one checkpoint, not for the next beside it.
+    checkpoint = sum(os.path.getsize(p) for p in
+                     glob.glob(f"{sized.model_dir}/checkpoints/ckpt-6.*"))
+    if not _small_filesystem(tmp_path / "disk", used - os.path.getsize(
+        f"{sized.model_dir}/model.keras") + checkpoint // 2):
+      pytest.skip("cannot mount a tmpfs here; the 'double' case covers the logic")
+    config = config.replace(model_dir=str(tmp_path / "disk" / "run"))
+  else:
+    _fail_saves_after(monkeypatch, saves=1)
+  try:
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=r"saving the checkpoint of step 6 in .* failed: .*"
+                             r"ckpt-3 is kept: free some space and rerun"):
+      loop.train(config)
+    left = sorted(os.listdir(os.path.join(config.model_dir, "checkpoints")))
+    assert not any("temp" in name or name.startswith("ckpt-6") for name in left), left
+    assert "ckpt-3.index" in left
+  finally:
+    if disk == "tmpfs":
+      subprocess.run(["umount", str(tmp_path / "disk")])

@@ -2,7 +2,6 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from research import data, distribute, loop
 from research.config import ConfigError

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from research import files, loop, model_dir
@@ -94,3 +95,24 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path):
   with open(path) as f:
     assert json.load(f) == ["a", "b"]
   assert os.listdir(tmp_path) == ["classes.json"]
+
+
+def test_evaluation_says_what_is_wrong_with_a_run_and_scores_checkpoints_without_a_model(
+    make_config, tmp_path):
+  from research import data, evaluation  # pylint: disable=g-import-not-at-top
+  with pytest.raises(data.DataError, match="does not exist"):
+    evaluation.load_run(str(tmp_path / "nope"))
+  config = make_config()
+  loop.train(config)
+  final = evaluation.load_run(config.model_dir)[2].get_weights()
+  path = os.path.join(config.model_dir, "model.keras")
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(data.DataError, match=r"model.keras is damaged .*--weights=checkpoint"):
+    evaluation.load_run(config.model_dir)
+  os.remove(path)
+  with pytest.raises(data.DataError, match="has no model.keras: the run has not finished"):
+    evaluation.load_run(config.model_dir)
+  restored = evaluation.load_run(config.model_dir, weights="checkpoint")[2].get_weights()
+  for a, b in zip(final, restored):  # No weight averaging: the final checkpoint's weights.
+    np.testing.assert_array_equal(a, b)
