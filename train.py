@@ -15,11 +15,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ chat
 from absl import app, flags, logging  # noqa: E402
 
 from research import config as config_lib  # noqa: E402
+from research import startup  # noqa: E402
 
-config_lib.define_flags(flags.FLAGS)
+HELP_FLAGS = ("--help", "--helpfull", "--helpshort", "-h", "-?")
+
+
+def registered_names():
+  """{flag: registered names}, for the help text; only when help is asked, because
+  filling the registries imports TensorFlow."""
+  if not any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    return {}
+  startup.import_tensorflow()
+  from research import plugins  # pylint: disable=g-import-not-at-top
+  plugins.load()
+  return {flag: registry.names() for flag, (registry, _) in plugins.registries().items()}
+
+
+config_lib.define_flags(flags.FLAGS, registered_names())
+flags.adopt_module_key_flags(config_lib)  # --help shows them, not only --helpfull.
 flags.DEFINE_string("list", None, "print the registered items of a flag (model, augment, "
                     "loss, step, metrics, regularizers, hooks, optimizer, schedule; 'all' "
                     "for every one) with their parameters, and exit")
+flags.DEFINE_bool("verbose", False, "show TensorFlow's start-up and per-step INFO logs "
+                  "(CUDA probes, all-reduces, checkpoint shards), hidden by default")
 FLAGS = flags.FLAGS
 
 
@@ -27,9 +45,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    config = config_lib.from_flags(FLAGS).validate()
+    config = config_lib.from_flags(FLAGS).validate()  # The core values, in a moment.
+    if not FLAGS.list:
+      startup.check_download(config.dataset)
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
+  logging.info("loading TensorFlow and the registries")
+  startup.import_tensorflow(FLAGS.verbose, config.cpu_devices,
+                            init_devices=config.strategy != "multi_worker")
   from research import checkpoints, data, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
   try:
     plugins.validate(config)  # Every registry item the flags name, before any data.

@@ -287,12 +287,15 @@ class Config:
             for name in CHECKPOINT_FIELDS if getattr(self, name) != getattr(other, name)]
 
 
-def define_flags(flag_values):
-  """Defines a flag of the same name for every user-settable field in `flag_values`."""
+def define_flags(flag_values, registered=None):
+  """Defines a flag of the same name for every user-settable field in `flag_values`;
+  `registered` ({flag: names}) adds the registered names to the help of those flags."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   define = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
             float: flags.DEFINE_float, bool: flags.DEFINE_bool}
   for name, kind, default, help_text in fields():
+    if registered and name in registered:
+      help_text += f". Registered: {', '.join(registered[name])}"
     define[kind](name, default, help_text, flag_values=flag_values)
 
 

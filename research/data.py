@@ -57,6 +57,9 @@ def load(config):
     train, names = synthetic(config.synthetic_examples, config.image_size,
                              config.num_classes or 10, seed=config.seed)
     test = None
+  if len(names) < 2:
+    raise DataError(f"--dataset={config.dataset} has {len(names)} class ({', '.join(names)}): "
+                    "a classifier needs at least 2")
   if config.image_size != train.images.shape[1]:
     train = _resize_split(train, config.image_size)
     if test is not None:

@@ -123,6 +123,7 @@ def _train(config, strategy, chief):
 
   # --- the loop ----------------------------------------------------------------
   result = Result(start, [], [])
+  began_run = time.perf_counter()
   progress = Progress(config.train_steps, start, config.steps_per_epoch)
   cadences = [config.log_every, config.eval_every, config.checkpoint_every]
   step, window_seconds, window_steps = start, 0.0, 0
@@ -245,8 +246,7 @@ def _train(config, strategy, chief):
         raise checkpoints.CheckpointError(
             f"saving {path} failed: {e.strerror or e}; the checkpoint of step {step} is "
             "kept: free some space and rerun the same command to save it") from None
-  logging.info("done: step %d in %s", step,
-               format_seconds(time.perf_counter() - progress.started))
+  logging.info("done: step %d in %s", step, format_seconds(time.perf_counter() - began_run))
   return result
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from research.config import ConfigError
 from tests.conftest import ROOT
 
 
@@ -18,15 +19,12 @@ def run(script, *args):
                         capture_output=True, text=True, env=env, timeout=300)
 
 
+# One case per path through train.py; the messages of every registry item and value
+# are tested in-process (test_config.py). Core values fail before TensorFlow loads.
 @pytest.mark.parametrize("args, message", [
     (["--strategy=tpu"], "--strategy='tpu' is not one of"),
-    (["--model=nope"], "error: --model: unknown model 'nope'; known: airbench"),
-    (["--augment=crop,twirl(size=2)"], "error: --augment: unknown augmentation 'twirl'"),
-    (["--augment=crop(pad=2)"], "error: --augment: augmentation 'crop' has no parameter "
-                                "'pad'; its parameters: padding"),
-    (["--augment=mixup(alpha='big')"], "error: --augment: augmentation mixup(alpha='big'): "
-                                       "expected a float"),
-    (["--step=sam(rho=-1)"], "error: --step: sam: rho must be > 0"),
+    (["--dataset=synthetic", "--model=nope"],
+     "error: --model: unknown model 'nope'; known: airbench"),
     (["--list=nothing"], "error: --list='nothing' is not one of: all, model"),
     (["--dataset=folder", "--data_dir=/no/such"], "is not a directory"),
     (["--dataset=synthetic", "--strategy=mirrored", "--cpu_devices=2", "--batch_size=33"],
@@ -34,6 +32,7 @@ def run(script, *args):
     (["--batch_size=abc"], "invalid literal"),
     (["--epochs=-1"], "--epochs must be > 0"),
     (["--learning_rate=inf"], "error: --learning_rate must be a finite number, got inf"),
+    (["--model_dir=/proc/no/run", "--dataset=synthetic"], "cannot be created"),
 ])
 def test_bad_flags_exit_non_zero_and_write_nothing(tmp_path, args, message):
   model_dir = tmp_path / "run"
@@ -42,6 +41,33 @@ def test_bad_flags_exit_non_zero_and_write_nothing(tmp_path, args, message):
   assert message in result.stderr
   assert "Traceback" not in result.stderr
   assert not model_dir.exists()
+
+
+def test_offline_cifar_is_one_quick_line(tmp_path, monkeypatch):
+  # No cache, and the download host unreachable (a port nothing listens on).
+  from research import startup  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(startup, "DOWNLOAD_HOST", ("127.0.0.1", 9))
+  monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+  with pytest.raises(ConfigError, match=r"--dataset=cifar10 must be downloaded from "
+                                        r"127.0.0.1.*--dataset=folder --data_dir=DIR"):
+    startup.check_download("cifar10")
+  os.makedirs(tmp_path / "keras" / "datasets" / "cifar-10-batches-py")
+  startup.check_download("cifar10")  # Cached: nothing to download.
+
+
+def test_help_lists_registered_names_and_startup_noise_is_hidden(tmp_path):
+  result = run("train.py", "--help")
+  assert "--model: architecture name from the model registry. Registered: airbench, " \
+         "airbench_noidentity" in " ".join(result.stdout.split())
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  trained = subprocess.run([sys.executable, "train.py", "--dataset=synthetic", "--synthetic_examples=64",
+                "--image_size=16", "--model=resnet8", "--batch_size=16",
+                "--train_steps=2", "--hooks=none", "--strategy=mirrored", "--cpu_devices=2",
+                f"--model_dir={tmp_path / 'run'}"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert trained.returncode == 0, trained.stderr[-2000:]
+  for noise in ("cuInit", "Reduce to", "Sharding callback", "absl::InitializeLog"):
+    assert noise not in trained.stderr
 
 
 def _folder(root, size=16, per_class=6):
@@ -61,7 +87,7 @@ def test_train_then_evaluate_a_folder(tmp_path):
                "--image_size=16", "--model=resnet8", "--batch_size=4", "--train_steps=12",
                "--log_every=4", "--precision=float32", f"--model_dir={model_dir}",
                f"--cache_dir={tmp_path / 'cache'}", "--optimizer=adam",
-               "--learning_rate=0.01")
+               "--learning_rate=0.01", "--hooks=none")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "eval at step 12: 4 validation examples" in result.stderr
   config = json.load(open(model_dir / "config.json"))
@@ -88,7 +114,8 @@ def test_evaluate_refuses_unknown_classes(tmp_path):
   data_dir, model_dir = _folder(tmp_path / "images"), tmp_path / "run"
   assert run("train.py", "--dataset=folder", f"--data_dir={data_dir}", "--val_split=0.25",
              "--image_size=16", "--model=resnet8", "--batch_size=4", "--train_steps=2",
-             f"--model_dir={model_dir}", f"--cache_dir={tmp_path / 'cache'}").returncode == 0
+             f"--model_dir={model_dir}", f"--cache_dir={tmp_path / 'cache'}",
+             "--hooks=none").returncode == 0
   other = _folder(tmp_path / "other")
   os.rename(other / "light", other / "purple")
   scored = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={other}",
@@ -101,7 +128,7 @@ def test_evaluate_loads_custom_layers_of_the_fast_recipe(tmp_path):
   data_dir, model_dir = _folder(tmp_path / "images", size=32), tmp_path / "run"
   assert run("train.py", "--dataset=folder", f"--data_dir={data_dir}", "--val_split=0.25",
              "--model=airbench", "--batch_size=4", "--train_steps=2", "--ema_decay=0.9",
-             "--tta=flip_translate", f"--model_dir={model_dir}",
+             "--tta=flip_translate", "--hooks=none", f"--model_dir={model_dir}",
              f"--cache_dir={tmp_path / 'cache'}").returncode == 0
   scored = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
                f"--cache_dir={tmp_path / 'cache'}")

@@ -64,6 +64,18 @@ def test_missing_or_empty_folders_are_refused(tmp_path):
     data.list_folder(str(root))
 
 
+def test_a_single_class_is_refused_for_training(tmp_path):
+  root = make_folder(tmp_path / "images")
+  for name in ("ant", "bee"):
+    for path in (root / name).iterdir():
+      path.unlink()
+    (root / name).rmdir()
+  config = Config(dataset="folder", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
+  with pytest.raises(data.DataError, match=r"has 1 class \(cat\): a classifier needs at "
+                                           "least 2"):
+    data.load(config)
+
+
 def test_validation_split_is_stratified_disjoint_and_fixed():
   split, _ = data.synthetic(1000, 8, 10, seed=3)
   split.images[:, 0, 0, 0] = np.arange(1000) % 256  # Tag examples to trace them.

@@ -22,7 +22,7 @@ RUN_FLAGS = ["--dataset=synthetic", "--synthetic_examples=256", "--val_split=0.2
              "--image_size=16", "--model=resnet8", "--batch_size=24", "--train_steps=24",
              "--steps_per_loop=1", "--log_every=1", "--checkpoint_every=3",
              "--eval_every=8", "--precision=float32", "--deterministic",
-             "--learning_rate=0.05"]
+             "--learning_rate=0.05", "--hooks=none"]
 
 
 def start(model_dir, *extra):

@@ -23,7 +23,7 @@ from tests.conftest import ROOT
 FLAGS = ["--dataset=synthetic", "--synthetic_examples=512", "--image_size=32",
          "--model=baseline_cnn", "--batch_size=32", "--train_steps=6", "--log_every=3",
          "--eval_every=6", "--precision=float32", "--learning_rate=0.05",
-         "--schedule=constant", "--deterministic"]
+         "--schedule=constant", "--deterministic", "--hooks=none"]
 
 
 def _free_ports(n):

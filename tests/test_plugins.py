@@ -64,5 +64,5 @@ def test_no_import_cycle_and_no_registration_by_import_order():
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 0, result.stderr
-  assert result.stdout.strip() == str(["research", "research.config", "research.hooks",
-                                       "research.registry"])
+  assert result.stdout.strip() == str(["research", "research.config", "research.files",
+                                       "research.hooks", "research.registry"])
