@@ -124,6 +124,9 @@ class Config:
                                "machines (0: --steps_per_loop only)")
   eval_every: int = _field(0, "steps between evaluations (0: once per epoch)")
   log_every: int = _field(100, "steps between console and TensorBoard logs")
+  progress_seconds: float = _field(30.0, "between logs, print the pace and ETA on the "
+                                   "console this often, and once as soon as the pace is "
+                                   "known (0: only every --log_every steps)")
   checkpoint_every: int = _field(0, "steps between checkpoints (0: once per epoch)")
   keep_checkpoints: int = _field(3, "checkpoints kept in the model dir")
   on_nan: str = _field("skip", "a step with non-finite loss, gradients or updated weights "
@@ -192,6 +195,7 @@ class Config:
     _at_least("eval_batch_size", self.eval_batch_size, 0)
     _at_least("steps_per_loop", self.steps_per_loop, 1)
     _at_least("loop_seconds", self.loop_seconds, 0)
+    _at_least("progress_seconds", self.progress_seconds, 0)
     _at_least("log_every", self.log_every, 1)
     _at_least("eval_every", self.eval_every, 0)
     _at_least("checkpoint_every", self.checkpoint_every, 0)

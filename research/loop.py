@@ -128,6 +128,7 @@ def _train(config, strategy, chief):
   cadences = [config.log_every, config.eval_every, config.checkpoint_every]
   step, window_seconds, window_steps = start, 0.0, 0
   step_seconds = None  # Per step, from the last call; the first call also compiles.
+  last_line = None  # When the last progress line was printed.
   skipped, rollbacks = int(state.skipped.numpy()), 0
   logged_weights = _snapshot(state.model.trainable_variables)
   with interrupts_lib.Interrupts() as interrupts:
@@ -209,6 +210,12 @@ def _train(config, strategy, chief):
             **metrics, **timing, "learning_rate": state.learning_rate(),
             "skipped_steps": skipped, **state.loss_scale()})
         logging.info(progress.line(step, images_per_second, metrics))
+        last_line = time.perf_counter()
+      elif window_steps and config.progress_seconds and (
+          last_line is None or time.perf_counter() - last_line >= config.progress_seconds):
+        # Between logs, on the console only: the pace and ETA, without metrics.
+        logging.info(progress.line(step, window_steps * config.batch_size / window_seconds))
+        last_line = time.perf_counter()
 
       if step % config.eval_every == 0 or done:
         metrics = runner.evaluate(data.eval, config.global_eval_batch_size)

@@ -27,9 +27,9 @@ HISTORY_FILE = "config_history.jsonl"
 RUN_FIELDS = frozenset((
     "strategy", "cpu_devices", "jit_compile", "precision", "deterministic", "model_dir",
     "cache_dir", "skip_bad_images", "epochs", "train_steps", "eval_batch_size",
-    "steps_per_loop", "loop_seconds", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints",
-    "on_nan", "nan_retries", "inject_nan_step", "hooks", "plugins", "metrics", "tta",
-    "allow_config_change"))
+    "steps_per_loop", "loop_seconds", "progress_seconds", "eval_every", "log_every",
+    "checkpoint_every", "keep_checkpoints", "on_nan", "nan_retries", "inject_nan_step",
+    "hooks", "plugins", "metrics", "tta", "allow_config_change"))
 
 
 def prepare(path):

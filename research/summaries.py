@@ -42,15 +42,16 @@ class Progress:
     """Measures the pace from `step` on (after compiling, which is not the pace)."""
     self.start, self.started = step, time.perf_counter()
 
-  def line(self, step, images_per_second, metrics):
-    """`images_per_second` None: not measured yet (only the compiling call has run)."""
+  def line(self, step, images_per_second, metrics=None):
+    """`images_per_second` None: not measured yet (only the compiling call has run);
+    `metrics` None: a line between logs, with no metrics."""
     done = step - self.start
     eta = ((self.total - step) * (time.perf_counter() - self.started) / done
            if done else float("nan"))
     speed = "? img/s" if images_per_second is None else f"{images_per_second:.0f} img/s"
     return (f"step {step}/{self.total} ({100 * step / self.total:.1f}%) "
             f"ep {step / self.steps_per_epoch:.2f} | {speed} | "
-            f"ETA {format_seconds(eta)} | {format_metrics(metrics)}")
+            f"ETA {format_seconds(eta)}" + (f" | {format_metrics(metrics)}" if metrics else ""))
 
 
 def scalar_items(values):

@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM answer at once; a second one stops at once; calls stay short."""
+"""Ctrl-C and SIGTERM answer at once, a second one stops at once; calls stay short and
+the pace shows early."""
 
 import logging
 import os
@@ -100,3 +101,15 @@ def test_calls_compile_on_one_step_then_stay_within_loop_seconds(make_config, mo
   # Every step takes longer than 1e-9 s: one step per call.
   loop.train(config.replace(loop_seconds=1e-9, train_steps=12))
   assert counts == [1] * 6
+
+
+def test_the_pace_shows_between_logs_as_soon_as_it_is_known(make_config, caplog):
+  config = make_config(train_steps=6, steps_per_loop=1, log_every=6, eval_every=6,
+                       checkpoint_every=6, progress_seconds=1e-9)
+  with caplog.at_level(logging.INFO):
+    loop.train(config)
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+  # Step 1 compiles (no pace yet); 2..5 show the pace without metrics; 6 is the log.
+  assert [line.split("/")[0] for line in lines] == [f"step {i}" for i in range(2, 7)]
+  assert all("img/s | ETA" in line and "loss" not in line for line in lines[:-1])
+  assert "loss" in lines[-1]
