@@ -130,7 +130,8 @@ def test_no_readable_checkpoint_stops_instead_of_restarting(make_config):
   for path in glob.glob(f"{directory}/ckpt-*.data-*"):
     with open(path, "wb") as f:
       f.write(b"garbage")
-  with pytest.raises(RuntimeError, match="no readable checkpoint"):
+  # train.py turns CheckpointError into one `error:` line.
+  with pytest.raises(checkpoints.CheckpointError, match="no readable checkpoint"):
     loop.train(config.replace(train_steps=9))
 
 
@@ -301,7 +302,8 @@ def _fail_saves_after(monkeypatch, saves):
 @pytest.mark.parametrize("disk", ["tmpfs", "double"])
 def test_a_full_disk_at_a_checkpoint_is_one_error_keeping_the_previous(disk, make_config,
                                                                         tmp_path,
-                                                                        monkeypatch):
+                                                                        monkeypatch,
+                                                                        caplog):
   config = make_config(train_steps=6, checkpoint_every=3, keep_checkpoints=1)
   if disk == "tmpfs":
     sized = config.replace(model_dir=str(tmp_path / "sized"))
@@ -317,6 +319,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_error_keeping_the_previous(disk, mak
     config = config.replace(model_dir=str(tmp_path / "disk" / "run"))
   else:
     _fail_saves_after(monkeypatch, saves=1)
+    monkeypatch.setattr(checkpoints, "free_bytes", lambda directory: 1000)
   try:
     with pytest.raises(checkpoints.CheckpointError,
                        match=r"saving the checkpoint of step 6 in .* failed: .*"
@@ -325,6 +328,8 @@ def test_a_full_disk_at_a_checkpoint_is_one_error_keeping_the_previous(disk, mak
     left = sorted(os.listdir(os.path.join(config.model_dir, "checkpoints")))
     assert not any("temp" in name or name.startswith("ckpt-6") for name in left), left
     assert "ckpt-3.index" in left
+    if disk == "double":  # Said before training, from the checkpoint's size.
+      assert "has 0.0 MB free; a checkpoint takes about" in caplog.text
   finally:
     if disk == "tmpfs":
       subprocess.run(["umount", str(tmp_path / "disk")])
