@@ -53,7 +53,7 @@ def main(argv):
   logging.info("loading TensorFlow and the registries")
   startup.import_tensorflow(FLAGS.verbose, config.cpu_devices,
                             init_devices=config.strategy != "multi_worker")
-  from research import checkpoints, data, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
+  from research import checkpoints, data, interrupts, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
   try:
     plugins.validate(config)  # Every registry item the flags name, before any data.
   except config_lib.ConfigError as e:
@@ -69,6 +69,9 @@ def main(argv):
   except loop.Preempted as e:
     logging.warning("preempted: %s", e)
     sys.exit(loop.PREEMPTED_EXIT_CODE)
+  except KeyboardInterrupt:  # Ctrl-C outside the loop, which answers signals itself.
+    print("error: interrupted; the newest checkpoint in the model dir is kept", file=sys.stderr)
+    sys.exit(interrupts.INTERRUPTED_EXIT_CODE)
   except (config_lib.ConfigError, data.DataError, loop.NonFiniteError,
           checkpoints.CheckpointError) as e:
     sys.exit(f"error: {e}")
