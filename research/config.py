@@ -89,14 +89,8 @@ class Config:
                             "lr_scale, weight_decay, epochs, e.g. "
                             "kernels(rank=4,optimizer='muon'),batchnorm(lr_scale=64) "
                             "(--list=param_rules)")
-  bn_lr_scale: float = _field(1.0, "learning-rate multiplier of BatchNorm parameters "
-                              "(applied to their gradients: exact for sgd); shorthand "
-                              "for the rule batchnorm(lr_scale=X)")
   ema_decay: float = _field(0.0, "keep an exponential moving average of the weights with "
                             "this decay, evaluate and save it (0: off)")
-  whiten_bias_epochs: float = _field(0.0, "train the patch-whitening layer's bias only "
-                                     "for this many epochs, then freeze it (0: always); "
-                                     "shorthand for the rule whitening_bias(epochs=X)")
   lookahead_every: int = _field(0, "every N steps, move a slow copy of the weights toward "
                                 "them and reset them to it; evaluate and save the slow "
                                 "copy (0: off)")
@@ -179,15 +173,11 @@ class Config:
     _choice("tta", self.tta, TTA)
     if not 0.0 <= self.ema_decay < 1.0:
       raise ConfigError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
-    if self.whiten_bias_epochs < 0:
-      raise ConfigError("--whiten_bias_epochs must be >= 0")
     if self.lookahead_every < 0 or not 0.0 <= self.lookahead_decay <= 1.0:
       raise ConfigError("--lookahead_every must be >= 0 and --lookahead_decay in [0, 1]")
     if self.lookahead_every and self.ema_decay:
       raise ConfigError("--lookahead_every and --ema_decay are two kinds of weight "
                         "averaging: choose one")
-    if not self.bn_lr_scale > 0:
-      raise ConfigError(f"--bn_lr_scale must be > 0, got {self.bn_lr_scale}")
     _at_least("nan_retries", self.nan_retries, 0)
     _at_least("inject_nan_step", self.inject_nan_step, 0)
     _at_least("batch_size", self.batch_size, 1)

@@ -24,7 +24,7 @@ OPTIMIZERS = Registry("optimizer")
 SCHEDULES = Registry("schedule")
 RULES = Registry("parameter rule")
 
-# Variable names of BatchNorm's learned parameters (`--bn_lr_scale` scales their updates).
+# Variable names of BatchNorm's learned parameters (the `batchnorm` rule's).
 BATCHNORM_PARAMS = ("gamma", "beta")
 # Never decayed: BatchNorm parameters and statistics, and biases (matched on names).
 NO_DECAY = BATCHNORM_PARAMS + ("bias", "moving_mean", "moving_variance")
@@ -155,21 +155,15 @@ def pattern(config, regex="", optimizer="", lr_scale=1.0, weight_decay=True, epo
 
 
 def rule_specs(config):
-  """--param_rules, then the rules of the shorthand flags --bn_lr_scale and
-  --whiten_bias_epochs."""
-  specs = [str(s) for s in RULES.parse_list(config.param_rules)]
-  if config.bn_lr_scale != 1.0:
-    specs.append(f"batchnorm(lr_scale={config.bn_lr_scale!r})")
-  if config.whiten_bias_epochs:
-    specs.append(f"whitening_bias(epochs={config.whiten_bias_epochs!r})")
-  return specs
+  """The items of --param_rules, in order."""
+  return [str(s) for s in RULES.parse_list(config.param_rules)]
 
 
 def variable_rules(config, model):
   """The Rule of each trainable variable of `model` (a resolved config).
 
   Raises ConfigError for a rule that matches no variable: a typo, or a model without
-  the layer (--whiten_bias_epochs on a model without patch whitening).
+  the layer (whitening_bias on a model without patch whitening).
   """
   rules = [RULES.build(spec, config) for spec in rule_specs(config)]
   variables = model.trainable_variables

@@ -65,6 +65,6 @@ def test_the_benchmark_times_the_flagfiles_recipe():
   recipe = config_lib.from_flagfile(benchmark.FAST_RECIPE_FLAGS)
   timed = benchmark.airbench_config(benchmark.Settings.quick(), "float32")
   for field in ("model", "augment", "loss", "optimizer", "momentum", "weight_decay",
-                "bn_lr_scale", "lookahead_every", "whiten_bias_epochs", "tta"):
+                "param_rules", "lookahead_every", "tta"):
     assert getattr(timed, field) == getattr(recipe, field), field
   assert timed.batch_size == 8 and timed.precision == "float32"

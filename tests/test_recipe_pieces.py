@@ -96,11 +96,12 @@ def _task(make_config, strategy="default", **overrides):
   return state, runner, batches, split, config
 
 
-def test_bn_lr_scale_multiplies_batchnorm_updates(make_config):
+def test_batchnorm_lr_scale_multiplies_batchnorm_updates(make_config):
   updates = []
   for scale in (1.0, 8.0):
     keras.utils.set_random_seed(0)
-    state, runner, batches, _, config = _task(make_config, bn_lr_scale=scale,
+    state, runner, batches, _, config = _task(make_config,
+                                              param_rules=f"batchnorm(lr_scale={scale})",
                                               weight_decay=0.0, precision="float32")
     before = [v.numpy().copy() for v in state.model.trainable_variables]
     runner.train_loop(batches, tf.constant(1))
@@ -167,7 +168,8 @@ def test_lookahead_and_ema_are_exclusive(make_config):
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
 def test_whitening_bias_trains_only_for_its_epochs(make_config, strategy):
   state, runner, batches, _, config = _task(make_config, strategy, model="airbench",
-                                            whiten_bias_epochs=0.6, learning_rate=0.5)
+                                            param_rules="whitening_bias(epochs=0.6)",
+                                            learning_rate=0.5)
   [bias] = models.whitening_biases(state.model)
   [index] = [i for i, v in enumerate(state.model.trainable_variables) if v is bias]
   assert runner.spec.frozen_after == ((index, 3),)  # After 0.6 of 5 steps an epoch.
@@ -182,7 +184,7 @@ def test_whitening_bias_trains_only_for_its_epochs(make_config, strategy):
 def test_whitening_bias_epochs_needs_a_whitening_layer(make_config):
   with pytest.raises(ConfigError, match="whitening_bias.* matches no trainable variable of "
                                         "--model=resnet8"):
-    _task(make_config, model="resnet8", whiten_bias_epochs=1)
+    _task(make_config, model="resnet8", param_rules="whitening_bias(epochs=1)")
 
 
 def test_switching_weight_averaging_is_a_checkpoint_difference(make_config):

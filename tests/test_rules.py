@@ -19,15 +19,15 @@ def _state(make_config, strategy="default", **overrides):
   return state, runner, batches
 
 
-def test_first_matching_rule_wins_and_flags_are_rules(make_config):
-  config = make_config(param_rules="kernels(rank=4, lr_scale=2.0),batchnorm(lr_scale=3)",
-                       bn_lr_scale=64.0).resolve(100, 10)
+def test_first_matching_rule_wins(make_config):
+  config = make_config(param_rules="kernels(rank=4, lr_scale=2.0),batchnorm(lr_scale=3),"
+                                   "batchnorm(lr_scale=64.0)").resolve(100, 10)
   state, _ = make_runner(config)
   by_name = {}
   for variable, rule in zip(state.model.trainable_variables, state.rules):
     by_name.setdefault((variable.name, len(variable.shape)), set()).add(rule.lr_scale)
   assert by_name[("kernel", 4)] == {2.0}
-  assert by_name[("gamma", 1)] == {3.0}      # The explicit rule before --bn_lr_scale's.
+  assert by_name[("gamma", 1)] == {3.0}      # The first batchnorm rule, not the second.
   assert by_name[("kernel", 2)] == {1.0}     # The dense head: no rule.
   assert optim.rule_specs(config)[-1] == "batchnorm(lr_scale=64.0)"
 

@@ -101,9 +101,10 @@ def test_histograms_of_every_weight_and_gradient(run):
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
 def test_histogram_gradients_are_the_steps_own(strategy, make_config):
   # Plain SGD at lr 1: the step's update is exactly minus the gradient it applied,
-  # with --bn_lr_scale and global-batch scaling; BatchNorm statistics are put back.
+  # with a batchnorm lr_scale rule and global-batch scaling; BatchNorm statistics are put back.
   config = make_config(optimizer="sgd", momentum=0.0, nesterov=False, weight_decay=0.0,
-                       learning_rate=1.0, bn_lr_scale=4.0, augment="crop,mixup")
+                       learning_rate=1.0, param_rules="batchnorm(lr_scale=4.0)",
+                       augment="crop,mixup")
   split = data.load(config)
   config = config.resolve(len(split.train), len(split.class_names))
   state, runner = make_runner(config, distribute.make_strategy(strategy))

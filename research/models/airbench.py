@@ -132,7 +132,7 @@ class PatchWhitening(layers.Conv2D):
 
 
 def whitening_biases(model):
-  """The biases of the model's PatchWhitening layers (`--whiten_bias_epochs` freezes them)."""
+  """The biases of the model's PatchWhitening layers (the `whitening_bias` rule freezes them)."""
   return [layer.bias for layer in model.layers
           if isinstance(layer, PatchWhitening) and layer.use_bias]
 
