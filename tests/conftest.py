@@ -9,10 +9,12 @@ sys.path.insert(0, ROOT)
 
 import pytest  # noqa: E402
 
-from research import distribute  # noqa: E402
+from research import startup  # noqa: E402
 from research.config import Config  # noqa: E402
 
-distribute.split_cpu(2)  # Before anything initializes TensorFlow's devices.
+# Two logical devices, set before anything starts TensorFlow's devices; its start-up
+# chatter (CUDA probes) kept out of the test output, as train.py keeps it out of runs.
+startup.import_tensorflow(cpu_devices=2)
 
 from research import plugins  # noqa: E402
 
