@@ -59,7 +59,10 @@ class Config:
   cache_dir: str = _field("", "where decoded folders are cached "
                           "(default: ~/.cache/research)")
   val_split: float = _field(0.1, "fraction of the training data held out for validation "
-                            "(0: evaluate on the dataset's test split)")
+                            "(0: train on all of it and evaluate on the dataset's test "
+                            "split, or on --eval_data_dir for a folder, or not at all)")
+  eval_data_dir: str = _field("", "with --dataset=folder --val_split=0: a folder with the "
+                              "same classes (or some of them) to evaluate on")
   image_size: int = _field(32, "images are resized to this square size")
   num_classes: int = _field(0, "set from the data; given only for synthetic data")
   synthetic_examples: int = _field(1024, "training examples of --dataset=synthetic")
@@ -213,6 +216,12 @@ class Config:
         raise ConfigError("--dataset=folder needs --data_dir=DIR (class subfolders)")
       if not os.path.isdir(self.data_dir):
         raise ConfigError(f"--data_dir {self.data_dir!r} is not a directory")
+    if self.eval_data_dir:
+      if self.dataset != "folder" or self.val_split:
+        raise ConfigError("--eval_data_dir is for --dataset=folder with --val_split=0 "
+                          "(it replaces the validation split)")
+      if not os.path.isdir(self.eval_data_dir):
+        raise ConfigError(f"--eval_data_dir {self.eval_data_dir!r} is not a directory")
     if self.dataset == "synthetic" and self.val_split == 0:
       raise ConfigError("--dataset=synthetic has no test split; set --val_split > 0")
     _safe_dir("model_dir", self.model_dir)

@@ -37,9 +37,9 @@ class Split:
 @dataclasses.dataclass
 class Data:
   train: Split
-  eval: Split
+  eval: Split          # None: no evaluation (a folder trained whole, no --eval_data_dir)
   class_names: list
-  eval_name: str  # "validation" or "test"
+  eval_name: str       # "validation", "test" or "eval folder"
 
 
 # --- loading ------------------------------------------------------------------
@@ -67,9 +67,23 @@ def load(config):
   if config.val_split > 0:
     train, val = split_validation(train, config.val_split)
     return Data(train, val, names, "validation")
-  if test is None:
+  if config.eval_data_dir:
+    return Data(train, load_eval_folder(config.eval_data_dir, names, config.image_size,
+                                        config.cache_dir), names, "eval folder")
+  if test is None and config.dataset != "folder":
     raise DataError(f"--dataset={config.dataset} has no test split; set --val_split > 0")
-  return Data(train, test, names, "test")
+  return Data(train, test, names, "test" if test is not None else None)
+
+
+def load_eval_folder(eval_dir, class_names, image_size, cache_dir=""):
+  """A folder of (some of) `class_names`' subfolders, labelled by the training classes."""
+  split, names = load_folder(eval_dir, image_size, cache_dir)
+  unknown = sorted(set(names) - set(class_names))
+  if unknown:
+    raise DataError(f"--eval_data_dir {eval_dir!r} has classes the training data does not: "
+                    f"{', '.join(unknown)}")
+  to_train = np.array([class_names.index(n) for n in names], np.int32)
+  return Split(split.images, to_train[split.labels])
 
 
 def split_validation(split, fraction):

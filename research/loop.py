@@ -94,10 +94,14 @@ def _train(config, strategy, chief):
         state.ema.reset()  # Average from the initialized weights, not the random ones.
     if config.on_nan == "rollback":
       ckpt.save(0)  # A rollback before the first checkpoint restarts from here.
-  logging.info("%s strategy, %d replica(s); %d train / %d %s examples; %s",
+  logging.info("%s strategy, %d replica(s); %d train / %s examples; %s",
                config.strategy, strategy.num_replicas_in_sync, len(data.train),
-               len(data.eval), data.eval_name,
+               f"{len(data.eval)} {data.eval_name}" if data.eval else "no evaluation",
                f"resumed at step {start} from {restored}" if restored else "from scratch")
+  if data.eval is None:
+    logging.info("no evaluation: --val_split=0 trains on every image and no "
+                 "--eval_data_dir was given; the final model is saved for "
+                 "scripts/evaluate.py")
   if changes:
     logging.info("config changed since the model dir's last run: %s", "; ".join(changes))
   if chief:
@@ -217,7 +221,7 @@ def _train(config, strategy, chief):
         logging.info(progress.line(step, window_steps * config.batch_size / window_seconds))
         last_line = time.perf_counter()
 
-      if step % config.eval_every == 0 or done:
+      if data.eval is not None and (step % config.eval_every == 0 or done):
         metrics = runner.evaluate(data.eval, config.global_eval_batch_size)
         result.eval_history.append((step, metrics))
         context.eval_metrics = metrics

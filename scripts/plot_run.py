@@ -48,6 +48,8 @@ def model_figures(run_dir, examples):
   """{file stem: Figure} of the run's final model on its own evaluation data."""
   config, class_names, model = evaluation.load_run(run_dir)
   split = data.load(config).eval
+  if split is None:  # Trained on a whole folder with nothing to evaluate on.
+    return {}
   return tensorboard_hooks.prediction_figures(model, split, class_names, examples, config.tta)
 
 

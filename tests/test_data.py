@@ -1,4 +1,6 @@
+import logging
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -73,6 +75,29 @@ def test_a_single_class_is_refused_for_training(tmp_path):
   config = Config(dataset="folder", data_dir=str(root), cache_dir=str(tmp_path / "cache"))
   with pytest.raises(data.DataError, match=r"has 1 class \(cat\): a classifier needs at "
                                            "least 2"):
+    data.load(config)
+
+
+def test_a_folder_trains_whole_and_evaluates_on_another_or_not_at_all(tmp_path,
+                                                                       make_config, caplog):
+  from research import loop  # pylint: disable=g-import-not-at-top
+  root = make_folder(tmp_path / "images", per_class=4)
+  other = make_folder(tmp_path / "other", per_class=2)
+  shutil.rmtree(other / "ant")  # Some of the classes: labelled as training labels them.
+  config = make_config(dataset="folder", data_dir=str(root), val_split=0.0,
+                       eval_data_dir=str(other), cache_dir=str(tmp_path / "cache"),
+                       batch_size=4, train_steps=3, eval_every=3, checkpoint_every=3)
+  split = data.load(config)
+  assert (len(split.train), len(split.eval), split.eval_name) == (12, 4, "eval folder")
+  np.testing.assert_array_equal(split.eval.labels, [1, 1, 2, 2])  # bee, cat
+  assert loop.train(config).final_eval["examples"] == 4
+  with caplog.at_level(logging.INFO):
+    result = loop.train(config.replace(eval_data_dir="", model_dir=config.model_dir + "2"))
+  assert result.eval_history == [] and "no evaluation: --val_split=0" in caplog.text
+  assert os.path.exists(os.path.join(config.model_dir + "2", "model.keras"))
+  (other / "wasp").mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(other / "wasp" / "0.png")
+  with pytest.raises(data.DataError, match="has classes the training data does not: wasp"):
     data.load(config)
 
 
