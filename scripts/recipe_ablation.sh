@@ -15,14 +15,14 @@ common=(--flagfile=configs/cifar10_fast.flags --dataset=folder "--data_dir=$data
         --val_split=0.1 "--epochs=$epochs" --eval_every=100000 --log_every=44)
 declare -A variants=(
   [full]=""
-  [no_whitening]="--model=airbench_nowhiten --whiten_bias_epochs=0"
+  [no_whitening]="--model=airbench_nowhiten --param_rules=batchnorm(lr_scale=64)"
   [no_identity_init]="--model=airbench_noidentity"
-  [no_bn_lr_scale]="--bn_lr_scale=1"
+  [no_bn_lr_scale]="--param_rules=whitening_bias(epochs=3)"
   [no_label_smoothing]="--loss=cross_entropy"
   [random_flip]="--augment=crop(padding=2),flip"
   [no_lookahead]="--lookahead_every=0"
   [ema_not_lookahead]="--lookahead_every=0 --ema_decay=0.98"
-  [whiten_bias_always]="--whiten_bias_epochs=0"
+  [whiten_bias_always]="--param_rules=batchnorm(lr_scale=64)"
 )
 all="full no_whitening no_identity_init no_bn_lr_scale no_label_smoothing random_flip"
 all+=" no_lookahead ema_not_lookahead whiten_bias_always"
