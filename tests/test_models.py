@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from research import loop, models
-from research.config import Config
+from research.config import Config, ConfigError
 
 
 @pytest.mark.parametrize("name", models.MODELS.names())
@@ -35,3 +35,9 @@ def test_trains_with_falling_loss(name, make_config):
 def test_unknown_model_lists_known():
   with pytest.raises(KeyError, match="known: airbench, airbench_noidentity, airbench_nowhiten, baseline_cnn"):
     models.build(Config(model="nope"))
+
+
+def test_a_network_too_deep_for_the_image_size_is_one_line():
+  with pytest.raises(ConfigError, match=r"--model=baseline_cnn cannot be built for "
+                                        r"--image_size=16: Computed output size"):
+    models.build(Config(model="baseline_cnn", image_size=16, num_classes=10))

@@ -4,6 +4,7 @@ import keras
 from keras import layers
 import numpy as np
 
+from research.config import ConfigError
 from research.registry import Registry
 
 MODELS = Registry("model")
@@ -14,7 +15,11 @@ CIFAR_VARIANCE = (63.0 ** 2, 62.1 ** 2, 66.7 ** 2)
 
 
 def build(config):
-  return MODELS.get(config.model)(config.num_classes, config.image_size)
+  try:
+    return MODELS.get(config.model)(config.num_classes, config.image_size)
+  except ValueError as e:  # Keras' shape checks: the images too small for the network.
+    raise ConfigError(f"--model={config.model} cannot be built for --image_size="
+                      f"{config.image_size}: {str(e).splitlines()[0]}") from None
 
 
 def standardized_input(image_size, name="images"):
