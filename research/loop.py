@@ -96,7 +96,7 @@ def _train(config, strategy, chief):
       ckpt.save(0)  # A rollback before the first checkpoint restarts from here.
   logging.info("%s strategy, %d replica(s); %d train / %s examples; %s",
                config.strategy, strategy.num_replicas_in_sync, len(data.train),
-               f"{len(data.eval)} {data.eval_name}" if data.eval else "no evaluation",
+               "no evaluation" if data.eval is None else f"{len(data.eval)} {data.eval_name}",
                f"resumed at step {start} from {restored}" if restored else "from scratch")
   if data.eval is None:
     logging.info("no evaluation: --val_split=0 trains on every image and no "
