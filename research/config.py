@@ -92,6 +92,16 @@ class Config:
                             "lr_scale, weight_decay, epochs, e.g. "
                             "kernels(rank=4,optimizer='muon'),batchnorm(lr_scale=64) "
                             "(--list=param_rules)")
+  weights: str = _field("none", "initial weights at a fresh start: none, imagenet (the "
+                        "keras.applications backbones; downloads) or PATH: a Keras weights "
+                        "file of the backbone (of the whole model, for models without one)")
+  init_from: str = _field("", "start from another run's saved model (its model dir): "
+                          "variables matched by layer and shape, the head new when the "
+                          "classes differ; <model_dir>/initialization.json lists them")
+  freeze_epochs: float = _field(0.0, "train only the head (the `logits` layer) this many "
+                                "epochs, BatchNorm in inference mode, then everything")
+  backbone_lr_scale: float = _field(1.0, "learning-rate multiplier of every variable but "
+                                    "the head's (fine-tuning: e.g. 0.1)")
   ema_decay: float = _field(0.0, "keep an exponential moving average of the weights with "
                             "this decay, evaluate and save it (0: off)")
   lookahead_every: int = _field(0, "every N steps, move a slow copy of the weights toward "
@@ -140,6 +150,7 @@ class Config:
   # Resolved by `resolve`, saved for scripts that read the run back.
   steps_per_epoch: int = _field(0, "set from the data")
   warmup_steps: int = _field(0, "set from --warmup_epochs")
+  freeze_steps: int = _field(0, "set from --freeze_epochs")
 
   # ---------------------------------------------------------------------------
 
@@ -204,8 +215,12 @@ class Config:
       raise ConfigError(f"--val_split must be in [0, 1), got {self.val_split}")
     if not self.learning_rate > 0:
       raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
-    if self.weight_decay < 0 or self.warmup_epochs < 0:
-      raise ConfigError("--weight_decay and --warmup_epochs must be >= 0")
+    if self.weight_decay < 0 or self.warmup_epochs < 0 or self.freeze_epochs < 0:
+      raise ConfigError("--weight_decay, --warmup_epochs and --freeze_epochs must be >= 0")
+    if not self.backbone_lr_scale > 0:
+      raise ConfigError(f"--backbone_lr_scale must be > 0, got {self.backbone_lr_scale} "
+                        "(to keep the backbone fixed all run: --freeze_epochs=--epochs)")
+    self._validate_initialization()
     for name in ("warmup_from", "decay_to"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
@@ -226,6 +241,20 @@ class Config:
       raise ConfigError("--dataset=synthetic has no test split; set --val_split > 0")
     _safe_dir("model_dir", self.model_dir)
     return self
+
+  def _validate_initialization(self):
+    if self.weights not in ("none", "imagenet") and not os.path.isfile(self.weights):
+      raise ConfigError(f"--weights={self.weights!r} is not none, imagenet or a weights file")
+    if self.init_from:
+      if self.weights != "none":
+        raise ConfigError("--weights and --init_from both set the initial weights: "
+                          "choose one")
+      if not os.path.isfile(os.path.join(self.init_from, "model.keras")):
+        raise ConfigError(f"--init_from={self.init_from!r} is not a finished run (no "
+                          "model.keras); finish it by rerunning its command")
+      if os.path.abspath(self.init_from) == os.path.abspath(self.run_dir):
+        raise ConfigError("--init_from is this run's own model dir; to continue a run, "
+                          "rerun it without --init_from")
 
   def validate_replicas(self, num_replicas):
     """The global batches must split evenly over the replicas."""
@@ -249,6 +278,7 @@ class Config:
         steps_per_epoch=steps_per_epoch,
         train_steps=train_steps,
         warmup_steps=int(round(self.warmup_epochs * steps_per_epoch)),
+        freeze_steps=int(round(self.freeze_epochs * steps_per_epoch)),
         eval_every=self.eval_every or steps_per_epoch,
         checkpoint_every=self.checkpoint_every or steps_per_epoch,
         model_dir=self.run_dir)
@@ -256,7 +286,8 @@ class Config:
   @property
   def run_dir(self):
     """--model_dir, or its default."""
-    return self.model_dir or os.path.join("runs", f"{self.model}_{self.dataset}")
+    model = self.model.split("(")[0].strip()  # resnet50(input_size=64): resnet50.
+    return self.model_dir or os.path.join("runs", f"{model}_{self.dataset}")
 
   # --- serialization ---------------------------------------------------------
 
@@ -318,7 +349,7 @@ def from_flagfile(path, **overrides):
 
 def fields():
   """(name, type, default, help) of every user-settable field, for flag definitions."""
-  derived = {"steps_per_epoch", "warmup_steps"}
+  derived = {"steps_per_epoch", "warmup_steps", "freeze_steps"}
   return [(f.name, f.type, f.default, f.metadata["help"])
           for f in dataclasses.fields(Config) if f.name not in derived]
 

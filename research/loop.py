@@ -18,7 +18,7 @@ from tensorflow.python.framework import config as _tf_config  # pylint: disable=
 from research import checkpoints, data as data_lib, distribute, files, hooks as hooks_lib
 from research import interrupts as interrupts_lib
 from research import model_dir as model_dir_lib, models
-from research import plugins, steps
+from research import plugins, steps, transfer
 from research import precision as precision_lib
 from research import summaries
 from research.state import TrainState
@@ -90,8 +90,10 @@ def _train(config, strategy, chief):
     initialized = models.init_from_data(state.model, data.train.images[:5000])
     if initialized:
       logging.info("initialized from data: %s", ", ".join(initialized))
-      if state.ema is not None:
-        state.ema.reset()  # Average from the initialized weights, not the random ones.
+    # After the data's initialization: weights loaded from elsewhere take precedence.
+    initialized += [transfer.initialize(state.model, config, data.class_names, write=chief)]
+    if any(initialized) and state.ema is not None:
+      state.ema.reset()  # Average from the initialized weights, not the random ones.
     if config.on_nan == "rollback":
       ckpt.save(0)  # A rollback before the first checkpoint restarts from here.
   logging.info("%s strategy, %d replica(s); %d train / %s examples; %s",
@@ -141,6 +143,7 @@ def _train(config, strategy, chief):
     while step < config.train_steps:
       num = min(config.steps_per_loop, config.train_steps - step,
                 *(every - step % every for every in cadences),
+                *([config.freeze_steps - step] if step < config.freeze_steps else []),
                 *(n for n in (hooks_lib.steps_to_next(h, step) for h in hooks) if n))
       if step_seconds is None:
         num = 1  # Compiling: one step, timed apart from the others.
@@ -161,6 +164,10 @@ def _train(config, strategy, chief):
         window_steps += num
       step_seconds = elapsed / num  # After compiling, an over-estimate: calls start short.
       context.step = step
+      if step == config.freeze_steps and before < step:
+        logging.info("step %d: the head-only phase (--freeze_epochs) is over; every "
+                     "variable trains from here", step)
+        step_seconds = None  # The next call compiles the loop of the new phase.
 
       # Non-finite steps were not applied; --on_nan says what happens next.
       now_skipped = int(state.skipped.numpy())

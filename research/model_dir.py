@@ -29,7 +29,8 @@ RUN_FIELDS = frozenset((
     "cache_dir", "skip_bad_images", "epochs", "train_steps", "eval_batch_size",
     "steps_per_loop", "loop_seconds", "progress_seconds", "eval_every", "log_every",
     "checkpoint_every", "keep_checkpoints", "on_nan", "nan_retries", "inject_nan_step",
-    "hooks", "plugins", "metrics", "tta", "eval_data_dir", "allow_config_change"))
+    "hooks", "plugins", "metrics", "tta", "eval_data_dir", "allow_config_change",
+    "weights", "init_from"))  # These two only act at a fresh start.
 
 
 def prepare(path):

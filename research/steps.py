@@ -18,7 +18,8 @@ from typing import Any, Callable, NamedTuple
 import tensorflow as tf
 from tensorflow.python.framework import config as _tf_config  # pylint: disable=g-direct-tensorflow-import
 
-from research import data as data_lib, losses, optim, predict, regularizers
+from research import data as data_lib, losses, optim, predict, regularizers, transfer
+from research.config import ConfigError
 from research.registry import Registry
 
 STEPS = Registry("step")
@@ -42,6 +43,10 @@ class StepSpec:
   grad_scales: tuple          # a multiplier per trainable variable (rules' lr_scale)
   check_gradients: bool       # False under mixed_float16: LossScaleOptimizer checks them
   frozen_after: tuple         # (variable index, steps): it stays fixed after `steps`
+  update_scales: tuple = ()   # (variable index, multiplier of its update): lr scales
+  head: tuple = ()            # indices of the head's variables (the `logits` layer)
+  freeze_steps: int = 0       # the first steps train only the head (a phase of its own)
+  head_only: bool = False     # this spec's phase: the head alone, the rest in inference
   grad_accum_steps: int = 1   # steps whose gradients are averaged into one update
   tta: str = "none"           # test-time augmentation of the eval step
   inject_nan_step: int = 0    # fault injection: this step's loss is NaN (0: never)
@@ -50,6 +55,13 @@ class StepSpec:
   @classmethod
   def from_config(cls, config, model):
     rules = optim.variable_rules(config, model)
+    head = ()
+    if config.freeze_steps or config.backbone_lr_scale != 1.0:
+      head = transfer.head_indices(model)
+      if not head:
+        raise ConfigError(f"--freeze_epochs and --backbone_lr_scale need a head: --model="
+                          f"{config.model} has no layer named {transfer.HEAD_LAYER!r}")
+    backbone = [i for i in range(len(rules)) if i not in head]
     return cls(
         kind=STEPS.build(config.step), loss=losses.LOSSES.build(config.loss),
         regularizers=tuple(regularizers.REGULARIZERS.build(spec) for spec in
@@ -58,6 +70,9 @@ class StepSpec:
         grad_scales=tuple(rule.lr_scale for rule in rules),
         frozen_after=tuple((i, rule.train_steps) for i, rule in enumerate(rules)
                            if rule.train_steps),
+        update_scales=tuple((i, config.backbone_lr_scale) for i in backbone
+                            if config.backbone_lr_scale != 1.0),
+        head=head, freeze_steps=config.freeze_steps,
         check_gradients=config.precision != "mixed_float16",
         grad_accum_steps=config.grad_accum_steps,
         tta=config.tta,
@@ -65,10 +80,16 @@ class StepSpec:
 
 
 def forward_backward(state, spec, batch):
-  """One forward and backward pass of a replica's batch at the current weights."""
+  """One forward and backward pass of a replica's batch at the current weights.
+
+  In the head-only phase the model runs in inference mode (BatchNorm on its moving
+  statistics) and only the head's gradients are computed; the others are None.
+  """
   model = state.model
+  variables = model.trainable_variables
+  targets = [variables[i] for i in spec.head] if spec.head_only else variables
   with tf.GradientTape() as tape:
-    outputs = predict.outputs(model, batch["image"], training=True)
+    outputs = predict.outputs(model, batch["image"], training=not spec.head_only)
     per_example = spec.loss(outputs, batch)
     if spec.inject_nan_step:  # Fault injection, to test --on_nan.
       per_example *= tf.where(state.step + 1 == spec.inject_nan_step, float("nan"), 1.0)
@@ -78,7 +99,10 @@ def forward_backward(state, spec, batch):
     if penalties:
       loss += tf.nn.scale_regularization_loss(tf.add_n(penalties))
     scaled = state.optimizer.scale_loss(loss)  # Identity unless mixed_float16.
-  grads = tape.gradient(scaled, model.trainable_variables)
+  grads = tape.gradient(scaled, targets)
+  if spec.head_only:
+    by_index = dict(zip(spec.head, grads))
+    grads = [by_index.get(i) for i in range(len(variables))]
   return Pass(outputs, per_example, loss, grads)
 
 
@@ -169,8 +193,11 @@ def _apply_if(strategy, state, spec, grads, finite, stats):
     # Keras all-reduces the gradients across replicas; LossScaleOptimizer
     # unscales them and skips the update if any is not finite.
     strategy.extended.call_for_each_replica(
-        lambda *a: state.optimizer.apply_gradients(zip(replica_grads(*a), variables)),
+        lambda *a: state.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(replica_grads(*a), variables) if g is not None]),
         args=args)
+    for i, scale in spec.update_scales:  # Exact lr scaling: the update is linear in it.
+      variables[i].assign(before[i] + scale * (variables[i] - before[i]))
     for variable, steps, value in frozen:  # Past its steps: put back after the update.
       variable.assign(tf.where(state.step >= steps, value, variable))
 
@@ -248,9 +275,18 @@ class Runner:
 
   def __init__(self, state, spec, strategy):
     self.state, self.spec, self.strategy = state, spec, strategy
-    self.train_loop = make_train_loop(state, spec, strategy)
+    self._train_loops = {}  # By phase: head_only or not, each traced on first use.
     self._eval_loop = make_eval_loop(state, spec, strategy)
     self._gradients = None
+
+  def train_loop(self, iterator, num_steps):
+    """Runs `num_steps` steps of the current phase (calls must not cross a phase's end)."""
+    head_only = bool(self.spec.freeze_steps) and (
+        int(self.state.step.numpy()) < self.spec.freeze_steps)
+    if head_only not in self._train_loops:
+      spec = dataclasses.replace(self.spec, head_only=head_only)
+      self._train_loops[head_only] = make_train_loop(self.state, spec, self.strategy)
+    return self._train_loops[head_only](iterator, num_steps)
 
   def evaluate(self, split, global_batch_size):
     """Metrics over every example of `split`, exactly once, with the weights that are

@@ -3,14 +3,18 @@ import numpy as np
 import pytest
 
 from research import loop, models
+from research.models import backbones
 from research.config import Config, ConfigError
+from research.registry import SpecError
 
 
 @pytest.mark.parametrize("name", models.MODELS.names())
 def test_builds_with_float32_logits_under_bf16(name):
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
-    model = models.MODELS.get(name)(num_classes=7, image_size=32)
+    # Backbones at a small input size: their resize and training are in test_transfer.
+    small = {"input_size": 32} if name in backbones.BACKBONES else {}
+    model = models.MODELS.get(name)(num_classes=7, image_size=32, **small)
     out = model(np.zeros((2, 32, 32, 3), np.float32), training=False)
   finally:
     keras.mixed_precision.set_global_policy("float32")
@@ -20,9 +24,11 @@ def test_builds_with_float32_logits_under_bf16(name):
 
 
 # resnet20 and resnet56 are resnet8's builder at other depths (their build is tested
-# above); training them here would only take minutes.
+# above); training them here would only take minutes. The ImageNet backbones train in
+# test_transfer.
 @pytest.mark.parametrize("name", [n for n in models.MODELS.names()
-                                  if n not in ("resnet20", "resnet56")])
+                                  if n not in ("resnet20", "resnet56")
+                                  and n not in backbones.BACKBONES])
 def test_trains_with_falling_loss(name, make_config):
   config = make_config(model=name, image_size=32, train_steps=24, log_every=6,
                        eval_every=24, optimizer="adam", learning_rate=2e-3,
@@ -33,7 +39,7 @@ def test_trains_with_falling_loss(name, make_config):
 
 
 def test_unknown_model_lists_known():
-  with pytest.raises(KeyError, match="known: airbench, airbench_noidentity, airbench_nowhiten, baseline_cnn"):
+  with pytest.raises(SpecError, match="known: airbench, airbench_noidentity, airbench_nowhiten, baseline_cnn"):
     models.build(Config(model="nope"))
 
 

@@ -1,4 +1,4 @@
-"""The model registry: `MODELS.get(name)(num_classes, image_size) -> keras.Model`.
+"""The model registry: `MODELS.build("name(key=value)", num_classes, image_size)`.
 
 Every model takes float images in [0, 255] and normalizes them itself, so a saved
 model scores raw pixels. Logits are float32 under any mixed-precision policy.
@@ -6,5 +6,5 @@ Importing this package registers every family below.
 """
 
 from research.models.registry import MODELS, build, init_from_data  # noqa: F401
-from research.models import airbench, cnn, resnet  # noqa: F401,E402  (registers models)
+from research.models import airbench, backbones, cnn, resnet  # noqa: F401,E402  (registers models)
 from research.models.airbench import whitening_biases  # noqa: F401,E402

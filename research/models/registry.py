@@ -15,8 +15,9 @@ CIFAR_VARIANCE = (63.0 ** 2, 62.1 ** 2, 66.7 ** 2)
 
 
 def build(config):
+  spec = MODELS.parse(config.model)  # SpecError names the known models.
   try:
-    return MODELS.get(config.model)(config.num_classes, config.image_size)
+    return MODELS.build(spec, config.num_classes, config.image_size)
   except ValueError as e:  # Keras' shape checks: the images too small for the network.
     raise ConfigError(f"--model={config.model} cannot be built for --image_size="
                       f"{config.image_size}: {str(e).splitlines()[0]}") from None

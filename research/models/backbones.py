@@ -1,0 +1,88 @@
+"""ImageNet backbones from `keras.applications`, each under a new classification head.
+
+Every model still takes raw [0, 255] pixels at --image_size: the resize to the
+backbone's input size and the backbone's own preprocessing are layers of the model, so
+saved and exported models take raw pixels too. The backbone is one nested layer named
+`backbone` and is built with random weights; `--weights=imagenet|PATH` fills it at the
+start of a run (research/transfer.py). The head is the `logits` layer, as in every
+model of the registry, which is what --freeze_epochs trains alone.
+
+`input_size` is the size the backbone sees (default: the one its ImageNet weights were
+trained at, 224). On a CPU, `resnet50(input_size=64)` on 32x32 images costs 12x less.
+"""
+
+import dataclasses
+from typing import Callable
+
+import keras
+from keras import layers
+
+from research.models.registry import MODELS, logits
+
+PREFERRED_SIZE = 224  # The ImageNet training size of every backbone below.
+
+
+@keras.saving.register_keras_serializable(package="research")
+class CaffePreprocessing(layers.Layer):
+  """keras.applications' "caffe" preprocessing (ResNet50): RGB to BGR, minus the
+  ImageNet mean per channel, as a layer so that it is saved with the model."""
+
+  MEAN_BGR = (103.939, 116.779, 123.68)
+
+  def call(self, inputs):
+    return inputs[..., ::-1] - keras.ops.cast(self.MEAN_BGR, inputs.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  constructor: Callable       # keras.applications class
+  preprocessing: Callable     # () -> layer, or None: the application preprocesses itself
+  options: dict               # more keyword arguments of the constructor
+
+
+BACKBONES = {
+    "resnet50": Backbone(keras.applications.ResNet50, CaffePreprocessing, {}),
+    # These three normalize inside the application (include_preprocessing / Rescaling).
+    "efficientnet_b0": Backbone(keras.applications.EfficientNetB0, None, {}),
+    "mobilenet_v3_small": Backbone(keras.applications.MobileNetV3Small, None,
+                                   {"include_preprocessing": True}),
+    "convnext_tiny": Backbone(keras.applications.ConvNeXtTiny, None,
+                              {"include_preprocessing": True}),
+}
+
+
+def application(name, input_size, weights=None):
+  """The headless keras.applications network `name` (global average pooled features)."""
+  spec = BACKBONES[name]
+  return spec.constructor(include_top=False, weights=weights, pooling="avg",
+                          input_shape=(input_size, input_size, 3), **spec.options)
+
+
+def _classifier(name, num_classes, image_size, input_size, dropout):
+  if input_size < 32:
+    raise ValueError(f"{name}: input_size must be >= 32, got {input_size}")
+  inputs = keras.Input((image_size, image_size, 3), name="images")
+  x = inputs
+  if input_size != image_size:
+    x = layers.Resizing(input_size, input_size, name="resize")(x)
+  if BACKBONES[name].preprocessing is not None:
+    x = BACKBONES[name].preprocessing(name="preprocess")(x)
+  backbone = application(name, input_size)
+  backbone.name = "backbone"
+  x = backbone(x)
+  if dropout:
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+  return keras.Model(inputs, logits(x, num_classes), name=name)
+
+
+def _register(name):
+  @MODELS.register(name)
+  def build(num_classes, image_size, input_size=PREFERRED_SIZE, dropout=0.2):
+    return _classifier(name, num_classes, image_size, input_size, dropout)
+  build.__doc__ = (f"keras.applications {BACKBONES[name].constructor.__name__} under a new "
+                   "head; input_size: what the backbone sees (--weights=imagenet|PATH)")
+  return build
+
+
+for _name in BACKBONES:
+  _register(_name)

@@ -1,0 +1,220 @@
+"""Transfer learning: backbones, --weights, --init_from, --freeze_epochs and
+--backbone_lr_scale."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from research import data, loop, models, steps, transfer
+from research.config import ConfigError
+from research.models import backbones
+from tests.conftest import make_runner
+
+
+def _batch(num_classes, size=16, n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, num_classes, n).astype(np.int32)
+  return {"image": tf.constant(rng.integers(0, 256, (n, size, size, 3)), tf.float32),
+          "label": tf.constant(labels),
+          "target": tf.one_hot(labels, num_classes)}
+
+
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+def test_each_backbone_learns_a_batch_at_another_input_size(name, make_config):
+  # 16x16 images resized to the backbone's 32 inside the model; eager steps of the
+  # training step's own forward and backward pass (compiling these is minutes).
+  config = make_config(model=f"{name}(input_size=32)", optimizer="adam",
+                       learning_rate=1e-3, weight_decay=0.0).resolve(256, 3)
+  state, runner = make_runner(config)
+  assert state.model.input_shape == (None, 16, 16, 3)
+  assert state.model.get_layer("backbone").input_shape == (None, 32, 32, 3)
+  batch, losses = _batch(3), []
+  for _ in range(4):
+    result = steps.forward_backward(state, runner.spec, batch)
+    state.optimizer.apply_gradients(zip(result.grads, state.model.trainable_variables))
+    losses.append(float(result.loss))
+  assert losses[-1] < losses[0], losses
+
+
+def test_the_resnet50_preprocessing_is_keras_own():
+  images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+  ours = backbones.CaffePreprocessing()(images)
+  np.testing.assert_allclose(ours, keras.applications.resnet50.preprocess_input(images.copy()),
+                             atol=1e-4)
+
+
+def _finished_run(make_config, model_dir, **overrides):
+  config = make_config(model_dir=str(model_dir), **overrides)
+  loop.train(config)
+  return keras.models.load_model(os.path.join(model_dir, "model.keras"))
+
+
+def test_init_from_loads_matching_variables_and_a_new_head(make_config, tmp_path):
+  source = _finished_run(make_config, tmp_path / "source", num_classes=4)
+  config = make_config(init_from=str(tmp_path / "source"), num_classes=3, train_steps=1,
+                       learning_rate=1e-9, eval_every=1)
+  loop.train(config)
+  record = json.load(open(os.path.join(config.model_dir, transfer.RECORD_FILE)))
+  assert record["matched_by"] == "position"
+  assert [entry["variable"] for entry in record["new"]] == ["logits/kernel", "logits/bias"]
+  assert "the classes differ" in record["new"][0]["reason"]
+  target = keras.models.load_model(os.path.join(config.model_dir, "model.keras"))
+  assert len(record["loaded"]) == len(target.weights) - 2
+  # Every loaded weight is the source's (one step at lr 1e-9 and BatchNorm's moving
+  # statistics aside: compare the convolution kernels).
+  kernels = lambda m: [w.numpy() for w in m.weights if len(w.shape) == 4]
+  for ours, theirs in zip(kernels(target), kernels(source)):
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_init_from_keeps_the_head_when_the_classes_are_the_same(make_config, tmp_path):
+  _finished_run(make_config, tmp_path / "source")
+  config = make_config(init_from=str(tmp_path / "source"), train_steps=1)
+  split = data.load(config)
+  config = config.replace(model_dir=str(tmp_path / "target")).resolve(
+      len(split.train), len(split.class_names))
+  state, _ = make_runner(config, class_names=split.class_names)
+  record = transfer.initialize(state.model, config, split.class_names, write=False)
+  assert record["new"] == []
+  source = keras.models.load_model(str(tmp_path / "source" / "model.keras"))
+  for ours, theirs in zip(state.model.weights, source.weights):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_init_from_another_architecture_matches_by_name(make_config, tmp_path):
+  # The same backbone under another head (no dropout layer): the layer lists differ, the
+  # backbone's names do not.
+  source_config = make_config(model="mobilenet_v3_small(input_size=32, dropout=0.0)",
+                              model_dir=str(tmp_path / "source"), num_classes=4)
+  os.makedirs(source_config.model_dir)
+  source_config.save(os.path.join(source_config.model_dir, "config.json"))
+  json.dump(list("abcd"), open(os.path.join(source_config.model_dir, "classes.json"), "w"))
+  source = models.build(source_config)
+  source.save(os.path.join(source_config.model_dir, "model.keras"))
+  config = make_config(model="mobilenet_v3_small(input_size=32)",
+                       init_from=source_config.model_dir).resolve(192, 3)
+  state, _ = make_runner(config)
+  record = transfer.initialize(state.model, config, list("xyz"), write=False)
+  assert record["matched_by"] == "name"
+  assert len(record["loaded"]) == len(state.model.get_layer("backbone").weights)
+  assert [e["variable"] for e in record["new"]] == ["logits/kernel", "logits/bias"]
+  for ours, theirs in zip(state.model.get_layer("backbone").weights,
+                          source.get_layer("backbone").weights):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def _batches(runner, config):
+  split = data.load(config)
+  return iter(runner.strategy.distribute_datasets_from_function(
+      lambda ctx: data.train_dataset(split.train, config, 0, ctx)))
+
+
+def _weights_of(model, indices):
+  variables = model.trainable_variables
+  return [variables[i].numpy() for i in indices]
+
+
+def test_freeze_epochs_trains_the_head_alone_then_everything(make_config):
+  # 192 examples / 32 = 6 steps an epoch: the first 3 steps train only the head.
+  config = make_config(freeze_epochs=0.5, train_steps=5).resolve(192, 4)
+  state, runner = make_runner(config)
+  head = runner.spec.head
+  backbone = [i for i in range(len(state.model.trainable_variables)) if i not in head]
+  batches = _batches(runner, config)
+  frozen, stats = _weights_of(state.model, backbone), [
+      v.numpy() for v in state.model.non_trainable_variables]
+  first_head = _weights_of(state.model, head)
+  runner.train_loop(batches, tf.constant(3))
+  for before, after in zip(frozen, _weights_of(state.model, backbone)):
+    np.testing.assert_array_equal(before, after)
+  for before, after in zip(stats, state.model.non_trainable_variables):  # Inference mode.
+    np.testing.assert_array_equal(before, after.numpy())
+  assert not np.allclose(first_head[0], _weights_of(state.model, head)[0])
+  runner.train_loop(batches, tf.constant(2))
+  assert all(not np.array_equal(a, b) for a, b in
+             zip(frozen, _weights_of(state.model, backbone)) if a.ndim == 4)
+
+
+def test_the_head_phase_survives_a_kill_and_resume_bitwise(make_config, tmp_path):
+  # The phase ends at step 3 (half of a 6-step epoch); the resumed run starts inside it.
+  config = make_config(freeze_epochs=0.5, backbone_lr_scale=0.1, train_steps=6,
+                       checkpoint_every=2, deterministic=True)
+  whole = loop.train(config.replace(model_dir=str(tmp_path / "whole")))
+  loop.train(config.replace(train_steps=2))
+  resumed = loop.train(config)
+  assert resumed.final_eval["loss"] == whole.final_eval["loss"]
+  for a, b in zip(keras.models.load_model(str(tmp_path / "whole" / "model.keras")).weights,
+                  keras.models.load_model(os.path.join(config.model_dir, "model.keras")).weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_backbone_lr_scale_scales_the_backbone_update_exactly(optimizer, make_config):
+  def one_step(scale):
+    keras.utils.set_random_seed(0)
+    config = make_config(optimizer=optimizer, backbone_lr_scale=scale).resolve(192, 4)
+    state, runner = make_runner(config)
+    batches = _batches(runner, config)
+    before = [v.numpy() for v in state.model.trainable_variables]
+    runner.train_loop(batches, tf.constant(1))
+    return [v.numpy() - b for v, b in zip(state.model.trainable_variables, before)], runner
+  plain, _ = one_step(1.0)
+  scaled, runner = one_step(0.25)
+  for i, (a, b) in enumerate(zip(plain, scaled)):
+    expected = a if i in runner.spec.head else 0.25 * a
+    np.testing.assert_allclose(b, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_weights_file_fills_the_backbone(make_config, tmp_path):
+  config = make_config(model="mobilenet_v3_small(input_size=32)").resolve(192, 4)
+  donor = backbones.application("mobilenet_v3_small", 32)
+  path = str(tmp_path / "backbone.weights.h5")
+  donor.save_weights(path)
+  state, _ = make_runner(config.replace(weights=path))
+  record = transfer.initialize(state.model, config.replace(weights=path), list("abcd"),
+                               write=False)
+  for ours, theirs in zip(state.model.get_layer("backbone").weights, donor.weights):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+  assert [e["variable"] for e in record["new"]] == ["logits/kernel", "logits/bias"]
+
+
+def test_imagenet_weights_offline_is_one_line_naming_the_ways_out(make_config, monkeypatch):
+  def offline(*args, **kwargs):
+    raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                    "[Errno -3] Temporary failure in name resolution")
+  monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
+  config = make_config(model="mobilenet_v3_small(input_size=32)",
+                       weights="imagenet").resolve(192, 4)
+  state, _ = make_runner(config)
+  with pytest.raises(ConfigError, match="--weights=PATH.*--init_from=RUN_DIR"):
+    transfer.initialize(state.model, config, list("abcd"), write=False)
+
+
+def test_imagenet_weights_for_a_model_without_them_is_refused(make_config):
+  config = make_config(weights="imagenet").resolve(192, 4)
+  state, _ = make_runner(config)
+  with pytest.raises(ConfigError, match="has no ImageNet weights"):
+    transfer.initialize(state.model, config, list("abcd"), write=False)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(weights="no/such/file.h5"), "not none, imagenet or a weights file"),
+    (dict(init_from="no/such/run"), "not a finished run"),
+    (dict(freeze_epochs=-1.0), "must be >= 0"),
+    (dict(backbone_lr_scale=0.0), "must be > 0"),
+])
+def test_bad_transfer_flags_are_refused(overrides, message, make_config):
+  with pytest.raises(ConfigError, match=message):
+    make_config(**overrides)
+
+
+def test_freezing_a_model_without_a_head_is_refused(make_config):
+  model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(),
+                            keras.layers.Dense(4, name="classifier")])
+  config = make_config(freeze_epochs=1.0).resolve(192, 4)
+  with pytest.raises(ConfigError, match="no layer named 'logits'"):
+    steps.StepSpec.from_config(config, model)
