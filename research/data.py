@@ -192,16 +192,22 @@ def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False):
   return Split(images, labels), names
 
 
+def decode_image(encoded, image_size):
+  """One encoded JPEG/PNG/BMP/GIF (grey, RGBA, any size) -> uint8 RGB [S, S, 3], as
+  training saw it (exported SavedModels decode their image bytes with this too)."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  image = tf.image.resize(image, [image_size, image_size], antialias=True)
+  return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)
+
+
 def decode_images(paths, image_size):
-  """Decodes any JPEG/PNG/BMP/GIF (grey, RGBA, any size) to uint8 RGB [N,S,S,3].
+  """Decodes image files to uint8 RGB [N,S,S,3] with `decode_image`.
 
   Returns (images, ok): `ok[i]` is False where file i could not be decoded.
   """
   def decode(index, path):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    image = tf.image.resize(image, [image_size, image_size], antialias=True)
-    return index, tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)
+    return index, decode_image(tf.io.read_file(path), image_size)
 
   ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,0 +1,327 @@
+"""Exports a finished run for deployment; every export is scored against the Keras model.
+
+Every format takes raw uint8 images [N, H, W, 3] (the preprocessing is inside the
+model) and returns class probabilities [N, K]. The class names travel in
+`<output>.meta.json` beside the export (and in the SavedModel's `class` output).
+Models trained in mixed precision are rebuilt in float32 first: the converters fail on
+bfloat16 graphs.
+
+`open_export(path)` loads any of them back as one callable, for the parity check and
+scripts/predict.py. The converters (tf2onnx, onnxruntime, ai-edge-litert) are the
+optional `export` extra; TF.js lives in an environment of its own (research/tfjs.py).
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from research import data as data_lib, evaluation, models, predict
+
+FORMATS = ("saved_model", "keras", "litert", "litert_int8", "onnx", "tfjs")
+
+# The least top-1 agreement with the Keras model that passes the check: float formats
+# differ from it only by rounding; int8 rounds every weight and activation.
+MIN_AGREEMENT = {"saved_model": 0.999, "keras": 0.999, "litert": 0.995, "onnx": 0.995,
+                 "tfjs": 0.995, "litert_int8": 0.97}
+META_SUFFIX = ".meta.json"
+REPRESENTATIVE_IMAGES = 200  # Training images that calibrate litert_int8's ranges.
+
+
+class ExportError(Exception):
+  """An export that cannot be made or loaded; the message says why and what to do."""
+
+
+def float32_model(model_dir, weights="final"):
+  """(config, class names, model) of a run, the model rebuilt in float32 if it was
+  trained in mixed precision."""
+  config, class_names, model = evaluation.load_run(model_dir, weights)
+  if any(layer.compute_dtype != "float32" for layer in model.layers):
+    keras.mixed_precision.set_global_policy("float32")
+    rebuilt = models.build(config.replace(precision="float32"))
+    rebuilt.set_weights(model.get_weights())
+    model = rebuilt
+  return config, class_names, model
+
+
+def probabilities_fn(model, dtype=tf.uint8):
+  """images [N, H, W, 3] of `dtype`, raw pixels -> float32 probabilities [N, K]."""
+  def probabilities(images):
+    return tf.nn.softmax(predict.outputs(model, tf.cast(images, tf.float32))["logits"])
+  size = model.input_shape[1]
+  return tf.function(probabilities, input_signature=[
+      tf.TensorSpec([None, size, size, 3], dtype, name="images")])
+
+
+# --- the formats -----------------------------------------------------------------
+
+
+def _export_keras(model, output, **_):
+  if not output.endswith(".keras"):
+    raise ExportError(f"--format=keras writes a .keras file; got --output={output}")
+  model.save(output)
+
+
+def _export_saved_model(model, output, class_names, **_):
+  """Signatures `serving_default`/`serve` (uint8 images) and `serve_bytes` (encoded
+  JPEG/PNG, as serving systems send them), each -> probabilities and class name."""
+  _saved_model(model, output, class_names)
+
+
+def _saved_model(model, output, class_names=None, dtype=tf.uint8):
+  """The SavedModel of `_export_saved_model`; without class names, only `serve`, of
+  images of `dtype`, returning only the probabilities: what the converters take."""
+  size = model.input_shape[1]
+  probabilities = probabilities_fn(model, dtype)
+  names = tf.constant(class_names or [""])
+
+  def outputs(images):
+    probs = probabilities(images)
+    if class_names is None:
+      return {"probabilities": probs}
+    return {"probabilities": probs, "class": tf.gather(names, tf.argmax(probs, -1))}
+
+  def from_bytes(encoded):
+    return outputs(tf.map_fn(lambda b: data_lib.decode_image(b, size), encoded,
+                             fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8)))
+
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint("serve", outputs, input_signature=[
+      tf.TensorSpec([None, size, size, 3], dtype, name="images")])
+  if class_names is not None:
+    archive.add_endpoint("serve_bytes", from_bytes, input_signature=[
+        tf.TensorSpec([None], tf.string, name="image_bytes")])
+  archive.write_out(output, verbose=False)
+
+
+@contextlib.contextmanager
+def _converter_input(model, dtype=tf.uint8):
+  """A temporary SavedModel of the probabilities alone: the converters' documented
+  input (Keras 3 models traced directly leave variables and constants unfrozen)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    _saved_model(model, tmp, dtype=dtype)
+    yield tmp
+
+
+def _export_litert(model, output, representative=None, **_):
+  """A .tflite flatbuffer; with `representative` images, full-integer quantized."""
+  int8 = representative is not None
+  with _converter_input(model, tf.float32 if int8 else tf.uint8) as saved:
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+    if int8:  # uint8 in and out: the input quantization is the identity on raw pixels.
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+      converter.representative_dataset = lambda: (
+          [image[None].astype(np.float32)] for image in representative)
+      converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+      converter.inference_input_type = tf.uint8
+      converter.inference_output_type = tf.uint8
+    flatbuffer = converter.convert()
+  with open(output, "wb") as f:
+    f.write(flatbuffer)
+
+
+def _export_onnx(model, output, **_):
+  _optional("tf2onnx", "onnx")
+  _optional("onnxruntime", "onnx")  # Needed for the check: fail before converting.
+  with _converter_input(model) as saved:
+    done = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved,
+                           "--signature_def", "serving_default", "--opset", "17",
+                           "--output", output], capture_output=True, text=True, check=False)
+  if done.returncode:
+    errors = [line for line in done.stderr.splitlines() if "Error" in line] or ["no output"]
+    raise ExportError(f"tf2onnx failed: {errors[-1].strip()}")
+
+
+def _export_tfjs(model, output, **_):
+  from research import tfjs  # pylint: disable=g-import-not-at-top
+  tfjs.convert(lambda path: _saved_model(model, path), output)
+
+
+EXPORTERS = {"saved_model": _export_saved_model, "keras": _export_keras,
+             "litert": _export_litert, "litert_int8": _export_litert, "onnx": _export_onnx,
+             "tfjs": _export_tfjs}
+
+
+def _optional(module, fmt):
+  try:
+    return __import__(module)
+  except ImportError:
+    raise ExportError(f"--format={fmt} needs the {module} package: pip install -e "
+                      "'.[export]'") from None
+
+
+# --- loading an export back ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Exported:
+  """An export loaded back: `probabilities(uint8 images [N, H, W, 3]) -> [N, K]`."""
+  format: str
+  class_names: list
+  image_size: int
+  probabilities: Callable
+
+
+def open_export(path):
+  """Any export (by its .meta.json) or a run dir, as `Exported`."""
+  if os.path.isfile(os.path.join(path, "config.json")):
+    config, class_names, model = evaluation.load_run(path)
+    return Exported("run", class_names, config.image_size, _keras_runner(model))
+  meta_path = path.rstrip("/") + META_SUFFIX
+  if not os.path.exists(path):
+    raise ExportError(f"{path} does not exist")
+  if not os.path.exists(meta_path):
+    raise ExportError(f"{path} has no {os.path.basename(meta_path)} beside it: it was not "
+                      "made by scripts/export.py, or not with this name (a run dir works too)")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  fmt = meta["format"]
+  opener = {"keras": lambda p: _keras_runner(keras.models.load_model(p)),
+            "saved_model": _saved_model_runner, "litert": _litert_runner,
+            "litert_int8": _litert_runner, "onnx": _onnx_runner,
+            "tfjs": _tfjs_runner}[fmt]
+  try:
+    runner = opener(path)
+  except ExportError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (each runtime fails its own way)
+    raise ExportError(f"{path} cannot be loaded as {fmt} "
+                      f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+  return Exported(fmt, meta["classes"], meta["image_size"], runner)
+
+
+def _batched(fn, batch_size=256):
+  return lambda images: np.concatenate([np.asarray(fn(images[i:i + batch_size]))
+                                        for i in range(0, len(images), batch_size)])
+
+
+def _keras_runner(model):
+  fn = probabilities_fn(model)
+  return _batched(lambda x: fn(tf.constant(x, tf.uint8)).numpy())
+
+
+def _saved_model_runner(path):
+  serve = tf.saved_model.load(path).signatures["serving_default"]
+  return _batched(lambda x: serve(images=tf.constant(x, tf.uint8))["probabilities"].numpy())
+
+
+def _litert_runner(path):
+  try:
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    Interpreter = tf.lite.Interpreter  # pylint: disable=invalid-name
+  interpreter = Interpreter(model_path=path)
+
+  def run(images):
+    given = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(given["index"], images.shape)
+    interpreter.allocate_tensors()
+    scale, zero = given["quantization"]
+    if scale:
+      images = np.clip(np.round(images / scale + zero), 0, 255)
+    interpreter.set_tensor(given["index"], images.astype(given["dtype"]))
+    interpreter.invoke()
+    out = interpreter.get_output_details()[0]
+    values = interpreter.get_tensor(out["index"]).astype(np.float32)
+    scale, zero = out["quantization"]
+    return (values - zero) * scale if scale else values
+  return _batched(run)
+
+
+def _onnx_runner(path):
+  onnxruntime = _optional("onnxruntime", "onnx")
+  session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+  name = session.get_inputs()[0].name
+  return _batched(lambda x: session.run(None, {name: x.astype(np.uint8)})[0])
+
+
+def _tfjs_runner(path):
+  from research import tfjs  # pylint: disable=g-import-not-at-top
+  return _batched(lambda x: tfjs.predict(path, x), batch_size=1000)
+
+
+# --- export and check --------------------------------------------------------------
+
+
+def size_in_bytes(path):
+  if os.path.isfile(path):
+    return os.path.getsize(path)
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def check(reference, exported, images, labels):
+  """Top-1 agreement, both accuracies and the largest probability difference."""
+  ours, theirs = reference(images), exported(images)
+  return {"examples": len(labels),
+          "accuracy_keras": float(np.mean(ours.argmax(-1) == labels)),
+          "accuracy_export": float(np.mean(theirs.argmax(-1) == labels)),
+          "agreement": float(np.mean(ours.argmax(-1) == theirs.argmax(-1))),
+          "max_probability_difference": float(np.max(np.abs(ours - theirs)))}
+
+
+def check_images(config, class_names, data_dir="", cache_dir=""):
+  """(images, labels, training images) to check and calibrate with: the run's
+  validation split, or every image of `data_dir` (some or all of the run's classes)."""
+  if data_dir:
+    split = data_lib.load_eval_folder(data_dir, class_names, config.image_size, cache_dir)
+    return split.images, split.labels, split.images
+  splits = data_lib.load(config)
+  if splits.eval is None:
+    raise data_lib.DataError("the run has no validation split (--val_split=0): pass "
+                             "--data_dir=DIR, a folder of the run's classes, to check on")
+  return splits.eval.images, splits.eval.labels, splits.train.images
+
+
+def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final"):
+  """Exports the run in `model_dir` as `fmt` to `output` and checks it; returns the
+  result dict (the script's JSON line). Raises ExportError, DataError."""
+  config, class_names, model = float32_model(model_dir, weights)
+  images, labels, train_images = check_images(config, class_names, data_dir,
+                                              config.cache_dir)
+  if max_examples:
+    images, labels = images[:max_examples], labels[:max_examples]
+  if os.path.exists(output):
+    if not os.path.exists(output + META_SUFFIX):
+      raise ExportError(f"--output {output} exists and is not an export: choose another path")
+    _remove(output)  # An earlier export of ours: replaced.
+  parent = os.path.dirname(os.path.abspath(output))
+  os.makedirs(parent, exist_ok=True)
+  rng = np.random.default_rng(0)
+  representative = None
+  if fmt == "litert_int8":
+    chosen = rng.choice(len(train_images), min(REPRESENTATIVE_IMAGES, len(train_images)),
+                        replace=False)
+    representative = train_images[np.sort(chosen)]
+  try:
+    EXPORTERS[fmt](model, output, class_names=class_names, representative=representative)
+  except BaseException:
+    _remove(output)  # No half-written export left to be mistaken for one.
+    raise
+  meta = {"format": fmt, "classes": list(class_names), "image_size": config.image_size,
+          "input": f"uint8 [N, {config.image_size}, {config.image_size}, 3], raw pixels",
+          "output": "float32 probabilities [N, classes]", "run": os.path.abspath(model_dir)}
+  with open(output + META_SUFFIX, "w") as f:
+    json.dump(meta, f, indent=2)
+  result = {"format": fmt, "path": output, "bytes": size_in_bytes(output),
+            **check(_keras_runner(model), open_export(output).probabilities, images, labels),
+            "min_agreement": MIN_AGREEMENT[fmt]}
+  with open(output + META_SUFFIX, "w") as f:
+    json.dump({**meta, "check": result}, f, indent=2)
+  return result
+
+
+def _remove(path):
+  if os.path.isdir(path):
+    shutil.rmtree(path)
+  elif os.path.exists(path):
+    os.remove(path)

@@ -1,0 +1,55 @@
+"""Exports a finished run and checks the export against the Keras model.
+
+  python scripts/export.py --model_dir=RUN --format=FORMAT --output=PATH [--data_dir=DIR]
+
+FORMAT: saved_model, keras, litert, litert_int8, onnx or tfjs. Every export takes raw
+uint8 images [N, H, W, 3] and returns class probabilities; the class names are in
+PATH.meta.json. The check scores the export and the Keras model on the run's
+validation split (or every image of --data_dir) and prints top-1 agreement, both
+accuracies and the largest probability difference; the last line is JSON. The exit
+status is 1 when the agreement is below the format's threshold (docs/EXPORT.md).
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+FORMATS = ("saved_model", "keras", "litert", "litert_int8", "onnx", "tfjs")
+flags.DEFINE_string("model_dir", None, "a finished training run", required=True)
+flags.DEFINE_enum("format", None, FORMATS, "what to export to", required=True)
+flags.DEFINE_string("output", None, "file or directory to write", required=True)
+flags.DEFINE_string("data_dir", "", "folder of (some of) the run's classes to check on "
+                    "(default: the run's validation split)")
+flags.DEFINE_integer("max_examples", 0, "check on the first N images only (0: all)")
+flags.DEFINE_enum("weights", "final", ["final", "checkpoint"],
+                  "final: model.keras; checkpoint: the newest checkpoint's raw weights")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from research import data, export  # pylint: disable=g-import-not-at-top
+  try:
+    result = export.export(FLAGS.model_dir, FLAGS.format, FLAGS.output, FLAGS.data_dir,
+                           FLAGS.max_examples, FLAGS.weights)
+  except (export.ExportError, data.DataError) as e:
+    sys.exit(f"error: {e}")
+  print(f"{result['format']}: {result['path']} ({result['bytes'] / 1e6:.2f} MB)")
+  print(f"on {result['examples']} images: top-1 agreement {result['agreement']:.4f}, "
+        f"accuracy {result['accuracy_export']:.4f} (Keras {result['accuracy_keras']:.4f}), "
+        f"largest probability difference {result['max_probability_difference']:.2e}")
+  passed = result["agreement"] >= result["min_agreement"]
+  if not passed:
+    print(f"error: agreement {result['agreement']:.4f} is below {result['min_agreement']} "
+          f"for {result['format']}", file=sys.stderr)
+  print(json.dumps(result))
+  sys.exit(0 if passed else 1)
+
+
+if __name__ == "__main__":
+  app.run(main)
