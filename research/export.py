@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Callable
 
 import keras
@@ -269,6 +270,17 @@ def check(reference, exported, images, labels):
           "max_probability_difference": float(np.max(np.abs(ours - theirs)))}
 
 
+def latency_ms(probabilities, images, repeats=200):
+  """Median milliseconds of one single-image call of `probabilities`, after a warm-up."""
+  probabilities(images[:1])
+  times = []
+  for i in range(repeats):
+    began = time.perf_counter()
+    probabilities(images[i % len(images)][None])
+    times.append(time.perf_counter() - began)
+  return 1000 * float(np.median(times))
+
+
 def check_images(config, class_names, data_dir="", cache_dir=""):
   """(images, labels, training images) to check and calibrate with: the run's
   validation split, or every image of `data_dir` (some or all of the run's classes)."""
@@ -282,9 +294,11 @@ def check_images(config, class_names, data_dir="", cache_dir=""):
   return splits.eval.images, splits.eval.labels, splits.train.images
 
 
-def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final"):
+def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
+           latency=False):
   """Exports the run in `model_dir` as `fmt` to `output` and checks it; returns the
-  result dict (the script's JSON line). Raises ExportError, DataError."""
+  result dict (the script's JSON line), with single-image latencies of the export and
+  the Keras model if `latency`. Raises ExportError, DataError."""
   config, class_names, model = float32_model(model_dir, weights)
   images, labels, train_images = check_images(config, class_names, data_dir,
                                               config.cache_dir)
@@ -312,9 +326,15 @@ def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final")
           "output": "float32 probabilities [N, classes]", "run": os.path.abspath(model_dir)}
   with open(output + META_SUFFIX, "w") as f:
     json.dump(meta, f, indent=2)
+  reference, exported = _keras_runner(model), open_export(output).probabilities
   result = {"format": fmt, "path": output, "bytes": size_in_bytes(output),
-            **check(_keras_runner(model), open_export(output).probabilities, images, labels),
+            **check(reference, exported, images, labels),
             "min_agreement": MIN_AGREEMENT[fmt]}
+  if latency:
+    if fmt == "tfjs":
+      raise ExportError("--latency: a TF.js call here starts Node; time it in the browser")
+    result.update(latency_ms_export=latency_ms(exported, images),
+                  latency_ms_keras=latency_ms(reference, images))
   with open(output + META_SUFFIX, "w") as f:
     json.dump({**meta, "check": result}, f, indent=2)
   return result

@@ -28,6 +28,8 @@ flags.DEFINE_string("data_dir", "", "folder of (some of) the run's classes to ch
 flags.DEFINE_integer("max_examples", 0, "check on the first N images only (0: all)")
 flags.DEFINE_enum("weights", "final", ["final", "checkpoint"],
                   "final: model.keras; checkpoint: the newest checkpoint's raw weights")
+flags.DEFINE_bool("latency", False, "also time single-image calls of the export and of "
+                  "the Keras model (median of 200)")
 FLAGS = flags.FLAGS
 
 
@@ -36,13 +38,16 @@ def main(argv):
   from research import data, export  # pylint: disable=g-import-not-at-top
   try:
     result = export.export(FLAGS.model_dir, FLAGS.format, FLAGS.output, FLAGS.data_dir,
-                           FLAGS.max_examples, FLAGS.weights)
+                           FLAGS.max_examples, FLAGS.weights, FLAGS.latency)
   except (export.ExportError, data.DataError) as e:
     sys.exit(f"error: {e}")
   print(f"{result['format']}: {result['path']} ({result['bytes'] / 1e6:.2f} MB)")
   print(f"on {result['examples']} images: top-1 agreement {result['agreement']:.4f}, "
         f"accuracy {result['accuracy_export']:.4f} (Keras {result['accuracy_keras']:.4f}), "
         f"largest probability difference {result['max_probability_difference']:.2e}")
+  if FLAGS.latency:
+    print(f"one image: {result['latency_ms_export']:.2f} ms (Keras "
+          f"{result['latency_ms_keras']:.2f} ms)")
   passed = result["agreement"] >= result["min_agreement"]
   if not passed:
     print(f"error: agreement {result['agreement']:.4f} is below {result['min_agreement']} "

@@ -1,0 +1,72 @@
+"""Top-k classes of images under any export of scripts/export.py, or a run dir.
+
+  python scripts/predict.py --model=PATH [--top_k=3] IMAGE_OR_DIR ...
+
+A directory means every file in it (and its subfolders). Prints one line per image; an
+image that cannot be read gets one `error:` line and the others are still predicted.
+The last line is JSON, one entry per image: {"path": ..., "top": [[class, probability],
+...]} or {"path": ..., "error": ...}. Exit status 1 if no image could be predicted.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("model", None, "an export (saved_model, .keras, .tflite, .onnx, tfjs "
+                    "dir, with its .meta.json) or a run dir", required=True)
+flags.DEFINE_integer("top_k", 3, "classes shown per image")
+FLAGS = flags.FLAGS
+
+
+def image_files(paths):
+  """[(path, error or None)]: files as given, directories expanded in sorted order."""
+  found = []
+  for path in paths:
+    if os.path.isdir(path):
+      found += [(os.path.join(d, f), None) for d, subdirs, files in sorted(os.walk(path))
+                for f in sorted(files) if not f.startswith(".")]
+    else:
+      found.append((path, None if os.path.isfile(path) else "no such file"))
+  return found
+
+
+def main(argv):
+  from research import data, export  # pylint: disable=g-import-not-at-top
+  if len(argv) < 2:
+    sys.exit("error: name at least one image or directory: predict.py --model=PATH IMAGE ...")
+  if FLAGS.top_k < 1:
+    sys.exit("error: --top_k must be >= 1")
+  try:
+    model = export.open_export(FLAGS.model)
+  except (export.ExportError, data.DataError) as e:
+    sys.exit(f"error: {e}")
+  files = image_files(argv[1:])
+  readable = [path for path, error in files if error is None]
+  images, ok = data.decode_images(readable, model.image_size) if readable else ([], [])
+  decoded = {path: i for i, path in enumerate(readable) if ok[i]}
+  probabilities = model.probabilities(images[ok]) if decoded else []
+  row = {path: n for n, path in enumerate(p for p in readable if p in decoded)}
+  entries = []
+  for path, error in files:
+    if error is None and path not in decoded:
+      error = "not an image this model can read (cannot be decoded)"
+    if error:
+      print(f"error: {path}: {error}", file=sys.stderr)
+      entries.append({"path": path, "error": error})
+      continue
+    probs = probabilities[row[path]]
+    top = [[model.class_names[k], round(float(probs[k]), 6)]
+           for k in probs.argsort()[::-1][:FLAGS.top_k]]
+    print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+    entries.append({"path": path, "top": top})
+  print(json.dumps(entries))
+  sys.exit(0 if decoded else 1)
+
+
+if __name__ == "__main__":
+  app.run(main)

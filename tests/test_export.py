@@ -1,0 +1,155 @@
+"""scripts/export.py's formats, each checked against the Keras model, and predict.py."""
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from research import export, loop, models, tfjs
+from research.config import Config
+from tests.conftest import ROOT, tiny_config
+
+SUFFIX = {"keras": ".keras", "litert": ".tflite", "litert_int8": ".tflite", "onnx": ".onnx"}
+
+
+def _missing(fmt):
+  """Why `fmt` cannot run here, or None. CI installs the export extra; TF.js needs
+  scripts/setup_tfjs.sh, which CI does not run."""
+  if fmt == "onnx":
+    absent = [m for m in ("tf2onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    return f"{', '.join(absent)} not installed (pip install -e '.[export]')" if absent else None
+  if fmt == "tfjs":
+    return tfjs.missing()
+  return None
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A tiny run that has learned something: parity on near-uniform outputs would only
+  measure ties."""
+  tmp = tmp_path_factory.mktemp("export")
+  config = tiny_config(tmp, train_steps=40, optimizer="adam", learning_rate=2e-3,
+                       weight_decay=0.0, augment="", eval_every=40, checkpoint_every=40,
+                       log_every=40, num_classes=4)
+  loop.train(config)
+  return config.model_dir
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_each_format_matches_the_keras_model(fmt, run_dir, tmp_path):
+  if _missing(fmt):
+    pytest.skip(_missing(fmt))
+  output = str(tmp_path / f"model{SUFFIX.get(fmt, '')}")
+  result = export.export(run_dir, fmt, output, latency=fmt == "litert_int8")
+  assert result["examples"] == 64 and result["bytes"] > 1000
+  assert result["agreement"] >= export.MIN_AGREEMENT[fmt], result
+  assert result["accuracy_keras"] > 0.5  # What the agreement is measured on is not noise.
+  if fmt == "litert_int8":
+    assert 0 < result["latency_ms_export"] < 1000 and result["latency_ms_keras"] > 0
+  loaded = export.open_export(output)
+  meta = json.load(open(output + export.META_SUFFIX))
+  assert loaded.class_names == meta["classes"] == json.load(
+      open(os.path.join(run_dir, "classes.json")))
+  images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+  probabilities = loaded.probabilities(images)
+  assert probabilities.shape == (3, 4)
+  np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=0.02)
+
+
+def test_saved_model_takes_encoded_images_and_names_the_class(run_dir, tmp_path):
+  output = str(tmp_path / "saved_model")
+  export.export(run_dir, "saved_model", output)
+  image = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  encoded = io.BytesIO()
+  Image.fromarray(image).save(encoded, format="PNG")
+  loaded = tf.saved_model.load(output)
+  from_bytes = loaded.signatures["serve_bytes"](image_bytes=tf.constant([encoded.getvalue()]))
+  from_pixels = loaded.signatures["serving_default"](images=tf.constant(image[None]))
+  np.testing.assert_allclose(from_bytes["probabilities"], from_pixels["probabilities"])
+  names = json.load(open(os.path.join(run_dir, "classes.json")))
+  top = int(np.argmax(from_pixels["probabilities"][0]))
+  assert from_pixels["class"].numpy()[0].decode() == names[top]
+
+
+def test_a_bfloat16_model_is_rebuilt_in_float32_for_the_converters(run_dir, tmp_path):
+  # The tiny run's weights in a model built under mixed_bfloat16, as such a run saves it.
+  bf16_dir = tmp_path / "bf16_run"
+  bf16_dir.mkdir()
+  config = Config.load(os.path.join(run_dir, "config.json")).replace(
+      precision="mixed_bfloat16", model_dir=str(bf16_dir))
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = models.build(config)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  model.set_weights(keras.models.load_model(os.path.join(run_dir, "model.keras")).get_weights())
+  model.save(str(bf16_dir / "model.keras"))
+  config.save(str(bf16_dir / "config.json"))
+  with open(bf16_dir / "classes.json", "w") as f:
+    f.write(open(os.path.join(run_dir, "classes.json")).read())
+  _, _, rebuilt = export.float32_model(str(bf16_dir))
+  assert {layer.compute_dtype for layer in rebuilt.layers} == {"float32"}
+  result = export.export(str(bf16_dir), "litert", str(tmp_path / "model.tflite"),
+                         data_dir="")
+  assert result["agreement"] >= export.MIN_AGREEMENT["litert"]
+
+
+def test_tfjs_without_its_environment_says_how_to_make_it(run_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv("RESEARCH_TFJS_ENV", str(tmp_path / "none"))
+  with pytest.raises(export.ExportError, match="scripts/setup_tfjs.sh"):
+    export.export(run_dir, "tfjs", str(tmp_path / "tfjs"))
+  assert not os.path.exists(tmp_path / "tfjs")
+
+
+def test_an_existing_path_that_is_not_an_export_is_kept(run_dir, tmp_path):
+  output = tmp_path / "notes.keras"
+  output.write_text("mine")
+  with pytest.raises(export.ExportError, match="exists and is not an export"):
+    export.export(run_dir, "keras", str(output))
+  assert output.read_text() == "mine"
+
+
+def _script(name, *args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  done = subprocess.run([sys.executable, os.path.join("scripts", name), *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=300)
+  return done.returncode, done.stdout, done.stderr
+
+
+def test_export_and_predict_scripts_end_in_json(run_dir, tmp_path):
+  output = str(tmp_path / "model.keras")
+  code, out, err = _script("export.py", f"--model_dir={run_dir}", "--format=keras",
+                           f"--output={output}")
+  assert code == 0, err[-2000:]
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["format"] == "keras" and result["agreement"] == 1.0
+
+  images = tmp_path / "images"
+  images.mkdir()
+  for i in range(2):
+    Image.fromarray(np.full((20, 24, 3), 60 * i, np.uint8)).save(images / f"{i}.png")
+  (images / "readme.txt").write_text("not an image")
+  code, out, err = _script("predict.py", f"--model={output}", "--top_k=2", str(images),
+                           str(tmp_path / "missing.jpg"))
+  assert code == 0, err[-2000:]
+  entries = json.loads(out.strip().splitlines()[-1])
+  assert [os.path.basename(e["path"]) for e in entries] == [
+      "0.png", "1.png", "readme.txt", "missing.jpg"]
+  assert all(len(e["top"]) == 2 for e in entries[:2])
+  assert "cannot be decoded" in entries[2]["error"] and entries[3]["error"] == "no such file"
+  assert err.count("error:") == 2
+
+
+def test_predict_refuses_a_model_it_cannot_open(tmp_path):
+  bogus = tmp_path / "model.onnx"
+  bogus.write_text("not a model")
+  code, _, err = _script("predict.py", f"--model={bogus}", str(bogus))
+  assert code == 1 and "error:" in err and "meta.json" in err
