@@ -1,9 +1,11 @@
 import json
+import os
 
 import pytest
 
-from research import plugins
+from research import config as config_lib, plugins
 from research.config import Config, ConfigError
+from tests.conftest import ROOT
 
 
 def test_defaults_validate():
@@ -78,3 +80,9 @@ def test_json_round_trip(tmp_path):
 def test_checkpoint_differences_name_fields():
   a, b = Config(model="resnet20"), Config(model="resnet56", learning_rate=1.0)
   assert a.checkpoint_differences(b) == ["model: 'resnet56' in the model dir, 'resnet20' now"]
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
+def test_every_flagfile_of_configs_is_a_valid_config(name):
+  config = config_lib.from_flagfile(os.path.join(ROOT, "configs", name), dataset="synthetic")
+  plugins.validate(config.validate())

@@ -218,3 +218,16 @@ def test_freezing_a_model_without_a_head_is_refused(make_config):
   config = make_config(freeze_epochs=1.0).resolve(192, 4)
   with pytest.raises(ConfigError, match="no layer named 'logits'"):
     steps.StepSpec.from_config(config, model)
+
+
+def test_weights_file_fills_a_model_without_a_backbone(make_config, tmp_path):
+  config = make_config().resolve(192, 4)
+  donor, _ = make_runner(config)
+  path = str(tmp_path / "resnet8.weights.h5")
+  donor.model.save_weights(path)
+  state, _ = make_runner(config.replace(weights=path))
+  record = transfer.initialize(state.model, config.replace(weights=path), list("abcd"),
+                               write=False)
+  assert record["new"] == [] and len(record["loaded"]) == len(state.model.weights)
+  for ours, theirs in zip(state.model.weights, donor.model.weights):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
