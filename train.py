@@ -44,6 +44,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  # Set on the command line or in a flagfile: the model's training defaults fill the rest.
+  explicit = {name for name, *_ in config_lib.fields() if FLAGS[name].present}
   try:
     config = config_lib.from_flags(FLAGS).validate()  # The core values, in a moment.
     if not FLAGS.list:
@@ -53,11 +55,16 @@ def main(argv):
   logging.info("loading TensorFlow and the registries")
   startup.import_tensorflow(FLAGS.verbose, config.cpu_devices,
                             init_devices=config.strategy != "multi_worker")
-  from research import checkpoints, data, interrupts, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
+  from research import checkpoints, data, interrupts, loop, models, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
   try:
     plugins.validate(config)  # Every registry item the flags name, before any data.
+    config = config.with_model_defaults(models.defaults_of(config.model), explicit)
+    plugins.validate(config.validate())
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
+  if config.model_defaults and not FLAGS.list:
+    logging.info("--model=%s trains with its defaults where no flag is set: %s",
+                 config.model, config.model_defaults)
   if FLAGS.list:
     known = plugins.registries()
     if FLAGS.list != "all" and FLAGS.list not in known:

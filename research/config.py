@@ -24,6 +24,10 @@ ON_NAN = ("skip", "rollback", "halt")
 # (docs/TENSORBOARD.md); the profile stays opt-in.
 DEFAULT_HOOKS = "train_images,predictions,histograms,hparams,model_summary"
 
+# Fields of which a run sets one at most: a model's default for one of them is not taken
+# when a flag sets another (research/models: training defaults).
+EXCLUSIVE = (("ema_decay", "lookahead_every"), ("weights", "init_from"))
+
 # Fields that shape the checkpoint: a model dir written with other values is refused.
 CHECKPOINT_FIELDS = ("model", "num_classes", "image_size", "optimizer", "averaging")
 
@@ -151,6 +155,8 @@ class Config:
   steps_per_epoch: int = _field(0, "set from the data")
   warmup_steps: int = _field(0, "set from --warmup_epochs")
   freeze_steps: int = _field(0, "set from --freeze_epochs")
+  model_defaults: str = _field("", "the model's training defaults this run took: the "
+                               "fields no flag set")
 
   # ---------------------------------------------------------------------------
 
@@ -169,6 +175,16 @@ class Config:
   @property
   def global_eval_batch_size(self):
     return self.eval_batch_size or self.batch_size
+
+  def with_model_defaults(self, defaults, explicit):
+    """A copy taking `defaults` ({field: value}: the model's recommended training
+    settings) for every field not in `explicit` (the flags the user set, on the command
+    line or in a flagfile); `model_defaults` lists what it took, as flags."""
+    # Not the fields the user set, nor those their flags exclude (Lookahead after --ema_decay).
+    kept = set(explicit).union(*(g for g in EXCLUSIVE if set(explicit) & set(g)))
+    taken = {name: value for name, value in sorted(defaults.items()) if name not in kept}
+    return self.replace(**taken, model_defaults=" ".join(
+        f"--{name}={value}" for name, value in taken.items()))
 
   def validate(self):
     """Raises ConfigError on the first core value that cannot run. Writes nothing.
@@ -349,7 +365,7 @@ def from_flagfile(path, **overrides):
 
 def fields():
   """(name, type, default, help) of every user-settable field, for flag definitions."""
-  derived = {"steps_per_epoch", "warmup_steps", "freeze_steps"}
+  derived = {"steps_per_epoch", "warmup_steps", "freeze_steps", "model_defaults"}
   return [(f.name, f.type, f.default, f.metadata["help"])
           for f in dataclasses.fields(Config) if f.name not in derived]
 

@@ -30,7 +30,8 @@ RUN_FIELDS = frozenset((
     "steps_per_loop", "loop_seconds", "progress_seconds", "eval_every", "log_every",
     "checkpoint_every", "keep_checkpoints", "on_nan", "nan_retries", "inject_nan_step",
     "hooks", "plugins", "metrics", "tta", "eval_data_dir", "allow_config_change",
-    "weights", "init_from"))  # These two only act at a fresh start.
+    "weights", "init_from",  # These two only act at a fresh start.
+    "model_defaults"))  # A record: the fields it names are compared themselves.
 
 
 def prepare(path):

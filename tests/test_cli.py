@@ -92,6 +92,11 @@ def test_train_then_evaluate_a_folder(tmp_path):
   assert "eval at step 12: 4 validation examples" in result.stderr
   config = json.load(open(model_dir / "config.json"))
   assert config["train_steps"] == 12 and config["num_classes"] == 2
+  # resnet8's training defaults filled what no flag set, and both places say which.
+  assert "--model=resnet8 trains with its defaults where no flag is set: --augment=" \
+      in result.stderr
+  assert "--schedule=cosine" in config["model_defaults"]
+  assert "--optimizer" not in config["model_defaults"] and config["optimizer"] == "adam"
 
   scored = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
                f"--cache_dir={tmp_path / 'cache'}")

@@ -86,3 +86,26 @@ def test_checkpoint_differences_name_fields():
 def test_every_flagfile_of_configs_is_a_valid_config(name):
   config = config_lib.from_flagfile(os.path.join(ROOT, "configs", name), dataset="synthetic")
   plugins.validate(config.validate())
+
+
+def test_model_defaults_fill_only_what_no_flag_set():
+  defaults = {"optimizer": "adam", "learning_rate": 1e-3, "lookahead_every": 5,
+              "weights": "imagenet"}
+  config = Config(learning_rate=0.5, ema_decay=0.9, init_from="runs/mine").with_model_defaults(
+      defaults, explicit={"learning_rate", "ema_decay", "init_from"})
+  assert (config.optimizer, config.learning_rate) == ("adam", 0.5)
+  # Lookahead would clash with the user's EMA, ImageNet weights with their --init_from.
+  assert config.lookahead_every == 0 and config.weights == "none"
+  assert config.model_defaults == "--optimizer=adam"
+
+
+def test_every_model_default_is_valid_and_matches_its_flagfile():
+  from research import models  # pylint: disable=g-import-not-at-top
+  for name, defaults in models.TRAINING_DEFAULTS.items():
+    config = Config(model=name, dataset="synthetic").with_model_defaults(defaults, set())
+    plugins.validate(config.validate())
+  for flagfile, model in (("baseline_cnn", "baseline_cnn"), ("improved_cnn", "improved_cnn"),
+                          ("cifar10_fast", "airbench"), ("finetune_imagenet", "efficientnet_b0")):
+    recipe = config_lib.from_flagfile(os.path.join(ROOT, "configs", f"{flagfile}.flags"))
+    for field, value in models.TRAINING_DEFAULTS[model].items():
+      assert getattr(recipe, field) == value, (flagfile, field)

@@ -10,8 +10,8 @@ import keras
 from keras import layers
 
 from research.losses import LOSSES, cross_entropy
-from research.models.cnn import baseline_cnn
-from research.models.registry import MODELS
+from research.models.cnn import TUTORIAL, baseline_cnn
+from research.models.registry import MODELS, training_defaults
 
 
 @MODELS.register("baseline_cnn_aux")
@@ -23,6 +23,9 @@ def baseline_cnn_aux(num_classes, image_size):
   aux = layers.Dense(num_classes, dtype="float32", name="aux_logits")(side)
   return keras.Model(base.input, {"logits": base.output, "aux_logits": aux},
                      name="baseline_cnn_aux")
+
+
+training_defaults("baseline_cnn_aux", **TUTORIAL, loss="aux_cross_entropy(weight=0.3)")
 
 
 @LOSSES.register("aux_cross_entropy")

@@ -5,6 +5,7 @@ model scores raw pixels. Logits are float32 under any mixed-precision policy.
 Importing this package registers every family below.
 """
 
-from research.models.registry import MODELS, build, init_from_data  # noqa: F401
+from research.models.registry import MODELS, TRAINING_DEFAULTS, build, defaults_of  # noqa: F401
+from research.models.registry import init_from_data, training_defaults  # noqa: F401
 from research.models import airbench, backbones, cnn, resnet  # noqa: F401,E402  (registers models)
 from research.models.airbench import whitening_biases  # noqa: F401,E402

@@ -14,7 +14,7 @@ from keras import layers, ops
 import numpy as np
 import tensorflow as tf
 
-from research.models.registry import MODELS, standardized_input
+from research.models.registry import MODELS, training_defaults, standardized_input
 
 WIDTHS = (64, 256, 256)
 # Running statistics keep 60% of their old value each step (PyTorch's momentum=0.4).
@@ -170,3 +170,15 @@ MODELS.register("airbench_nowhiten")(
     lambda num_classes, image_size: airbench(num_classes, image_size, whiten=False))
 MODELS.register("airbench_noidentity")(
     lambda num_classes, image_size: airbench(num_classes, image_size, identity_init=False))
+
+# The fast recipe (configs/cifar10_fast.flags, where each line is explained).
+FAST_RECIPE = dict(
+    batch_size=1024, epochs=10.0, optimizer="sgd", nesterov=True, momentum=0.85,
+    learning_rate=1.5, schedule="linear", warmup_epochs=2.3, warmup_from=0.2, decay_to=0.07,
+    weight_decay=0.009, loss="cross_entropy(label_smoothing=0.2)",
+    augment="crop(padding=2),alternating_flip",
+    param_rules="batchnorm(lr_scale=64),whitening_bias(epochs=3)", lookahead_every=5,
+    tta="flip_translate")
+training_defaults("airbench", **FAST_RECIPE)
+training_defaults("airbench_noidentity", **FAST_RECIPE)
+training_defaults("airbench_nowhiten", **{**FAST_RECIPE, "param_rules": "batchnorm(lr_scale=64)"})

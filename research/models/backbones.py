@@ -17,7 +17,7 @@ from typing import Callable
 import keras
 from keras import layers
 
-from research.models.registry import MODELS, logits
+from research.models.registry import MODELS, logits, training_defaults
 
 PREFERRED_SIZE = 224  # The ImageNet training size of every backbone below.
 
@@ -84,5 +84,13 @@ def _register(name):
   return build
 
 
+# Fine-tuning from ImageNet (configs/finetune_imagenet.flags): the head alone for 2
+# epochs, then everything, the backbone at a tenth of Adam's learning rate.
+FINE_TUNING = dict(weights="imagenet", freeze_epochs=2.0, backbone_lr_scale=0.1,
+                   optimizer="adam", learning_rate=1e-3, momentum=0.9, weight_decay=0.0,
+                   schedule="cosine", warmup_epochs=0.0, batch_size=64,
+                   augment="crop(padding=4),flip", epochs=10.0)
+
 for _name in BACKBONES:
   _register(_name)
+  training_defaults(_name, **FINE_TUNING)

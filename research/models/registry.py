@@ -4,14 +4,34 @@ import keras
 from keras import layers
 import numpy as np
 
-from research.config import ConfigError
+from research.config import ConfigError, fields
 from research.registry import Registry
 
 MODELS = Registry("model")
 
+# Model name -> {config field: value}: the training settings a model trains well with,
+# taken by train.py for every field no flag sets (`training_defaults`).
+TRAINING_DEFAULTS = {}
+
 # Per-channel statistics of CIFAR-10 training pixels, in [0, 255] units.
 CIFAR_MEAN = (125.3, 123.0, 113.9)
 CIFAR_VARIANCE = (63.0 ** 2, 62.1 ** 2, 66.7 ** 2)
+
+
+def training_defaults(name, **settings):
+  """Registers the recommended training settings of model `name` (Config fields):
+  `python train.py --model=NAME` takes them where no flag or flagfile sets the field."""
+  unknown = sorted(set(settings) - {field for field, *_ in fields()})
+  if unknown:
+    raise ValueError(f"training_defaults({name!r}): not config fields: {', '.join(unknown)}")
+  if name in TRAINING_DEFAULTS:
+    raise ValueError(f"training defaults of {name!r} are already registered")
+  TRAINING_DEFAULTS[name] = settings
+
+
+def defaults_of(model):
+  """The training defaults of `model` (a --model item, e.g. "resnet50(input_size=64)")."""
+  return TRAINING_DEFAULTS.get(MODELS.parse(model).name, {})
 
 
 def build(config):

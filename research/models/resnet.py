@@ -3,7 +3,7 @@
 import keras
 from keras import layers
 
-from research.models.registry import MODELS, logits, standardized_input
+from research.models.registry import MODELS, logits, standardized_input, training_defaults
 
 
 def _conv_bn(x, filters, strides=1, relu=True):
@@ -38,3 +38,8 @@ for _depth in (8, 20, 56):
   MODELS.register(f"resnet{_depth}")(
       lambda num_classes, image_size, depth=_depth: cifar_resnet(depth, num_classes,
                                                                   image_size))
+  # He et al.'s SGD at 0.1 with Nesterov momentum and crop+flip, the cosine decay of
+  # later work instead of their steps (Config's own defaults are these).
+  training_defaults(f"resnet{_depth}", optimizer="sgd", learning_rate=0.1, momentum=0.9,
+                    nesterov=True, weight_decay=5e-4, schedule="cosine",
+                    warmup_epochs=0.0, batch_size=128, augment="crop,flip", epochs=30.0)
