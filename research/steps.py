@@ -192,9 +192,13 @@ def _apply_if(strategy, state, spec, grads, finite, stats):
     frozen = [(variables[i], steps, before[i]) for i, steps in spec.frozen_after]
     # Keras all-reduces the gradients across replicas; LossScaleOptimizer
     # unscales them and skips the update if any is not finite.
+    # The head-only phase updates the head alone: not even weight decay moves the rest
+    # (accumulated gradients hold zeros, not None, for it).
+    training = set(spec.head) if spec.head_only else set(range(len(variables)))
     strategy.extended.call_for_each_replica(
         lambda *a: state.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(replica_grads(*a), variables) if g is not None]),
+            [(g, v) for i, (g, v) in enumerate(zip(replica_grads(*a), variables))
+             if g is not None and i in training]),
         args=args)
     for i, scale in spec.update_scales:  # Exact lr scaling: the update is linear in it.
       variables[i].assign(before[i] + scale * (variables[i] - before[i]))

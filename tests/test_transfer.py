@@ -231,3 +231,15 @@ def test_weights_file_fills_a_model_without_a_backbone(make_config, tmp_path):
   assert record["new"] == [] and len(record["loaded"]) == len(state.model.weights)
   for ours, theirs in zip(state.model.weights, donor.model.weights):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_the_head_only_phase_moves_nothing_else_with_accumulation_and_decay(make_config):
+  config = make_config(freeze_epochs=1.0, grad_accum_steps=2, weight_decay=0.1,
+                       train_steps=4).resolve(192, 4)
+  state, runner = make_runner(config)
+  backbone = [i for i in range(len(state.model.trainable_variables))
+              if i not in runner.spec.head]
+  before = _weights_of(state.model, backbone)
+  runner.train_loop(_batches(runner, config), tf.constant(4))  # Two updates, both frozen.
+  for a, b in zip(before, _weights_of(state.model, backbone)):
+    np.testing.assert_array_equal(a, b)
