@@ -14,6 +14,7 @@ optional `export` extra; TF.js lives in an environment of its own (research/tfjs
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -102,7 +103,12 @@ def _saved_model(model, output, class_names=None, dtype=tf.uint8):
   if class_names is not None:
     archive.add_endpoint("serve_bytes", from_bytes, input_signature=[
         tf.TensorSpec([None], tf.string, name="image_bytes")])
-  archive.write_out(output, verbose=False)
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  try:
+    archive.write_out(output, verbose=False)
+  finally:  # write_out(verbose=False) leaves absl's logger at WARNING: the run's INFO lines
+    absl_logger.setLevel(level)  # would vanish after an export in the same process.
 
 
 @contextlib.contextmanager

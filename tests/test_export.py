@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -66,7 +67,9 @@ def test_each_format_matches_the_keras_model(fmt, run_dir, tmp_path):
 
 def test_saved_model_takes_encoded_images_and_names_the_class(run_dir, tmp_path):
   output = str(tmp_path / "saved_model")
+  level = logging.getLogger("absl").level
   export.export(run_dir, "saved_model", output)
+  assert logging.getLogger("absl").level == level  # Keras' export leaves it at WARNING.
   image = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
   encoded = io.BytesIO()
   Image.fromarray(image).save(encoded, format="PNG")
