@@ -26,18 +26,20 @@ def _batch(num_classes, size=16, n=8, seed=0):
 @pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
 def test_each_backbone_learns_a_batch_at_another_input_size(name, make_config):
   # 16x16 images resized to the backbone's 32 inside the model; eager steps of the
-  # training step's own forward and backward pass (compiling these is minutes).
-  config = make_config(model=f"{name}(input_size=32)", optimizer="adam",
+  # training step's own forward and backward pass (compiling these is minutes). Seeded:
+  # BatchNorm on 16 images at 1x1 resolution makes a few steps' losses noisy.
+  keras.utils.set_random_seed(0)
+  config = make_config(model=f"{name}(input_size=32)", optimizer="adam", batch_size=16,
                        learning_rate=1e-3, weight_decay=0.0).resolve(256, 3)
   state, runner = make_runner(config)
   assert state.model.input_shape == (None, 16, 16, 3)
   assert state.model.get_layer("backbone").input_shape == (None, 32, 32, 3)
-  batch, losses = _batch(3), []
-  for _ in range(4):
+  batch, losses = _batch(3, n=16), []
+  for _ in range(5):
     result = steps.forward_backward(state, runner.spec, batch)
     state.optimizer.apply_gradients(zip(result.grads, state.model.trainable_variables))
     losses.append(float(result.loss))
-  assert losses[-1] < losses[0], losses
+  assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_the_resnet50_preprocessing_is_keras_own():
