@@ -16,12 +16,17 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_string("data_dir", None, "folder of class subfolders", required=True)
-flags.DEFINE_string("output", None, "new folder to make", required=True)
-flags.DEFINE_list("classes", [], "class subfolders to take (default: all)")
-flags.DEFINE_integer("skip", 0, "files left out at the start of each class, in sorted order")
-flags.DEFINE_integer("count", 0, "files taken per class after the skipped ones (0: all)")
 FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Only when run as a script: tests import `subset` beside other flag owners."""
+  flags.DEFINE_string("data_dir", None, "folder of class subfolders", required=True)
+  flags.DEFINE_string("output", None, "new folder to make", required=True)
+  flags.DEFINE_list("classes", [], "class subfolders to take (default: all)")
+  flags.DEFINE_integer("skip", 0, "files left out at the start of each class, in sorted "
+                       "order")
+  flags.DEFINE_integer("count", 0, "files taken per class after the skipped ones (0: all)")
 
 
 def subset(data_dir, output, classes, skip=0, count=0):
@@ -61,4 +66,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
