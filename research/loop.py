@@ -91,8 +91,8 @@ def _train(config, strategy, chief):
     if initialized:
       logging.info("initialized from data: %s", ", ".join(initialized))
     # After the data's initialization: weights loaded from elsewhere take precedence.
-    initialized += [transfer.initialize(state.model, config, data.class_names, write=chief)]
-    if any(initialized) and state.ema is not None:
+    loaded = transfer.initialize(state.model, config, data.class_names, write=chief)
+    if (initialized or loaded) and state.ema is not None:
       state.ema.reset()  # Average from the initialized weights, not the random ones.
     if config.on_nan == "rollback":
       ckpt.save(0)  # A rollback before the first checkpoint restarts from here.

@@ -67,7 +67,6 @@ def load_weights(model, weights, model_name):
           "--weights=PATH (a Keras weights file of the backbone, downloaded elsewhere) or "
           "--init_from=RUN_DIR (a run of yours)") from None
     target.set_weights(source.get_weights())
-    loaded = [v.path for v in target.weights]
   else:
     target = target or model
     try:
@@ -76,7 +75,7 @@ def load_weights(model, weights, model_name):
       raise ConfigError(f"--weights={weights}: cannot load it into "
                         f"{'the backbone' if target is not model else 'the model'} "
                         f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
-    loaded = [v.path for v in target.weights]
+  loaded = [v.path for v in target.weights]
   new = [{"variable": v.path, "reason": "not in the weights"}
          for v in model.weights if target is not model and not _within(v, target)]
   return {"source": f"--weights={weights}", "loaded": loaded, "new": new}
