@@ -11,6 +11,13 @@ one. To add one, register a builder whose keyword parameters are its settings:
     @AUGMENTATIONS.register("invert")
     def invert(probability=1.0):          # --augment="crop,invert(probability=0.5)"
       return on_images(lambda images, seed: ...)
+
+Several workers each build only their own share of a global batch (research/data.py)
+when every op is `sharded`: it draws its per-example randomness with `uniform`, which
+slices one draw over the whole global batch, so an example is augmented the same
+however the batch is split. `on_examples` makes such an op; an op that mixes examples
+across the batch (mixup) or draws by the batch it is given (`on_images`) is not, and
+makes each worker build the whole batch, as on one machine.
 """
 
 import dataclasses
@@ -25,23 +32,55 @@ AUGMENTATIONS = Registry("augmentation")
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-  """What an op may know besides the batch: the run's --seed, and the step's epoch."""
+  """What an op may know besides the batch: the run's --seed, the step and its epoch,
+  and which examples of the global batch of `batch_size` this batch holds: `size` of
+  them from `offset` on (all of them unless the pipeline is sharded)."""
   run_seed: int
   step: tf.Tensor   # int64 scalar
   epoch: tf.Tensor  # int64 scalar
+  batch_size: int
+  offset: int = 0
+  size: int = None  # None: batch_size
+
+  @property
+  def share(self):
+    return slice(self.offset, self.offset + (self.size or self.batch_size))
 
 
-def pipeline(augment, run_seed):
-  """The `--augment` ops chained into one `(batch, seed, step, epoch) -> batch`."""
-  ops = [AUGMENTATIONS.build(spec) for spec in AUGMENTATIONS.parse_list(augment)]
+def uniform(seed, context, rows=(), low=0, high=1, dtype=tf.float32):
+  """Per-example draws [*rows, b] for this batch's b examples: this batch's slice of
+  one draw over the global batch (so every worker gives an example the same values)."""
+  values = tf.random.stateless_uniform([*rows, context.batch_size], seed=seed,
+                                       minval=tf.cast(low, dtype), maxval=tf.cast(high, dtype),
+                                       dtype=dtype)
+  return values[..., context.share]
 
-  def apply(batch, seed, step, epoch):
-    context = Context(run_seed, step, epoch)
-    for i, op in enumerate(ops):
+
+class Pipeline:
+  """The `--augment` ops chained into one `(batch, seed, context) -> batch`."""
+
+  def __init__(self, augment, run_seed):
+    self.run_seed = run_seed
+    self.ops = [AUGMENTATIONS.build(spec) for spec in AUGMENTATIONS.parse_list(augment)]
+    self.sharded = all(getattr(op, "sharded", False) for op in self.ops)
+
+  def context(self, step, epoch, batch_size, offset=0, size=None):
+    return Context(self.run_seed, step, epoch, batch_size, offset, size)
+
+  def __call__(self, batch, seed, context):
+    for i, op in enumerate(self.ops):
       batch = op(batch, tf.random.experimental.stateless_fold_in(seed, i), context)
     return batch
 
-  return apply
+
+def pipeline(augment, run_seed):
+  return Pipeline(augment, run_seed)
+
+
+def sharded(op):
+  """Marks `op` as drawing its randomness per example with `uniform` (or none)."""
+  op.sharded = True
+  return op
 
 
 def on_images(fn):
@@ -52,26 +91,30 @@ def on_images(fn):
   return op
 
 
-def _uniform(seed, shape, low=0.0, high=1.0):
-  return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+def on_examples(fn):
+  """Lifts `fn(images, seed, context) -> images`, which draws with `uniform`, to a
+  sharded batch op that leaves labels alone."""
+  return sharded(lambda batch, seed, context: {**batch, "image": fn(batch["image"], seed,
+                                                                   context)})
 
 
-def random_flip(images, seed):
+def random_flip(images, seed, context):
   """Horizontal flip of a random half of the batch."""
-  do_flip = _uniform(seed, [tf.shape(images)[0]]) < 0.5
+  do_flip = uniform(seed, context) < 0.5
   return tf.where(do_flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
 
 @AUGMENTATIONS.register("flip")
 def flip():
   """Horizontal flip of a random half of the batch."""
-  return on_images(random_flip)
+  return on_examples(random_flip)
 
 
 @AUGMENTATIONS.register("alternating_flip")
 def alternating_flip():
   """airbench's flip: a random half of the examples in epoch 0, then the other half
   in epoch 1 and so on, so every example is seen both ways in every two epochs."""
+  @sharded
   def op(batch, seed, context):
     del seed
     # A fixed random bit per example (an integer hash of id and run seed).
@@ -90,24 +133,23 @@ def crop(padding=4):
   if padding < 0:
     raise ValueError(f"crop: padding must be >= 0, got {padding}")
 
-  def fn(images, seed):
+  def fn(images, seed, context):
     if padding == 0:
       return images
-    batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    height, width = images.shape[1], images.shape[2]
     padded = tf.pad(images, [[0, 0], [padding] * 2, [padding] * 2, [0, 0]], mode="REFLECT")
-    offsets = tf.random.stateless_uniform([2, batch], seed=seed, minval=0,
-                                          maxval=2 * padding + 1, dtype=tf.int32)
+    offsets = uniform(seed, context, [2], 0, 2 * padding + 1, tf.int32)
     rows = offsets[0][:, None] + tf.range(height)[None]  # [B, H]
     cols = offsets[1][:, None] + tf.range(width)[None]   # [B, W]
     out = tf.gather(padded, rows, axis=1, batch_dims=1)
     return tf.gather(out, cols, axis=2, batch_dims=1)
 
-  return on_images(fn)
+  return on_examples(fn)
 
 
-def _boxes(seed, batch, height, width, box_height, box_width):
-  """[B, H, W, 1] masks of one box per image, centre uniform, clipped to the image."""
-  centre = _uniform(seed, [2, batch])
+def _boxes(centre, height, width, box_height, box_width):
+  """[B, H, W, 1] masks of one box per image, `centre` [2, B] uniform in [0, 1), clipped
+  to the image."""
   cy = tf.cast(centre[0] * height, tf.int32)[:, None]
   cx = tf.cast(centre[1] * width, tf.int32)[:, None]
   top, left = cy - box_height // 2, cx - box_width // 2
@@ -123,11 +165,12 @@ def cutout(size=8):
   if size < 1:
     raise ValueError(f"cutout: size must be >= 1, got {size}")
 
-  def fn(images, seed):
-    hole = _boxes(seed, tf.shape(images)[0], images.shape[1], images.shape[2], size, size)
+  def fn(images, seed, context):
+    centre = uniform(seed, context, [2])
+    hole = _boxes(centre, images.shape[1], images.shape[2], size, size)
     return tf.where(hole, 127.5, images)
 
-  return on_images(fn)
+  return on_examples(fn)
 
 
 @AUGMENTATIONS.register("tutorial")
@@ -136,10 +179,9 @@ def tutorial():
 
   One projective transform per image, nearest fill as ImageDataGenerator did.
   """
-  def fn(images, seed):
-    batch = tf.shape(images)[0]
+  def fn(images, seed, context):
     height, width = float(images.shape[1]), float(images.shape[2])
-    r = _uniform(seed, [4, batch], -1.0, 1.0)
+    r = uniform(seed, context, [4], -1.0, 1.0)
     angle = r[0] * (15.0 * math.pi / 180.0)
     zoom = 1.0 + 0.1 * r[1]
     shift_y, shift_x = r[2] * 0.1 * height, r[3] * 0.1 * width
@@ -155,6 +197,6 @@ def tutorial():
         images=images, transforms=transforms,
         output_shape=tf.constant([int(height), int(width)]), fill_value=0.0,
         interpolation="BILINEAR", fill_mode="NEAREST")
-    return random_flip(out, tf.random.experimental.stateless_fold_in(seed, 99))
+    return random_flip(out, tf.random.experimental.stateless_fold_in(seed, 99), context)
 
-  return on_images(fn)
+  return on_examples(fn)

@@ -15,7 +15,8 @@ from research import files
 from research.registry import split_list
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
-DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+DATASETS = ("cifar10", "cifar100", "folder", "tfrecord", "synthetic")
+DATA_CACHE = ("auto", "memory", "none")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 TTA = ("none", "flip", "flip_translate")
 ON_NAN = ("skip", "rollback", "halt")
@@ -58,8 +59,15 @@ class Config:
                                      "is kept in its config_history.jsonl)")
 
   # Data.
-  dataset: str = _field("cifar10", "|".join(DATASETS))
-  data_dir: str = _field("", "image folder for --dataset=folder (class subfolders)")
+  dataset: str = _field("cifar10", "|".join(DATASETS) + "|tfds:NAME (TensorFlow "
+                        "Datasets, prepared in --data_dir or TFDS's default dir)")
+  data_dir: str = _field("", "image folder for --dataset=folder (class subfolders), "
+                         "record set for --dataset=tfrecord (scripts/make_tfrecords.py), "
+                         "prepared TFDS data for --dataset=tfds:NAME")
+  data_cache: str = _field("auto", "a folder's images: memory (decoded once, cached in "
+                           "--cache_dir, held in memory), none (read from the files as "
+                           "training goes, in bounded memory) or auto (memory when the "
+                           "decoded images take at most a quarter of the available memory)")
   cache_dir: str = _field("", "where decoded folders are cached "
                           "(default: ~/.cache/research)")
   val_split: float = _field(0.1, "fraction of the training data held out for validation "
@@ -197,7 +205,9 @@ class Config:
       if field.type is float and not math.isfinite(value):
         raise ConfigError(f"--{field.name} must be a finite number, got {value}")
     _choice("strategy", self.strategy, STRATEGIES)
-    _choice("dataset", self.dataset, DATASETS)
+    if not self.dataset.startswith("tfds:") or self.dataset == "tfds:":
+      _choice("dataset", self.dataset, DATASETS + ("tfds:NAME",))
+    _choice("data_cache", self.data_cache, DATA_CACHE)
     _choice("precision", self.precision, PRECISIONS)
     _choice("on_nan", self.on_nan, ON_NAN)
     _choice("tta", self.tta, TTA)
@@ -242,15 +252,17 @@ class Config:
         raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
     if not 0.0 <= self.momentum < 1.0:
       raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
-    if self.dataset == "folder":
+    if self.dataset in ("folder", "tfrecord"):
       if not self.data_dir:
-        raise ConfigError("--dataset=folder needs --data_dir=DIR (class subfolders)")
+        raise ConfigError(f"--dataset={self.dataset} needs --data_dir=DIR ("
+                          + ("class subfolders)" if self.dataset == "folder" else
+                             "a record set of scripts/make_tfrecords.py)"))
       if not os.path.isdir(self.data_dir):
         raise ConfigError(f"--data_dir {self.data_dir!r} is not a directory")
     if self.eval_data_dir:
-      if self.dataset != "folder" or self.val_split:
-        raise ConfigError("--eval_data_dir is for --dataset=folder with --val_split=0 "
-                          "(it replaces the validation split)")
+      if self.dataset not in ("folder", "tfrecord") or self.val_split:
+        raise ConfigError("--eval_data_dir is for --dataset=folder or tfrecord with "
+                          "--val_split=0 (it replaces the validation split)")
       if not os.path.isdir(self.eval_data_dir):
         raise ConfigError(f"--eval_data_dir {self.eval_data_dir!r} is not a directory")
     if self.dataset == "synthetic" and self.val_split == 0:
@@ -303,7 +315,8 @@ class Config:
   def run_dir(self):
     """--model_dir, or its default."""
     model = self.model.split("(")[0].strip()  # resnet50(input_size=64): resnet50.
-    return self.model_dir or os.path.join("runs", f"{model}_{self.dataset}")
+    dataset = self.dataset.replace("tfds:", "tfds_").replace("/", "_")
+    return self.model_dir or os.path.join("runs", f"{model}_{dataset}")
 
   # --- serialization ---------------------------------------------------------
 

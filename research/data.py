@@ -1,10 +1,13 @@
-"""Datasets as in-memory uint8 arrays, and tf.data pipelines that are a function of step.
+"""Datasets as sources (research/sources), and tf.data pipelines that are a function of step.
 
-Every dataset kind ends as a `Split(images uint8 [N,H,W,3], labels int32 [N])`.
-The training pipeline is `step -> augmented batch dict`: epoch `e` visits the
-examples in a permutation seeded by (seed, e), and batch augmentation is seeded by
-(seed, step). A run restarted at step s therefore sees exactly the batches it would
-have seen, under any strategy, with no iterator state to checkpoint.
+Every dataset kind ends as a source: uint8 arrays in memory when they fit, otherwise
+image files or TFRecord shards read as training goes. The training pipeline is
+`step -> augmented batch dict`: epoch `e` visits the examples in an order seeded by
+(seed, e), and batch augmentation is seeded by (seed, step). A run restarted at step s
+therefore sees exactly the batches it would have seen, under any strategy, with no
+iterator state to checkpoint. Each input pipeline reads, decodes and augments only its
+own replicas' share of a global batch (the whole batch when an augmentation mixes
+examples across it).
 """
 
 import dataclasses
@@ -16,28 +19,24 @@ import numpy as np
 import tensorflow as tf
 
 from research import augment as augment_lib
+from research.sources import DataError
+from research.sources import files as files_source
+from research.sources import records
+from research.sources import tfds as tfds_source
+from research.sources.files import decode_image
+from research.sources.memory import Arrays as Split
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _SPLIT_SEED = 20240917  # fixed: the validation split never depends on --seed
-
-
-class DataError(ValueError):
-  """Missing, empty or unreadable data; the message says what to do."""
-
-
-@dataclasses.dataclass
-class Split:
-  images: np.ndarray  # uint8 [N, H, W, 3]
-  labels: np.ndarray  # int32 [N]
-
-  def __len__(self):
-    return len(self.labels)
+# --data_cache=auto decodes a folder into memory when the images take at most this
+# fraction of the memory available (the rest: the model, a second copy while caching).
+_MEMORY_FRACTION = 0.25
 
 
 @dataclasses.dataclass
 class Data:
-  train: Split
-  eval: Split          # None: no evaluation (a folder trained whole, no --eval_data_dir)
+  train: object        # a research.sources kind
+  eval: object         # None: no evaluation (a folder trained whole, no --eval_data_dir)
   class_names: list
   eval_name: str       # "validation", "test" or "eval folder"
 
@@ -47,20 +46,11 @@ class Data:
 
 def load(config):
   """Loads `config.dataset` and carves the deterministic validation split."""
-  if config.dataset in ("cifar10", "cifar100"):
-    train, test, names = _load_keras_cifar(config.dataset)
-  elif config.dataset == "folder":
-    train, names = load_folder(config.data_dir, config.image_size, config.cache_dir,
-                               skip_bad_images=config.skip_bad_images)
-    test = None
-  else:
-    train, names = synthetic(config.synthetic_examples, config.image_size,
-                             config.num_classes or 10, seed=config.seed)
-    test = None
+  train, test, names = open_source(config)
   if len(names) < 2:
     raise DataError(f"--dataset={config.dataset} has {len(names)} class ({', '.join(names)}): "
                     "a classifier needs at least 2")
-  if config.image_size != train.images.shape[1]:
+  if config.image_size != train.image_size:  # Arrays only: the others decode to size.
     train = _resize_split(train, config.image_size)
     if test is not None:
       test = _resize_split(test, config.image_size)
@@ -69,21 +59,97 @@ def load(config):
     return Data(train, val, names, "validation")
   if config.eval_data_dir:
     return Data(train, load_eval_folder(config.eval_data_dir, names, config.image_size,
-                                        config.cache_dir), names, "eval folder")
-  if test is None and config.dataset != "folder":
+                                        config.cache_dir, config), names, "eval folder")
+  if test is None and config.dataset not in ("folder", "tfrecord"):
     raise DataError(f"--dataset={config.dataset} has no test split; set --val_split > 0")
   return Data(train, test, names, "test" if test is not None else None)
 
 
-def load_eval_folder(eval_dir, class_names, image_size, cache_dir=""):
-  """A folder of (some of) `class_names`' subfolders, labelled by the training classes."""
-  split, names = load_folder(eval_dir, image_size, cache_dir)
+def open_source(config):
+  """(train source, test source or None, class names) of `config.dataset`."""
+  if config.dataset in ("cifar10", "cifar100"):
+    return _load_keras_cifar(config.dataset)
+  if config.dataset == "folder":
+    train, names = open_folder(config.data_dir, config)
+  elif config.dataset == "tfrecord":
+    train, names = open_records(config.data_dir, config.image_size)
+  elif config.dataset.startswith(tfds_source.PREFIX):
+    return _open_tfds(config)
+  else:
+    train, names = synthetic(config.synthetic_examples, config.image_size,
+                             config.num_classes or 10, seed=config.seed)
+  return train, None, names
+
+
+def _open_tfds(config):
+  name = config.dataset[len(tfds_source.PREFIX):]
+  train, names = tfds_source.load(name, config.data_dir, config.image_size, "train")
+  test = None
+  if not config.val_split and tfds_source.has_split(
+      tfds_source.builder(name, config.data_dir), "test"):
+    test = tfds_source.load(name, config.data_dir, config.image_size, "test")[0]
+  return train, test, names
+
+
+def load_eval_folder(eval_dir, class_names, image_size, cache_dir="", config=None):
+  """A folder of (some of) `class_names`' subfolders, labelled by the training classes;
+  in memory, or streamed as `config.data_cache` says."""
+  if config is None:
+    split, names = load_folder(eval_dir, image_size, cache_dir)
+  else:
+    split, names = open_folder(eval_dir, config.replace(skip_bad_images=False))
   unknown = sorted(set(names) - set(class_names))
   if unknown:
     raise DataError(f"--eval_data_dir {eval_dir!r} has classes the training data does not: "
                     f"{', '.join(unknown)}")
-  to_train = np.array([class_names.index(n) for n in names], np.int32)
-  return Split(split.images, to_train[split.labels])
+  split.labels = np.array([class_names.index(n) for n in names], np.int32)[split.labels]
+  return split
+
+
+def open_folder(data_dir, config):
+  """(source, class names) of a class folder: decoded into memory (and cached), or
+  streamed from its files, as --data_cache says (auto: by the decoded size)."""
+  paths, labels, names = list_folder(data_dir)
+  decoded = len(paths) * config.image_size ** 2 * 3
+  mode = config.data_cache
+  if mode == "auto":
+    available = available_memory()
+    mode = "memory" if decoded <= _MEMORY_FRACTION * available else "none"
+    logging.info("%s: %d images are %.2f GB decoded at %dpx, %.1f GB of memory available: "
+                 "%s (--data_cache=auto)", data_dir, len(paths), decoded / 1e9,
+                 config.image_size, available / 1e9,
+                 "decoded into memory" if mode == "memory" else "read from the files as "
+                 "training goes")
+  if mode == "memory":
+    return load_folder(data_dir, config.image_size, config.cache_dir,
+                       skip_bad_images=config.skip_bad_images)
+  ok = np.array([files_source.looks_readable(p) for p in paths], bool)
+  labels = _drop_unreadable(paths, labels, names, ok, config.skip_bad_images)
+  return files_source.Files(np.asarray(paths, object)[ok], labels, config.image_size), names
+
+
+def available_memory():
+  """Bytes of memory available to this process: MemAvailable, or else all of it."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def open_records(directory, image_size):
+  """(Records, class names) of a record set written by scripts/make_tfrecords.py."""
+  try:
+    return records.Records.open(directory, image_size)
+  except FileNotFoundError as e:
+    raise DataError(f"{directory!r} is not a record set (no {records.METADATA}); write one "
+                    "with scripts/make_tfrecords.py --data_dir=FOLDER --output=DIR") from e
+  except (OSError, ValueError, KeyError) as e:
+    raise DataError(f"{directory!r}/{records.METADATA} is unreadable ({e}); write the "
+                    "record set again") from e
 
 
 def split_validation(split, fraction):
@@ -99,8 +165,7 @@ def split_validation(split, fraction):
   if val_mask.all() or not val_mask.any():
     raise DataError(f"--val_split={fraction} leaves an empty training or validation set "
                     f"of {len(split)} examples")
-  return (Split(split.images[~val_mask], split.labels[~val_mask]),
-          Split(split.images[val_mask], split.labels[val_mask]))
+  return split.subset(np.flatnonzero(~val_mask)), split.subset(np.flatnonzero(val_mask))
 
 
 def _load_keras_cifar(name):
@@ -177,28 +242,26 @@ def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False):
     tmp = cache + ".tmp.npz"
     np.savez(tmp, images=images, labels=labels, ok=ok)
     os.replace(tmp, cache)
-  if not ok.all():
-    bad = [paths[i] for i in np.flatnonzero(~ok)]
-    listed = ", ".join(bad[:20]) + (f" ... ({len(bad) - 20} more)" if len(bad) > 20 else "")
-    if not skip_bad_images:
-      raise DataError(f"{len(bad)} image file(s) could not be decoded: {listed}. "
-                      "Fix or remove them, or pass --skip_bad_images")
-    logging.warning("skipped %d unreadable image file(s) of %d: %s", len(bad), len(paths),
-                    ", ".join(bad))
-    images, labels = images[ok], labels[ok]
-    empty = sorted(set(names) - {names[l] for l in labels})
-    if empty:
-      raise DataError(f"no readable images left in class folder(s): {', '.join(empty)}")
-  return Split(images, labels), names
+  labels = _drop_unreadable(paths, labels, names, ok, skip_bad_images)
+  return Split(images if ok.all() else images[ok], labels), names
 
 
-def decode_image(encoded, image_size):
-  """One encoded JPEG/PNG/BMP/GIF (grey, RGBA, any size) -> uint8 RGB [S, S, 3], as
-  training saw it (exported SavedModels decode their image bytes with this too)."""
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  image.set_shape([None, None, 3])
-  image = tf.image.resize(image, [image_size, image_size], antialias=True)
-  return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)
+def _drop_unreadable(paths, labels, names, ok, skip_bad_images):
+  """The labels of the readable files; stops naming the others unless `skip_bad_images`."""
+  if ok.all():
+    return labels
+  bad = [paths[i] for i in np.flatnonzero(~ok)]
+  listed = ", ".join(bad[:20]) + (f" ... ({len(bad) - 20} more)" if len(bad) > 20 else "")
+  if not skip_bad_images:
+    raise DataError(f"{len(bad)} image file(s) could not be decoded: {listed}. "
+                    "Fix or remove them, or pass --skip_bad_images")
+  logging.warning("skipped %d unreadable image file(s) of %d: %s", len(bad), len(paths),
+                  ", ".join(bad))
+  labels = labels[ok]
+  empty = sorted(set(names) - {names[l] for l in labels})
+  if empty:
+    raise DataError(f"no readable images left in class folder(s): {', '.join(empty)}")
+  return labels
 
 
 def decode_images(paths, image_size):
@@ -238,74 +301,93 @@ def _resize_split(split, size):
 # --- pipelines ----------------------------------------------------------------
 
 
-def train_dataset(split, config, start_step, input_context):
+def train_dataset(source, config, start_step, input_context):
   """The per-replica training batches of steps [start_step, config.train_steps).
 
-  Each input pipeline builds the global batch of a step as a dict (`image` float32,
-  `label` int32, `target` one-hot float32 over `config.num_classes`, `index` example
-  ids), augments it with a seed of (seed, step), takes its own replicas' slice, and
-  yields one element per local replica, the order tf.distribute hands them out in.
+  The global batch of a step is the next `config.batch_size` examples of its epoch's
+  order. Each input pipeline reads and augments its share of it (seeded by (seed,
+  step)) as a dict (`image` float32, `label` int32, `target` one-hot float32 over
+  `config.num_classes`, `index` example ids) and yields one element per local replica,
+  the order tf.distribute hands them out in.
   """
   batch = config.batch_size
-  steps_per_epoch = len(split) // batch
-  images, labels = tf.constant(split.images), tf.constant(split.labels)
+  steps_per_epoch = len(source) // batch
   ops = augment_lib.pipeline(config.augment, config.seed)
+  offset, size = share(batch, input_context) if ops.sharded else (0, batch)
 
-  def epoch_batches(epoch):
-    keys = tf.random.stateless_uniform([len(split)], seed=[config.seed, epoch])
-    order = tf.argsort(keys)[:steps_per_epoch * batch]
-    return tf.data.Dataset.from_tensor_slices(tf.reshape(order, [steps_per_epoch, batch]))
+  def epoch_batches(epoch, skip=0):
+    return source.epoch(config.seed, epoch, skip).batch(batch, drop_remainder=True)
 
-  def make_batch(step, index):
-    label = tf.gather(labels, index)
-    examples = {"image": tf.cast(tf.gather(images, index), tf.float32), "label": label,
-                "target": tf.one_hot(label, config.num_classes), "index": index}
+  def make_batch(step, examples):
+    examples = {key: value[offset:offset + size] for key, value in examples.items()}
+    label = examples["label"]
+    built = {"image": tf.cast(source.read(examples["payload"]), tf.float32), "label": label,
+             "target": tf.one_hot(label, config.num_classes), "index": examples["index"]}
     seed = tf.stack([tf.constant(config.seed, tf.int64), step])
-    return ops(examples, seed, step, step // steps_per_epoch)
+    return ops(built, seed, ops.context(step, step // steps_per_epoch, batch, offset, size))
 
   first_epoch = start_step // steps_per_epoch
   num_epochs = -(-config.train_steps // steps_per_epoch)
-  indices = tf.data.Dataset.range(first_epoch, num_epochs).flat_map(epoch_batches)
-  indices = indices.skip(start_step - first_epoch * steps_per_epoch)
+  batches = epoch_batches(first_epoch, (start_step - first_epoch * steps_per_epoch) * batch)
+  batches = batches.concatenate(
+      tf.data.Dataset.range(first_epoch + 1, num_epochs).flat_map(epoch_batches))
   steps = tf.data.Dataset.range(start_step, config.train_steps)
-  ds = tf.data.Dataset.zip(steps, indices)
+  ds = tf.data.Dataset.zip(steps, batches)
   ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return _per_replica(ds, input_context).prefetch(tf.data.AUTOTUNE)
+  return _per_replica(ds, input_context, batch, offset).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(split, global_batch, num_classes, input_context):
+def eval_dataset(source, global_batch, num_classes, input_context):
   """Every example exactly once: the last batch is padded and masked, never dropped.
 
   Yields per-replica dicts of `image` float32, `label`, one-hot `target` and `mask`
-  float32 (0 on padding).
+  float32 (0 on padding); each input pipeline reads only its replicas' share.
   """
-  n = len(split)
-  steps = eval_steps(n, global_batch)
-  pad = steps * global_batch - n
-  images = np.concatenate([split.images, np.zeros((pad,) + split.images.shape[1:], np.uint8)])
-  labels = np.concatenate([split.labels, np.zeros(pad, np.int32)])
-  mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-  ds = tf.data.Dataset.from_tensor_slices((images, labels, mask)).batch(global_batch)
-  ds = ds.map(lambda x, y, m: {"image": tf.cast(x, tf.float32), "label": y,
-                               "target": tf.one_hot(y, num_classes), "mask": m})
-  return _per_replica(ds, input_context).prefetch(tf.data.AUTOTUNE)
+  offset, size = share(global_batch, input_context)
+
+  def pad(examples):  # To a whole batch, with copies of its first example.
+    missing = global_batch - tf.shape(examples["label"])[0]
+    mask = tf.concat([tf.ones_like(examples["label"], tf.float32), tf.zeros([missing])], 0)
+    return {"mask": mask, **{key: tf.concat([value, tf.repeat(value[:1], missing, 0)], 0)
+                             for key, value in examples.items()}}
+
+  def make_batch(examples):
+    examples = {key: value[offset:offset + size] for key, value in examples.items()}
+    label = examples["label"]
+    return {"image": tf.cast(source.read(examples["payload"]), tf.float32), "label": label,
+            "target": tf.one_hot(label, num_classes), "mask": examples["mask"]}
+
+  ds = source.in_order().batch(global_batch).map(pad)
+  ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return _per_replica(ds, input_context, global_batch, offset).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_steps(num_examples, global_batch):
   return -(-num_examples // global_batch)
 
 
-def _per_replica(ds, ctx):
-  """Slices each global batch to this pipeline's replicas, one element per replica."""
+def share(global_batch, ctx):
+  """(offset, size): the examples of a global batch this input pipeline's replicas get."""
+  if ctx is None or ctx.num_replicas_in_sync == 1:
+    return 0, global_batch
+  per_replica = global_batch // ctx.num_replicas_in_sync
+  local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+  return ctx.input_pipeline_id * local * per_replica, local * per_replica
+
+
+def _per_replica(ds, ctx, global_batch, built_from):
+  """Cuts batches holding the global batch's examples from `built_from` on (its whole,
+  or this pipeline's share) into this pipeline's replicas' batches, one element each."""
   if ctx is None or ctx.num_replicas_in_sync == 1:
     return ds
-  local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-  first = ctx.input_pipeline_id * local
+  offset, size = share(global_batch, ctx)
+  per_replica = global_batch // ctx.num_replicas_in_sync
+  first = (offset - built_from) // per_replica
 
   def split(batch):
     per = tf.nest.map_structure(
-        lambda t: tf.reshape(t, [ctx.num_replicas_in_sync, -1] + t.shape[1:].as_list())
-        [first:first + local], batch)
+        lambda t: tf.reshape(t, [-1, per_replica] + t.shape[1:].as_list())
+        [first:first + size // per_replica], batch)
     return tf.data.Dataset.from_tensor_slices(per)
 
   return ds.flat_map(split)

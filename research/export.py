@@ -288,16 +288,16 @@ def latency_ms(probabilities, images, repeats=200):
 
 
 def check_images(config, class_names, data_dir="", cache_dir=""):
-  """(images, labels, training images) to check and calibrate with: the run's
+  """(images, labels, training source) to check and calibrate with: the run's
   validation split, or every image of `data_dir` (some or all of the run's classes)."""
   if data_dir:
     split = data_lib.load_eval_folder(data_dir, class_names, config.image_size, cache_dir)
-    return split.images, split.labels, split.images
+    return split.head(len(split)), split.labels, split
   splits = data_lib.load(config)
   if splits.eval is None:
     raise data_lib.DataError("the run has no validation split (--val_split=0): pass "
                              "--data_dir=DIR, a folder of the run's classes, to check on")
-  return splits.eval.images, splits.eval.labels, splits.train.images
+  return splits.eval.head(len(splits.eval)), splits.eval.labels, splits.train
 
 
 def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
@@ -306,8 +306,7 @@ def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
   result dict (the script's JSON line), with single-image latencies of the export and
   the Keras model if `latency`. Raises ExportError, DataError."""
   config, class_names, model = float32_model(model_dir, weights)
-  images, labels, train_images = check_images(config, class_names, data_dir,
-                                              config.cache_dir)
+  images, labels, train = check_images(config, class_names, data_dir, config.cache_dir)
   if max_examples:
     images, labels = images[:max_examples], labels[:max_examples]
   if os.path.exists(output):
@@ -319,9 +318,8 @@ def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
   rng = np.random.default_rng(0)
   representative = None
   if fmt == "litert_int8":
-    chosen = rng.choice(len(train_images), min(REPRESENTATIVE_IMAGES, len(train_images)),
-                        replace=False)
-    representative = train_images[np.sort(chosen)]
+    chosen = rng.choice(len(train), min(REPRESENTATIVE_IMAGES, len(train)), replace=False)
+    representative = train.subset(np.sort(chosen)).head(len(chosen))
   try:
     EXPORTERS[fmt](model, output, class_names=class_names, representative=representative)
   except BaseException:

@@ -87,7 +87,7 @@ def _train(config, strategy, chief):
   restored = ckpt.restore()
   start = int(state.step.numpy())
   if not restored:
-    initialized = models.init_from_data(state.model, data.train.images[:5000])
+    initialized = models.init_from_data(state.model, data.train.head(5000))
     if initialized:
       logging.info("initialized from data: %s", ", ".join(initialized))
     # After the data's initialization: weights loaded from elsewhere take precedence.

@@ -56,7 +56,7 @@ def prediction_figures(model, split, class_names, count=0, tta="none", matrix=No
   `count` examples of `split` (0: all), predicted with TTA `tta`. `matrix`, when given,
   is the confusion matrix of the whole split (an evaluation's), drawn instead."""
   count = count or len(split)
-  images, labels = split.images[:count], split.labels[:count]
+  images, labels = split.head(count), split.labels[:count]
   probs = predict.probabilities(model, images, tta)
   guesses = probs.argmax(-1)
   wrong = np.flatnonzero(guesses != labels)

@@ -23,8 +23,23 @@ def _seed(step):
 
 def _apply(spec, batch, step):
   """Runs augmentation `spec` for `step` (epoch = step) with the run seed 7."""
-  return augment.pipeline(spec, 7)(batch, _seed(step), tf.constant(step, tf.int64),
-                                   tf.constant(step, tf.int64))
+  ops, step_tensor = augment.pipeline(spec, 7), tf.constant(step, tf.int64)
+  return ops(batch, _seed(step), ops.context(step_tensor, step_tensor, len(batch["label"])))
+
+
+@pytest.mark.parametrize("name", augment.AUGMENTATIONS.names())
+def test_a_sharded_op_augments_each_share_as_it_would_the_whole_batch(name):
+  """What lets each worker build only its own share of a global batch."""
+  ops = augment.pipeline(name, 7)
+  if not ops.sharded:
+    pytest.skip(f"{name} mixes examples across the batch: every worker builds it whole")
+  batch, step = _batch(12), tf.constant(3, tf.int64)
+  whole = ops(batch, _seed(3), ops.context(step, step, 12))
+  for offset, size in ((0, 4), (4, 4), (8, 4), (6, 6)):
+    share = {k: v[offset:offset + size] for k, v in batch.items()}
+    part = ops(share, _seed(3), ops.context(step, step, 12, offset, size))
+    for key in whole:
+      np.testing.assert_array_equal(part[key], whole[key][offset:offset + size])
 
 
 @pytest.mark.parametrize("name", augment.AUGMENTATIONS.names())
@@ -131,10 +146,12 @@ def test_pipeline_chains_in_order_and_empty_is_identity():
   np.testing.assert_array_equal(_apply("", batch, 0)["image"], batch["image"])
   chained = _apply("crop(padding=2),flip", batch, 0)["image"]
   # The same as applying each op with its position folded into the step's seed.
+  step = tf.constant(0, tf.int64)
+  context = augment.Context(7, step, step, batch_size=8)
   by_hand = augment.AUGMENTATIONS.build("crop(padding=2)")(
-      batch, tf.random.experimental.stateless_fold_in(_seed(0), 0), None)
+      batch, tf.random.experimental.stateless_fold_in(_seed(0), 0), context)
   by_hand = augment.AUGMENTATIONS.build("flip")(
-      by_hand, tf.random.experimental.stateless_fold_in(_seed(0), 1), None)
+      by_hand, tf.random.experimental.stateless_fold_in(_seed(0), 1), context)
   np.testing.assert_array_equal(chained, by_hand["image"])
 
 

@@ -36,7 +36,7 @@ def test_defaults_validate():
     (dict(dataset="folder"), "--dataset=folder needs --data_dir"),
     (dict(dataset="folder", data_dir="/no/such/dir"), "is not a directory"),
     (dict(dataset="folder", data_dir="/", eval_data_dir="/"),
-     "--eval_data_dir is for --dataset=folder with --val_split=0"),
+     "--eval_data_dir is for --dataset=folder or tfrecord with --val_split=0"),
     (dict(model_dir="runs/../../etc"), "escapes its parent"),
     (dict(epochs=0.0), "--epochs must be > 0"),
 ])

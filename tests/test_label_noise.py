@@ -12,7 +12,9 @@ def _batch(n):
 
 def _noisy(rate, step, n=4000):
   op = augment.AUGMENTATIONS.build(f"label_noise(rate={rate})")
-  return op(_batch(n), tf.constant([3, step], tf.int64), None)
+  step = tf.constant(step, tf.int64)
+  return op(_batch(n), tf.stack([tf.constant(3, tf.int64), step]),
+            augment.Context(3, step, step, batch_size=n))
 
 
 def test_about_rate_of_the_targets_change_and_labels_stay():

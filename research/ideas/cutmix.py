@@ -27,8 +27,9 @@ def cutmix(alpha=1.0):
     side = tf.sqrt(1.0 - lam)
     box_h = tf.cast(tf.round(side * height), tf.int32)
     box_w = tf.cast(tf.round(side * width), tf.int32)
-    box = _boxes(tf.random.experimental.stateless_fold_in(seed, 2), size, height, width,
-                 box_h, box_w)
+    centre = tf.random.stateless_uniform(
+        [2, size], seed=tf.random.experimental.stateless_fold_in(seed, 2))
+    box = _boxes(centre, height, width, box_h, box_w)
     pasted = tf.reduce_mean(tf.cast(box, tf.float32), axis=[1, 2, 3])[:, None]  # [B, 1]
     return {**batch, "image": tf.where(box, tf.gather(images, other), images),
             "target": (1.0 - pasted) * batch["target"]

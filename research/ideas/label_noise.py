@@ -8,7 +8,7 @@ own). Seeded like every augmentation, so a resumed run sees the same noise; the 
 
 import tensorflow as tf
 
-from research.augment import AUGMENTATIONS
+from research.augment import AUGMENTATIONS, sharded, uniform
 
 
 @AUGMENTATIONS.register("label_noise")
@@ -17,13 +17,13 @@ def label_noise(rate=0.1):
   if not 0.0 <= rate <= 1.0:
     raise ValueError(f"label_noise: rate must be in [0, 1], got {rate}")
 
+  @sharded
   def op(batch, seed, context):
-    del context
     target = batch["target"]
-    size, classes = tf.shape(target)[0], target.shape[-1]
-    noisy = tf.random.stateless_uniform([size], seed=seed) < rate
-    drawn = tf.random.stateless_uniform([size], seed=tf.random.experimental.stateless_fold_in(
-        seed, 1), maxval=classes, dtype=tf.int32)
+    classes = target.shape[-1]
+    noisy = uniform(seed, context) < rate
+    drawn = uniform(tf.random.experimental.stateless_fold_in(seed, 1), context,
+                    high=classes, dtype=tf.int32)
     return {**batch, "target": tf.where(noisy[:, None], tf.one_hot(drawn, classes), target)}
 
   return op

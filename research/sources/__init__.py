@@ -1,0 +1,80 @@
+"""Data sources: what the training and evaluation pipelines read, one kind a file.
+
+A source is a sequence of labelled examples. It knows its `labels` up front (int32 [N],
+so validation splits and class counts never touch an image) and streams an epoch's
+examples in that epoch's order as dicts of `index` (the example's id), `label` and
+`payload`: whatever is cheap to carry until the pipeline has cut the global batch to its
+own replicas' share, when `read(payloads)` makes the uint8 images. A payload is an
+example id for arrays in memory, a path for files, encoded bytes for records.
+
+    len(source), source.labels, source.image_size
+    source.epoch(seed, epoch, skip)  the examples of epoch `epoch` from the `skip`th on
+    source.in_order()                every example once, in index order (evaluation)
+    source.read(payloads)            uint8 [b, S, S, 3]
+    source.encoded(payloads)         string [b]: the images encoded (records/write)
+    source.subset(indices)           the same kind of source over those examples
+    source.head(count)               numpy uint8 [count, S, S, 3]: the first images
+
+An epoch's order is a function of (seed, epoch) alone and `skip` costs at most one
+block's reading, so a run resumed at any step sees exactly the batches it would have.
+`Indexed` is the base of the random-access kinds (`memory.Arrays`, `files.Files`);
+`records.Records` reads sequential shards.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+
+class DataError(ValueError):
+  """Missing, empty or unreadable data; the message says what to do."""
+
+
+class Source:
+  """The interface; see the module docstring."""
+
+  labels: np.ndarray
+  image_size: int
+
+  def __len__(self):
+    return len(self.labels)
+
+  def epoch(self, seed, epoch, skip=0):
+    raise NotImplementedError
+
+  def in_order(self):
+    raise NotImplementedError
+
+  def read(self, payloads):
+    raise NotImplementedError
+
+  def encoded(self, payloads):
+    return tf.map_fn(tf.io.encode_png, self.read(payloads), fn_output_signature=tf.string)
+
+  def subset(self, indices):
+    raise NotImplementedError
+
+  def head(self, count):
+    """The first `count` images (all if fewer), as numpy."""
+    count = min(count, len(self))
+    batch = next(iter(self.in_order().take(count).batch(count)))
+    return self.read(batch["payload"]).numpy()
+
+
+class Indexed(Source):
+  """A source that reads any example by its position: each epoch is a permutation of
+  all examples seeded by (seed, epoch). Subclasses set `labels` and `payloads` (one per
+  example, a numpy array) and define `read`."""
+
+  payloads: np.ndarray
+
+  def epoch(self, seed, epoch, skip=0):
+    keys = tf.random.stateless_uniform([len(self)], seed=[seed, epoch])
+    return self._examples(tf.argsort(keys)).skip(skip)
+
+  def in_order(self):
+    return self._examples(tf.range(len(self)))
+
+  def _examples(self, order):
+    return tf.data.Dataset.from_tensor_slices({
+        "index": order, "label": tf.gather(self.labels, order),
+        "payload": tf.gather(self.payloads, order)})

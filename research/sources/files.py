@@ -1,0 +1,59 @@
+"""Image files read and decoded in the pipeline, file by file: folders too large for
+memory, or not worth decoding ahead (--data_cache=none)."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from research.sources import Indexed
+
+# Leading bytes of the formats tf.io.decode_image reads.
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+_JPEG_TAIL = 64  # bytes searched for the end-of-image marker (some files pad after it)
+
+
+def decode_image(encoded, image_size):
+  """One encoded JPEG/PNG/BMP/GIF (grey, RGBA, any size) -> uint8 RGB [S, S, 3], as
+  training saw it (exported SavedModels decode their image bytes with this too)."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  image = tf.image.resize(image, [image_size, image_size], antialias=True)
+  return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)
+
+
+def looks_readable(path):
+  """A check that reads a few bytes and decodes nothing: an image format's signature
+  at the start and, for JPEG, its end marker near the end (a cut-off copy lacks it)."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(8)
+      if not head.startswith(SIGNATURES):
+        return False
+      if head.startswith(SIGNATURES[0]):
+        f.seek(max(0, os.fstat(f.fileno()).st_size - _JPEG_TAIL))
+        return b"\xff\xd9" in f.read()
+      return True
+  except OSError:
+    return False
+
+
+class Files(Indexed):
+  """Image files, `paths` [N] with `labels` [N], decoded at `image_size` as they are
+  read; the payload is the path."""
+
+  def __init__(self, paths, labels, image_size):
+    self.payloads = np.asarray(paths, dtype=object)
+    self.labels, self.image_size = labels, image_size
+
+  def read(self, payloads):
+    size = self.image_size
+    return tf.map_fn(lambda path: decode_image(tf.io.read_file(path), size), payloads,
+                     fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8),
+                     parallel_iterations=16)
+
+  def encoded(self, payloads):
+    return tf.map_fn(tf.io.read_file, payloads, fn_output_signature=tf.string)
+
+  def subset(self, indices):
+    return Files(self.payloads[indices], self.labels[indices], self.image_size)

@@ -1,0 +1,166 @@
+"""Data sources: streamed folders, record sets, TFDS, and input sharded by worker."""
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from research import data
+from research.config import Config
+from research.sources import files, records
+from scripts import make_tfrecords
+from tests.test_data import make_folder
+
+TRAIN = dict(batch_size=4, num_classes=3, augment="crop(padding=2),flip,cutout(size=4)",
+             seed=3)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  root = make_folder(tmp_path_factory.mktemp("sources") / "images", per_class=7)
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def record_set(folder, tmp_path_factory):
+  output = str(tmp_path_factory.mktemp("records") / "set")
+  make_tfrecords.make("folder", folder, output, shards=3, log=lambda _: None)
+  return output
+
+
+def _open(folder, cache, tmp_path):
+  config = Config(dataset="folder", data_dir=folder, image_size=16, data_cache=cache,
+                  cache_dir=str(tmp_path / "cache"))
+  return data.open_folder(folder, config)[0]
+
+
+def _train(source, train_steps, start=0, ctx=None, **overrides):
+  config = Config(train_steps=train_steps, **{**TRAIN, **overrides})
+  return [{k: v.numpy() for k, v in b.items()}
+          for b in data.train_dataset(source, config, start, ctx)]
+
+
+def _assert_same(batches, others):
+  assert len(batches) == len(others)
+  for batch, other in zip(batches, others):
+    assert batch.keys() == other.keys()
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], other[key], err_msg=key)
+
+
+def test_a_streamed_folder_gives_exactly_the_batches_of_memory(folder, tmp_path):
+  streamed, in_memory = _open(folder, "none", tmp_path), _open(folder, "memory", tmp_path)
+  assert isinstance(streamed, files.Files) and isinstance(in_memory, data.Split)
+  _assert_same(_train(streamed, 12), _train(in_memory, 12))
+  evaluated = [list(data.eval_dataset(s, 4, 3, None)) for s in (streamed, in_memory)]
+  _assert_same(*[[{k: v.numpy() for k, v in b.items()} for b in e] for e in evaluated])
+  np.testing.assert_array_equal(streamed.head(5), in_memory.head(5))
+
+
+def test_auto_streams_a_folder_that_would_not_fit_in_memory(folder, tmp_path, monkeypatch,
+                                                           caplog):
+  caplog.set_level(logging.INFO)
+  monkeypatch.setattr(data, "available_memory", lambda: 10 ** 9)
+  assert isinstance(_open(folder, "auto", tmp_path), data.Split)
+  monkeypatch.setattr(data, "available_memory", lambda: 4 * 16 * 16 * 3 * 20)
+  assert isinstance(_open(folder, "auto", tmp_path), files.Files)
+  assert "read from the files as training goes (--data_cache=auto)" in caplog.text
+
+
+def test_a_streamed_folder_names_or_skips_unreadable_files(tmp_path):
+  root = make_folder(tmp_path / "images")
+  (root / "bee" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 no end marker")
+  (root / "ant" / "empty.png").write_bytes(b"")
+  with pytest.raises(data.DataError, match="2 image file.*cut.jpg"):
+    _open(str(root), "none", tmp_path)
+  config = Config(dataset="folder", data_dir=str(root), image_size=16, data_cache="none",
+                  skip_bad_images=True)
+  source, _ = data.open_folder(str(root), config)
+  assert len(source) == 9 and not any("cut.jpg" in p for p in source.payloads)
+
+
+def test_a_record_set_holds_the_files_unchanged_in_balanced_shards(folder, record_set,
+                                                                    tmp_path):
+  metadata = records.read_metadata(record_set)
+  assert metadata["class_names"] == ["ant", "bee", "cat"]
+  assert [s["count"] for s in metadata["shards"]] == [7, 7, 7]
+  assert all(set(s["labels"]) == {0, 1, 2} for s in metadata["shards"])
+  source, _ = data.open_records(record_set, 16)
+  streamed = _open(folder, "none", tmp_path)
+  # The same images (bytes stored unchanged, decoded alike) under other indices.
+  by_bytes = {open(p, "rb").read(): i for i, p in enumerate(streamed.payloads)}
+  examples = list(source.in_order().as_numpy_iterator())
+  matched = [by_bytes[e["payload"]] for e in examples]
+  assert sorted(matched) == list(range(21))
+  np.testing.assert_array_equal([e["label"] for e in examples], streamed.labels[matched])
+  np.testing.assert_array_equal(source.head(21), streamed.head(21)[matched])
+
+
+def test_records_resume_at_any_step_exactly_and_visit_each_example_once(record_set):
+  source, _ = data.open_records(record_set, 16)
+  train, val = data.split_validation(source, 0.2)
+  full = _train(train, 12)  # 16 examples, 4 steps an epoch, shards of 5-6 kept ones.
+  for start in (1, 3, 4, 6, 9):  # Mid-shard, across shards, at and after epoch ends.
+    _assert_same(_train(train, 12, start), full[start:])
+  held_out = set(np.concatenate([b["index"] for b in
+                                 _train(val, 1, batch_size=len(val))]).tolist())
+  for epoch in range(3):
+    seen = np.concatenate([b["index"] for b in full[4 * epoch:4 * epoch + 4]])
+    assert len(set(seen)) == 16 and not set(seen) & held_out
+  other_epoch = [np.concatenate([b["index"] for b in full[e * 4:e * 4 + 4]]) for e in (0, 1)]
+  assert not np.array_equal(*other_epoch)
+
+
+def test_a_record_set_trains_from_the_command_line_flags(record_set, tmp_path):
+  config = Config(dataset="tfrecord", data_dir=record_set, image_size=16, val_split=0.25)
+  loaded = data.load(config.validate())
+  assert (len(loaded.train), len(loaded.eval), loaded.class_names) == (15, 6,
+                                                                       ["ant", "bee", "cat"])
+  with pytest.raises(data.DataError, match="not a record set.*make_tfrecords"):
+    data.load(config.replace(data_dir=str(tmp_path)))
+  with pytest.raises(ValueError, match="exists and is not empty"):
+    make_tfrecords.make("folder", record_set, record_set)
+
+
+class CountingArrays(data.Split):
+  """Arrays that record how many examples each traced `read` asks for."""
+
+  def read(self, payloads):
+    self.reads.append(payloads.shape[0])
+    return super().read(payloads)
+
+
+@pytest.mark.parametrize("augment", ["crop(padding=2),flip,label_noise(rate=0.5)", "mixup"])
+def test_each_worker_builds_its_own_share_of_the_batch(augment):
+  split, _ = data.synthetic(48, 8, 3)
+  source = CountingArrays(split.images, split.labels)
+  source.reads = []
+  one_machine = tf.distribute.InputContext(1, 0, 2)  # 2 replicas, one pipeline.
+  replicas = _train(source, 5, ctx=one_machine, batch_size=8, augment=augment)
+  per_worker = []
+  for worker in range(2):  # 2 workers, one replica each: the same replica batches.
+    context = tf.distribute.InputContext(2, worker, 2)
+    per_worker.append(_train(source, 5, ctx=context, batch_size=8, augment=augment))
+  _assert_same(replicas[0::2], per_worker[0])
+  _assert_same(replicas[1::2], per_worker[1])
+  whole = "mixup" in augment  # It mixes examples of the whole batch: each builds all.
+  assert source.reads == [8] + [8 if whole else 4] * 2
+
+
+def test_tfds_by_name_from_its_mock_data_and_unprepared_offline(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = Config(dataset="tfds:cifar10", image_size=16, val_split=0.25)
+  with tfds.testing.mock_data(num_examples=24):
+    loaded = data.load(config.validate())
+    assert len(loaded.train) + len(loaded.eval) == 24 and 3 <= len(loaded.eval) <= 9
+    assert loaded.train.images.shape[1:] == (16, 16, 3) and len(loaded.class_names) == 10
+    output = str(tmp_path / "set")
+    assert make_tfrecords.make("tfds:cifar10", "", output, shards=2,
+                               log=lambda _: None) == (24, 2)
+    with open(os.path.join(output, "metadata.json")) as f:
+      assert json.load(f)["class_names"] == loaded.class_names
+  with pytest.raises(data.DataError, match="not prepared in .*tfds build cifar10"):
+    data.load(config.replace(data_dir=str(tmp_path / "nothing")))
