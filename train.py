@@ -55,7 +55,7 @@ def main(argv):
   logging.info("loading TensorFlow and the registries")
   startup.import_tensorflow(FLAGS.verbose, config.cpu_devices,
                             init_devices=config.strategy != "multi_worker")
-  from research import checkpoints, data, interrupts, loop, models, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
+  from research import checkpoints, data, distribute, interrupts, loop, models, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
   try:
     plugins.validate(config)  # Every registry item the flags name, before any data.
     config = config.with_model_defaults(models.defaults_of(config.model), explicit)
@@ -76,6 +76,11 @@ def main(argv):
   except loop.Preempted as e:
     logging.warning("preempted: %s", e)
     sys.exit(loop.PREEMPTED_EXIT_CODE)
+  except distribute.LostWorker as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.stderr.flush()
+    # Not sys.exit: the runtime's shutdown would wait on the lost worker.
+    os._exit(distribute.LOST_WORKER_EXIT_CODE)  # pylint: disable=protected-access
   except KeyboardInterrupt:  # Ctrl-C outside the loop, which answers signals itself.
     print("error: interrupted; the newest checkpoint in the model dir is kept", file=sys.stderr)
     sys.exit(interrupts.INTERRUPTED_EXIT_CODE)

@@ -16,12 +16,16 @@ class CheckpointError(Exception):
 
 
 class Checkpointer:
-  """A tf.train.CheckpointManager over `trackables`, restoring the newest good one."""
+  """A tf.train.CheckpointManager over `trackables`, restoring the newest good one.
 
-  def __init__(self, directory, max_to_keep, **trackables):
-    self.trackables = trackables
+  A multi-worker run's other workers take part in every save (it is collective) but
+  write to a `scratch` directory of their own, removed after each save, and restore
+  from the chief's `directory`."""
+
+  def __init__(self, directory, max_to_keep, scratch=None, **trackables):
+    self.trackables, self.directory, self.scratch = trackables, directory, scratch
     self.checkpoint = tf.train.Checkpoint(**trackables)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
+    self.manager = tf.train.CheckpointManager(self.checkpoint, scratch or directory,
                                               max_to_keep=max_to_keep)
 
   def restore(self):
@@ -44,7 +48,7 @@ class Checkpointer:
         logging.warning("resumed from %s after skipping %s", path, ", ".join(failures))
       return path
     if failures:
-      raise CheckpointError(f"no readable checkpoint in {self.manager.directory}: "
+      raise CheckpointError(f"no readable checkpoint in {self.directory}: "
                             + ", ".join(failures) + "; move them away to start again "
                             "from step 0")
     return None
@@ -52,9 +56,9 @@ class Checkpointer:
   def candidates(self):
     """Checkpoint prefixes, newest first: the manager's list, plus any other
     complete-looking `ckpt-N` in the directory (its state file may be lost)."""
-    listed = set(self.manager.checkpoints)
+    listed = set() if self.scratch else set(self.manager.checkpoints)
     found = {p[:-len(".index")] for p in
-             glob.glob(os.path.join(self.manager.directory, "ckpt-*.index"))}
+             glob.glob(os.path.join(self.directory, "ckpt-*.index"))}
     number = lambda p: int(re.search(r"ckpt-(\d+)$", p).group(1))
     return sorted(listed | found, key=number, reverse=True)
 
@@ -62,7 +66,10 @@ class Checkpointer:
     """Saves `step`, or raises CheckpointError saying what is kept and what is needed,
     leaving no partial files of `step` behind (a full disk, a vanished directory)."""
     try:
-      return self.manager.save(checkpoint_number=step)
+      path = self.manager.save(checkpoint_number=step)
+      if self.scratch:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+      return path
     except (tf.errors.OpError, OSError) as e:
       directory = self.manager.directory
       for path in glob.glob(os.path.join(directory, f"ckpt-{step}[._]*")):

@@ -46,6 +46,11 @@ class Config:
   # Where and how to run.
   strategy: str = _field("default", "tf.distribute strategy: " + "|".join(STRATEGIES))
   cpu_devices: int = _field(0, "split the CPU into N logical devices (0: do not split)")
+  cluster_resolver: str = _field("tf_config", "where --strategy=multi_worker finds the "
+                                 "cluster: tf_config (the TF_CONFIG variable) or slurm (the "
+                                 "Slurm job step's variables; one task per worker)")
+  port_base: int = _field(8888, "with --cluster_resolver=slurm: the port of the first "
+                          "task on each node (the next tasks take the next ports)")
   jit_compile: bool = _field(False, "compile the train step with XLA")
   precision: str = _field("auto", "|".join(PRECISIONS) + " (auto: mixed_bfloat16 where the "
                           "hardware computes bf16 natively, mixed_float16 on older GPUs, "
@@ -205,6 +210,9 @@ class Config:
       if field.type is float and not math.isfinite(value):
         raise ConfigError(f"--{field.name} must be a finite number, got {value}")
     _choice("strategy", self.strategy, STRATEGIES)
+    _choice("cluster_resolver", self.cluster_resolver, ("tf_config", "slurm"))
+    if not 1024 <= self.port_base <= 65535:
+      raise ConfigError(f"--port_base must be in [1024, 65535], got {self.port_base}")
     if not self.dataset.startswith("tfds:") or self.dataset == "tfds:":
       _choice("dataset", self.dataset, DATASETS + ("tfds:NAME",))
     _choice("data_cache", self.data_cache, DATA_CACHE)

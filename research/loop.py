@@ -54,11 +54,18 @@ def train(config, strategy=None):
   """
   plugins.validate(config)
   config = config.replace(model_dir=config.run_dir)
-  strategy = strategy or distribute.make_strategy(config.strategy, config.cpu_devices)
+  strategy = strategy or distribute.make_strategy(config.strategy, config.cpu_devices,
+                                                 config.cluster_resolver, config.port_base)
   config.validate_replicas(strategy.num_replicas_in_sync)
   chief = distribute.is_chief(strategy)
   with model_dir_lib.Lock(config.model_dir) if chief else contextlib.nullcontext():
-    return _train(config, strategy, chief)
+    try:
+      return _train(config, strategy, chief)
+    except tf.errors.OpError as e:  # A vanished worker: one line, not a traceback.
+      lost = distribute.lost_peer(e, strategy)
+      if lost is None:
+        raise
+      raise lost from None
 
 
 def _train(config, strategy, chief):
@@ -77,11 +84,13 @@ def _train(config, strategy, chief):
                      eval_metrics=[m for h in hooks for m in h.eval_metrics])
   runner = steps.Runner(state, steps.StepSpec.from_config(config, state.model), strategy)
   with strategy.scope():
-    # Every worker saves (saving is collective); only the chief's copy is kept.
+    # Every worker saves (saving is collective); only the chief's copy is kept, and
+    # every worker restores from it (the model dir is on storage they share).
     ckpt_dir = os.path.join(config.model_dir, "checkpoints")
-    if not chief:
-      ckpt_dir = os.path.join(ckpt_dir, f"worker-{strategy.cluster_resolver.task_id}")
-    ckpt = checkpoints.Checkpointer(ckpt_dir, config.keep_checkpoints, **state.checkpointed())
+    scratch = None if chief else os.path.join(
+        ckpt_dir, f"worker-{strategy.cluster_resolver.task_id}")
+    ckpt = checkpoints.Checkpointer(ckpt_dir, config.keep_checkpoints, scratch=scratch,
+                                    **state.checkpointed())
   if chief:
     _check_free_space(config.model_dir, ckpt.size())
   restored = ckpt.restore()
@@ -137,6 +146,7 @@ def _train(config, strategy, chief):
   last_line = None  # When the last progress line was printed.
   skipped, rollbacks = int(state.skipped.numpy()), 0
   logged_weights = _snapshot(state.model.trainable_variables)
+  agree = distribute.Agreement(strategy)  # Workers run the same calls, stop together.
   with interrupts_lib.Interrupts() as interrupts:
     if restored or config.on_nan == "rollback":
       interrupts.saved(start)
@@ -149,6 +159,7 @@ def _train(config, strategy, chief):
         num = 1  # Compiling: one step, timed apart from the others.
       elif config.loop_seconds:  # Short calls keep signals, logs and the ETA responsive.
         num = min(num, max(1, int(config.loop_seconds / step_seconds)))
+      num = agree(0, num)[1]
       interrupts.running(step + num, num, step_seconds and num * step_seconds)
       began = time.perf_counter()
       runner.train_loop(train_iter, tf.constant(num))
@@ -240,14 +251,15 @@ def _train(config, strategy, chief):
       _call([h for h in hooks if hooks_lib.due(h, step)], "on_step", context)
 
       # Read the signal list once: one arriving between the save and the raise
-      # would otherwise stop the run with no checkpoint of this step.
-      stopping = list(interrupts.received)
+      # would otherwise stop the run with no checkpoint of this step. Any worker's
+      # signal stops them all here.
+      stopping = agree(interrupts.received[0] if interrupts.received else 0, 0)[0]
       if step % config.checkpoint_every == 0 or done or stopping:
         ckpt.save(step)
         interrupts.saved(step)
       writers.flush()
       if stopping and not done:
-        raise Preempted(f"signal {stopping[0]} at step {step}: checkpoint saved in "
+        raise Preempted(f"signal {stopping} at step {step}: checkpoint saved in "
                         f"{config.model_dir}; rerun the same command to resume")
 
   # --- the end: the model as a standalone file ----------------------------------

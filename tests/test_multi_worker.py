@@ -1,4 +1,6 @@
-"""MultiWorkerMirroredStrategy: two worker processes on localhost, as two machines would.
+"""MultiWorkerMirroredStrategy: two worker processes on localhost, as two machines would;
+a worker lost and a preemption, with the cluster read from TF_CONFIG and from Slurm's
+variables.
 
 Two workers and one process agree to the last bit of float32 after one step on some
 CPUs and differ by one or two ulps on others (AVX2-only EPYC: 1.5e-8 after step 1,
@@ -11,9 +13,11 @@ so the run is kept short enough to compare the weights tightly.
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -23,7 +27,7 @@ from tests.conftest import ROOT
 FLAGS = ["--dataset=synthetic", "--synthetic_examples=512", "--image_size=32",
          "--model=baseline_cnn", "--batch_size=32", "--train_steps=6", "--log_every=3",
          "--eval_every=6", "--precision=float32", "--learning_rate=0.05",
-         "--schedule=constant", "--deterministic", "--hooks=none",
+         "--schedule=constant", "--deterministic", "--hooks=none", "--checkpoint_every=2",
          # Not baseline_cnn's defaults (Adam, no augmentation): SGD keeps the two runs'
          # rounding differences within the tolerance below.
          "--optimizer=sgd", "--augment=crop,flip", "--weight_decay=5e-4"]
@@ -39,13 +43,45 @@ def _free_ports(n):
   return ports
 
 
-def _train(model_dir, strategy, tf_config=None):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _free_port_pair():
+  """A port P with P + 1 free too: Slurm tasks on one node listen on consecutive ports."""
+  for port in _free_ports(8):
+    try:
+      with socket.socket() as a, socket.socket() as b:
+        a.bind(("localhost", port))
+        b.bind(("localhost", port + 1))
+      return port
+    except OSError:
+      continue
+  raise RuntimeError("no two consecutive free ports")
+
+
+def _train(model_dir, strategy, tf_config=None, env_vars=None, *extra):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env_vars or {}))
+  env.pop("TF_CONFIG", None)
   if tf_config:
     env["TF_CONFIG"] = json.dumps(tf_config)
   return subprocess.Popen([sys.executable, "train.py", f"--strategy={strategy}",
-                           f"--model_dir={model_dir}", *FLAGS], cwd=ROOT, env=env,
+                           f"--model_dir={model_dir}", *FLAGS, *extra], cwd=ROOT, env=env,
                           text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _slurm_workers(model_dir, port_base):
+  """Two workers as `srun --ntasks=2` would start them on one node."""
+  return [_train(model_dir, "multi_worker", None,
+                 {"SLURM_PROCID": str(i), "SLURM_STEP_NUM_TASKS": "2",
+                  "SLURM_STEP_NODELIST": "localhost", "SLURM_STEP_TASKS_PER_NODE": "2"},
+                 "--cluster_resolver=slurm", f"--port_base={port_base}")
+          for i in range(2)]
+
+
+def _until(proc, text, log):
+  """Reads `proc`'s log into `log` until a line has `text`."""
+  for line in proc.stderr:
+    log.append(line)
+    if text in line:
+      return line
+  raise AssertionError(f"{text!r} never logged:\n" + "".join(log[-30:]))
 
 
 def _losses(log):
@@ -84,3 +120,47 @@ def test_two_workers_train_like_one_process(tmp_path):
   assert multi.keys() == one.keys() and len(one) > 10
   for key, value in one.items():
     np.testing.assert_allclose(multi[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_a_lost_worker_ends_the_other_and_every_rerun_resumes_exactly(tmp_path):
+  reference = tmp_path / "reference"
+  procs = [_train(reference, "multi_worker", {"cluster": {"worker": workers},
+                                              "task": {"type": "worker", "index": i}})
+           for workers in [[f"localhost:{p}" for p in _free_ports(2)]] for i in range(2)]
+  assert [p.wait(timeout=300) for p in procs] == [0, 0]
+
+  # SIGKILL one worker: the other ends within a bounded time, naming it.
+  run, port = tmp_path / "run", _free_port_pair()
+  procs, log = _slurm_workers(run, port), []
+  _until(procs[0], "step 3/6", log)
+  procs[1].kill()
+  killed = time.monotonic()
+  rest = procs[0].stderr.read()
+  assert procs[0].wait(timeout=60) == 69 and time.monotonic() - killed < 60, rest[-2000:]
+  assert re.search(rf"error: lost worker 1 \(localhost:{port + 1}\): .*rerun every "
+                   "worker's command", rest), rest[-2000:]
+
+  # Rerun both, then SIGTERM both (a preemption): one checkpoint, exit 75 on both.
+  procs, logs = _slurm_workers(run, port), [[], []]
+  resumed = int(re.search(r"resumed at step (\d+)", _until(procs[0], "resumed at step",
+                                                             logs[0])).group(1))
+  # Once the loop runs (TensorFlow swallows a SIGTERM before its handler is set).
+  _until(procs[0], "compiled the train loop", logs[0])
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  rests = [p.stderr.read() for p in procs]
+  assert [p.wait(timeout=120) for p in procs] == [75, 75], rests[0][-2000:] + rests[1][-2000:]
+  stopped = {int(s) for r in rests for s in re.findall(r"signal 15 at step (\d+)", r)}
+  assert len(stopped) == 1 and (stopped_at := stopped.pop()) > resumed
+  assert (run / "checkpoints" / f"ckpt-{stopped_at}.index").exists()
+  assert not [d for d in os.listdir(run / "checkpoints") if d.startswith("worker-")]
+
+  # The last rerun ends where an uninterrupted run does, to the bit.
+  procs = _slurm_workers(run, port)
+  logs = [p.stderr.read() for p in procs]
+  assert [p.wait(timeout=300) for p in procs] == [0, 0], logs[0][-2000:]
+  assert "resumed at step" in logs[0]
+  ours, theirs = _weights(run), _weights(reference)
+  assert ours.keys() == theirs.keys()
+  for key, value in theirs.items():
+    np.testing.assert_array_equal(ours[key], value, err_msg=key)
