@@ -86,6 +86,10 @@ class Config:
   augment: str = _field("crop,flip", "comma-separated augmentations, in order, each "
                         "name or name(key=value, ...), e.g. crop(padding=2),mixup(alpha=0.2) "
                         "(empty: none; --list=augment shows them)")
+  data_service: str = _field("", "a tf.data service dispatcher (grpc://HOST:PORT): its "
+                             "workers make the training batches, each exactly the local one "
+                             "but in the order they finish (not with --deterministic; "
+                             "docs/SCALING.md)")
   skip_bad_images: bool = _field(False, "train on the readable images of a folder and "
                                  "report the others (default: stop and name them)")
 
@@ -216,6 +220,10 @@ class Config:
     if not self.dataset.startswith("tfds:") or self.dataset == "tfds:":
       _choice("dataset", self.dataset, DATASETS + ("tfds:NAME",))
     _choice("data_cache", self.data_cache, DATA_CACHE)
+    if self.data_service and self.deterministic:
+      raise ConfigError("--data_service hands out batches in the order its workers finish "
+                        "them, so a run with it is not deterministic: drop "
+                        "--deterministic, or --data_service")
     _choice("precision", self.precision, PRECISIONS)
     _choice("on_nan", self.on_nan, ON_NAN)
     _choice("tta", self.tta, TTA)

@@ -301,19 +301,20 @@ def _resize_split(split, size):
 # --- pipelines ----------------------------------------------------------------
 
 
-def train_dataset(source, config, start_step, input_context):
+def train_dataset(source, config, start_step, input_context, shard=True):
   """The per-replica training batches of steps [start_step, config.train_steps).
 
   The global batch of a step is the next `config.batch_size` examples of its epoch's
   order. Each input pipeline reads and augments its share of it (seeded by (seed,
   step)) as a dict (`image` float32, `label` int32, `target` one-hot float32 over
   `config.num_classes`, `index` example ids) and yields one element per local replica,
-  the order tf.distribute hands them out in.
+  the order tf.distribute hands them out in. Its share: its replicas' examples, or the
+  whole batch when an augmentation mixes examples across it (or `shard` is False).
   """
   batch = config.batch_size
   steps_per_epoch = len(source) // batch
   ops = augment_lib.pipeline(config.augment, config.seed)
-  offset, size = share(batch, input_context) if ops.sharded else (0, batch)
+  offset, size = share(batch, input_context) if ops.sharded and shard else (0, batch)
 
   def epoch_batches(epoch, skip=0):
     return source.epoch(config.seed, epoch, skip).batch(batch, drop_remainder=True)
@@ -326,6 +327,8 @@ def train_dataset(source, config, start_step, input_context):
     seed = tf.stack([tf.constant(config.seed, tf.int64), step])
     return ops(built, seed, ops.context(step, step // steps_per_epoch, batch, offset, size))
 
+  if config.data_service:
+    return _served(source, config, start_step, input_context, offset, make_batch)
   first_epoch = start_step // steps_per_epoch
   num_epochs = -(-config.train_steps // steps_per_epoch)
   batches = epoch_batches(first_epoch, (start_step - first_epoch * steps_per_epoch) * batch)
@@ -335,6 +338,31 @@ def train_dataset(source, config, start_step, input_context):
   ds = tf.data.Dataset.zip(steps, batches)
   ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return _per_replica(ds, input_context, batch, offset).prefetch(tf.data.AUTOTUNE)
+
+
+def _served(source, config, start_step, input_context, offset, make_batch):
+  """The training batches made by the tf.data service's workers at `config.data_service`:
+  the dispatcher deals the steps out to them, each makes the batches of its steps, and
+  this pipeline takes them as they come. Every step's batch is exactly the local one,
+  but their order is the workers' race (so no --deterministic, and a resume may repeat or
+  miss the few batches in flight when the run stopped)."""
+  if not hasattr(source, "examples_at"):
+    raise DataError(f"--data_service needs data read by index (in memory or a folder's "
+                    f"files); {type(source).__name__} is read shard by shard")
+  steps_per_epoch = len(source) // config.batch_size
+
+  def batch_of(step):
+    examples = source.examples_at(config.seed, step // steps_per_epoch,
+                                  (step % steps_per_epoch) * config.batch_size,
+                                  config.batch_size)
+    return make_batch(step, examples)
+
+  ds = tf.data.Dataset.range(start_step, config.train_steps).map(
+      batch_of, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.apply(tf.data.experimental.service.distribute(
+      tf.data.experimental.service.ShardingPolicy.DYNAMIC, config.data_service))
+  return _per_replica(ds, input_context, config.batch_size, offset).prefetch(
+      tf.data.AUTOTUNE)
 
 
 def eval_dataset(source, global_batch, num_classes, input_context):

@@ -38,6 +38,11 @@ def test_defaults_validate():
     (dict(dataset="folder", data_dir="/", eval_data_dir="/"),
      "--eval_data_dir is for --dataset=folder or tfrecord with --val_split=0"),
     (dict(model_dir="runs/../../etc"), "escapes its parent"),
+    (dict(data_service="grpc://localhost:5050", deterministic=True),
+     "--data_service hands out batches in the order its workers finish"),
+    (dict(data_cache="disk"), "--data_cache='disk' is not one of: auto, memory, none"),
+    (dict(dataset="tfds:"), "--dataset='tfds:' is not one of"),
+    (dict(strategy="multi_worker", cluster_resolver="k8s"), "--cluster_resolver='k8s'"),
     (dict(epochs=0.0), "--epochs must be > 0"),
 ])
 def test_bad_values_name_the_flag(changes, message):

@@ -119,6 +119,8 @@ def test_a_record_set_trains_from_the_command_line_flags(record_set, tmp_path):
   loaded = data.load(config.validate())
   assert (len(loaded.train), len(loaded.eval), loaded.class_names) == (15, 6,
                                                                        ["ant", "bee", "cat"])
+  with pytest.raises(data.DataError, match="--data_service needs data read by index"):
+    _train(loaded.train, 1, data_service="grpc://localhost:1")
   with pytest.raises(data.DataError, match="not a record set.*make_tfrecords"):
     data.load(config.replace(data_dir=str(tmp_path)))
   with pytest.raises(ValueError, match="exists and is not empty"):
@@ -164,3 +166,18 @@ def test_tfds_by_name_from_its_mock_data_and_unprepared_offline(tmp_path):
       assert json.load(f)["class_names"] == loaded.class_names
   with pytest.raises(data.DataError, match="not prepared in .*tfds build cifar10"):
     data.load(config.replace(data_dir=str(tmp_path / "nothing")))
+
+
+def test_a_data_service_makes_every_batch_exactly_once():
+  service = tf.data.experimental.service
+  dispatcher = service.DispatchServer()
+  address = dispatcher.target.split("://")[1]
+  workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address))
+             for _ in range(2)]
+  split, _ = data.synthetic(40, 8, 3)
+  local = _train(split, 12, start=2)
+  served = _train(split, 12, start=2, data_service=dispatcher.target)
+  # The workers race, so the order may differ; each batch is exactly the local one.
+  key = lambda batch: batch["index"].tobytes()
+  _assert_same(sorted(served, key=key), sorted(local, key=key))
+  del workers

@@ -68,13 +68,19 @@ class Indexed(Source):
   payloads: np.ndarray
 
   def epoch(self, seed, epoch, skip=0):
-    keys = tf.random.stateless_uniform([len(self)], seed=[seed, epoch])
-    return self._examples(tf.argsort(keys)).skip(skip)
+    order = self._order(seed, epoch)
+    return tf.data.Dataset.from_tensor_slices(self._examples(order)).skip(skip)
+
+  def examples_at(self, seed, epoch, start, count):
+    """The examples `start` to `start + count` of the epoch's order, as one batch."""
+    return self._examples(self._order(seed, epoch)[start:start + count])
 
   def in_order(self):
-    return self._examples(tf.range(len(self)))
+    return tf.data.Dataset.from_tensor_slices(self._examples(tf.range(len(self))))
 
-  def _examples(self, order):
-    return tf.data.Dataset.from_tensor_slices({
-        "index": order, "label": tf.gather(self.labels, order),
-        "payload": tf.gather(self.payloads, order)})
+  def _order(self, seed, epoch):
+    return tf.argsort(tf.random.stateless_uniform([len(self)], seed=[seed, epoch]))
+
+  def _examples(self, index):
+    return {"index": index, "label": tf.gather(self.labels, index),
+            "payload": tf.gather(self.payloads, index)}
