@@ -132,6 +132,8 @@ class Config:
                                   "the end of training (per sync, so it depends on N); "
                                   "it grows from 0 as (step / train_steps)^3")
   tta: str = _field("none", "test-time augmentation in evaluation: " + "|".join(TTA))
+  tta_final_only: bool = _field(False, "use --tta only in the last evaluation; the others "
+                                "see one view (flip_translate's 6 views cost 6x)")
   schedule: str = _field("cosine", "learning-rate schedule name")
   warmup_epochs: float = _field(0.0, "linear warmup, in epochs")
   warmup_from: float = _field(0.0, "fraction of the peak learning rate the warmup "

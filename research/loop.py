@@ -240,12 +240,14 @@ def _train(config, strategy, chief):
         last_line = time.perf_counter()
 
       if data.eval is not None and (step % config.eval_every == 0 or done):
-        metrics = runner.evaluate(data.eval, config.global_eval_batch_size)
+        tta = "none" if config.tta_final_only and not done else config.tta
+        metrics = runner.evaluate(data.eval, config.global_eval_batch_size, tta)
         result.eval_history.append((step, metrics))
         context.eval_metrics = metrics
         writers.scalars(writers.eval, step, metrics)
-        logging.info("eval at step %d: %d %s examples | %s", step, metrics["examples"],
-                     data.eval_name, summaries.format_metrics(metrics))
+        logging.info("eval at step %d: %d %s examples%s | %s", step, metrics["examples"],
+                     data.eval_name, f" (tta {tta})" if tta != "none" else "",
+                     summaries.format_metrics(metrics))
         _call(hooks, "after_eval", context)
 
       _call([h for h in hooks if hooks_lib.due(h, step)], "on_step", context)

@@ -280,7 +280,7 @@ class Runner:
   def __init__(self, state, spec, strategy):
     self.state, self.spec, self.strategy = state, spec, strategy
     self._train_loops = {}  # By phase: head_only or not, each traced on first use.
-    self._eval_loop = make_eval_loop(state, spec, strategy)
+    self._eval_loops = {}  # By TTA, each traced on first use.
     self._gradients = None
 
   def train_loop(self, iterator, num_steps):
@@ -292,16 +292,20 @@ class Runner:
       self._train_loops[head_only] = make_train_loop(self.state, spec, self.strategy)
     return self._train_loops[head_only](iterator, num_steps)
 
-  def evaluate(self, split, global_batch_size):
+  def evaluate(self, split, global_batch_size, tta=None):
     """Metrics over every example of `split`, exactly once, with the weights that are
-    evaluated and saved (EMA or Lookahead if on) and the spec's TTA."""
+    evaluated and saved (EMA or Lookahead if on) and `tta` (default: the spec's)."""
+    tta = self.spec.tta if tta is None else tta
+    if tta not in self._eval_loops:
+      spec = dataclasses.replace(self.spec, tta=tta)
+      self._eval_loops[tta] = make_eval_loop(self.state, spec, self.strategy)
     num_classes = self.state.num_classes
     dataset = self.strategy.distribute_datasets_from_function(
         lambda ctx: data_lib.eval_dataset(split, global_batch_size, num_classes, ctx))
     with self.state.averaged_weights():
       self.state.eval_metrics.reset()
-      self._eval_loop(iter(dataset),
-                      tf.constant(data_lib.eval_steps(len(split), global_batch_size)))
+      self._eval_loops[tta](iter(dataset),
+                            tf.constant(data_lib.eval_steps(len(split), global_batch_size)))
       return self.state.eval_metrics.result()
 
   def gradients(self, batch):

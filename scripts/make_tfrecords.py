@@ -55,7 +55,7 @@ def make(dataset, data_dir, output, shards=0, split="train", image_size=32,
                     val_split=0, data_cache="none", skip_bad_images=skip_bad_images)
     if dataset == "folder":
       source, names = data.open_folder(data_dir, config)
-      known = sum(os.path.getsize(p) for p in source.payloads)
+      known = sum(os.path.getsize(p) for p in source.paths)
     else:
       source, _, names = data.open_source(config)
       known = len(source) * image_size ** 2 * 3 // 2  # PNG: about half the raw bytes.

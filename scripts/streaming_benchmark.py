@@ -16,6 +16,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -148,8 +149,9 @@ def main(argv):
       measured([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
                 "from research import data; "
                 f"data.load_folder({big!r}, {FLAGS.image_size}, {cache_dir!r})"])
-    runs[name] = train(folder, cache, os.path.join(FLAGS.work_dir, "runs",
-                                                   re.sub(r"\W+", "_", name)), cache_dir)
+    model_dir = os.path.join(FLAGS.work_dir, "runs", re.sub(r"\W+", "_", name))
+    shutil.rmtree(model_dir, ignore_errors=True)  # A fresh run each time, never a resume.
+    runs[name] = train(folder, cache, model_dir, cache_dir)
     print(f"{name}: {runs[name]}", flush=True)
   cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
               if l.startswith("model name")), "?")

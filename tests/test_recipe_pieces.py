@@ -85,6 +85,20 @@ def test_tta_averages_flipped_and_shifted_views():
   assert not np.allclose(shifted, (plain + flipped) / 2)
 
 
+def test_tta_final_only_keeps_the_final_metrics_and_drops_the_other_views(make_config,
+                                                                          caplog):
+  caplog.set_level("INFO")
+  overrides = dict(model="baseline_cnn", image_size=32, train_steps=4, eval_every=2,
+                   tta="flip_translate", deterministic=True)
+  every = loop.train(make_config(**overrides))
+  final_only = loop.train(make_config(tta_final_only=True, **overrides).replace(
+      model_dir=make_config().model_dir + "_final_only"))
+  assert final_only.eval_history[-1] == every.eval_history[-1]  # The same last eval,
+  assert final_only.eval_history[0][1] != every.eval_history[0][1]  # not the others.
+  assert "eval at step 2: 66 validation examples |" in caplog.text
+  assert "eval at step 4: 66 validation examples (tta flip_translate) |" in caplog.text
+
+
 def _task(make_config, strategy="default", **overrides):
   config = make_config(**overrides)
   split = data.load(config)

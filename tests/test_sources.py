@@ -79,7 +79,7 @@ def test_a_streamed_folder_names_or_skips_unreadable_files(tmp_path):
   config = Config(dataset="folder", data_dir=str(root), image_size=16, data_cache="none",
                   skip_bad_images=True)
   source, _ = data.open_folder(str(root), config)
-  assert len(source) == 9 and not any("cut.jpg" in p for p in source.payloads)
+  assert len(source) == 9 and not any("cut.jpg" in p for p in source.paths)
 
 
 def test_a_record_set_holds_the_files_unchanged_in_balanced_shards(folder, record_set,
@@ -91,7 +91,7 @@ def test_a_record_set_holds_the_files_unchanged_in_balanced_shards(folder, recor
   source, _ = data.open_records(record_set, 16)
   streamed = _open(folder, "none", tmp_path)
   # The same images (bytes stored unchanged, decoded alike) under other indices.
-  by_bytes = {open(p, "rb").read(): i for i, p in enumerate(streamed.payloads)}
+  by_bytes = {open(p, "rb").read(): i for i, p in enumerate(streamed.paths)}
   examples = list(source.in_order().as_numpy_iterator())
   matched = [by_bytes[e["payload"]] for e in examples]
   assert sorted(matched) == list(range(21))

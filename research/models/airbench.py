@@ -178,7 +178,7 @@ FAST_RECIPE = dict(
     weight_decay=0.009, loss="cross_entropy(label_smoothing=0.2)",
     augment="crop(padding=2),alternating_flip",
     param_rules="batchnorm(lr_scale=64),whitening_bias(epochs=3)", lookahead_every=5,
-    tta="flip_translate")
+    tta="flip_translate", tta_final_only=True)
 training_defaults("airbench", **FAST_RECIPE)
 training_defaults("airbench_noidentity", **FAST_RECIPE)
 training_defaults("airbench_nowhiten", **{**FAST_RECIPE, "param_rules": "batchnorm(lr_scale=64)"})

@@ -53,6 +53,14 @@ class Source:
   def subset(self, indices):
     raise NotImplementedError
 
+  def constant(self, name, value):
+    """`value` as a tensor made once, eagerly: every pipeline that captures it shares
+    one copy (numpy captured in a traced function would be copied into each graph)."""
+    if not hasattr(self, name):
+      with tf.init_scope():
+        setattr(self, name, tf.constant(value))
+    return getattr(self, name)
+
   def head(self, count):
     """The first `count` images (all if fewer), as numpy."""
     count = min(count, len(self))

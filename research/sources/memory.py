@@ -21,10 +21,7 @@ class Arrays(Indexed):
     return np.arange(len(self), dtype=np.int32)
 
   def read(self, payloads):
-    if not hasattr(self, "_constant"):  # One copy, however many pipelines capture it.
-      with tf.init_scope():
-        self._constant = tf.constant(self.images)
-    return tf.gather(self._constant, payloads)
+    return tf.gather(self.constant("_images", self.images), payloads)
 
   def subset(self, indices):
     return Arrays(self.images[indices], self.labels[indices])
