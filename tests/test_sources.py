@@ -3,12 +3,14 @@
 import json
 import logging
 import os
+import signal
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import data
+from research import data, hooks, loop
 from research.config import Config
 from research.sources import files, records
 from scripts import make_tfrecords
@@ -181,3 +183,29 @@ def test_a_data_service_makes_every_batch_exactly_once():
   key = lambda batch: batch["index"].tobytes()
   _assert_same(sorted(served, key=key), sorted(local, key=key))
   del workers
+
+
+@hooks.HOOKS.register("test_sigterm_at")
+def _sigterm_at(config, step=5):
+  """Sends this process a SIGTERM after `step`, as a preemption would."""
+  del config
+  return hooks.Hook(at_steps=(step,),
+                    on_step=lambda ctx: os.kill(os.getpid(), signal.SIGTERM))
+
+
+@pytest.mark.parametrize("kind", ["folder_streamed", "tfrecord"])
+def test_a_preempted_run_resumes_bitwise_from_each_source(kind, folder, record_set,
+                                                          make_config):
+  data_flags = (dict(dataset="folder", data_dir=folder, data_cache="none")
+                if kind == "folder_streamed" else dict(dataset="tfrecord", data_dir=record_set))
+  config = make_config(**data_flags, val_split=0.2, batch_size=4, train_steps=12,
+                       checkpoint_every=4, eval_every=12, deterministic=True)
+  reference = loop.train(config.replace(model_dir=config.model_dir + "_whole"))
+  with pytest.raises(loop.Preempted):
+    loop.train(config.replace(hooks="test_sigterm_at(step=5)"))
+  resumed = loop.train(config)
+  assert resumed.train_history[0][0] > 5  # It went on from the checkpoint of the stop,
+  assert resumed.eval_history[-1] == reference.eval_history[-1]  # to the same end.
+  for a, b in zip(*(keras.models.load_model(os.path.join(d, "model.keras")).get_weights()
+                    for d in (config.model_dir, config.model_dir + "_whole"))):
+    np.testing.assert_array_equal(a, b)
