@@ -32,8 +32,8 @@ def test_builds_with_float32_logits_under_bf16(name):
                                                "airbench_nowhiten")
                                   and n not in backbones.BACKBONES])
 def test_trains_with_falling_loss(name, make_config):
-  config = make_config(model=name, image_size=32, train_steps=24, log_every=6,
-                       eval_every=24, optimizer="adam", learning_rate=2e-3,
+  config = make_config(model=name, image_size=32, train_steps=16, log_every=4,
+                       eval_every=16, optimizer="adam", learning_rate=2e-3,
                        weight_decay=0.0, augment="", precision="float32")
   history = loop.train(config).train_history
   first, last = history[0][1]["loss"], history[-1][1]["loss"]

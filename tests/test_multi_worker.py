@@ -95,7 +95,14 @@ def _weights(model_dir):
           if key.startswith(("model/", "optimizer/")) and key.endswith("VARIABLE_VALUE")}
 
 
-def test_two_workers_train_like_one_process(tmp_path):
+def test_two_workers_train_like_one_process_and_fail_well(tmp_path):
+  # One test, so that the uninterrupted two-worker run serves both halves.
+  _two_workers_train_like_one_process(tmp_path)
+  _a_lost_worker_ends_the_other_and_every_rerun_resumes_exactly(tmp_path,
+                                                                tmp_path / "multi")
+
+
+def _two_workers_train_like_one_process(tmp_path):
   workers = [f"localhost:{p}" for p in _free_ports(2)]
   procs = [_train(tmp_path / "multi", "multi_worker",
                   {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
@@ -122,13 +129,8 @@ def test_two_workers_train_like_one_process(tmp_path):
     np.testing.assert_allclose(multi[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-def test_a_lost_worker_ends_the_other_and_every_rerun_resumes_exactly(tmp_path):
-  reference = tmp_path / "reference"
-  procs = [_train(reference, "multi_worker", {"cluster": {"worker": workers},
-                                              "task": {"type": "worker", "index": i}})
-           for workers in [[f"localhost:{p}" for p in _free_ports(2)]] for i in range(2)]
-  assert [p.wait(timeout=300) for p in procs] == [0, 0]
-
+def _a_lost_worker_ends_the_other_and_every_rerun_resumes_exactly(tmp_path, reference):
+  """`reference`: the model dir of an uninterrupted two-worker run of FLAGS."""
   # SIGKILL one worker: the other ends within a bounded time, naming it.
   run, port = tmp_path / "run", _free_port_pair()
   procs, log = _slurm_workers(run, port), []
