@@ -70,10 +70,8 @@ class Source:
 
 class Indexed(Source):
   """A source that reads any example by its position: each epoch is a permutation of
-  all examples seeded by (seed, epoch). Subclasses set `labels` and `payloads` (one per
-  example, a numpy array) and define `read`."""
-
-  payloads: np.ndarray
+  all examples seeded by (seed, epoch), and the payload is the example id. Subclasses
+  set `labels` and define `read` (ids -> images)."""
 
   def epoch(self, seed, epoch, skip=0):
     order = self._order(seed, epoch)
@@ -90,5 +88,4 @@ class Indexed(Source):
     return tf.argsort(tf.random.stateless_uniform([len(self)], seed=[seed, epoch]))
 
   def _examples(self, index):
-    return {"index": index, "label": tf.gather(self.labels, index),
-            "payload": tf.gather(self.payloads, index)}
+    return {"index": index, "label": tf.gather(self.labels, index), "payload": index}

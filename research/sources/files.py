@@ -47,10 +47,6 @@ class Files(Indexed):
     self.paths = np.asarray(paths, dtype=object)
     self.labels, self.image_size = labels, image_size
 
-  @property
-  def payloads(self):
-    return np.arange(len(self), dtype=np.int32)
-
   def read(self, payloads):
     size = self.image_size
     return tf.map_fn(lambda path: decode_image(tf.io.read_file(path), size),

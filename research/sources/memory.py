@@ -1,6 +1,5 @@
 """Images decoded into one uint8 array in memory: the fast path, for data that fits."""
 
-import numpy as np
 import tensorflow as tf
 
 from research.sources import Indexed
@@ -15,10 +14,6 @@ class Arrays(Indexed):
   @property
   def image_size(self):
     return self.images.shape[1]
-
-  @property
-  def payloads(self):
-    return np.arange(len(self), dtype=np.int32)
 
   def read(self, payloads):
     return tf.gather(self.constant("_images", self.images), payloads)
