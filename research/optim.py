@@ -53,14 +53,15 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
             "decay_to": self.decay_to}
 
 
-def schedule(config):
+def schedule(config, peak=0.0):
   """The learning rate as a function of the optimizer's update count (with
-  --grad_accum_steps=N, one update every N steps)."""
+  --grad_accum_steps=N, one update every N steps), peaking at `peak` if given, else at
+  --learning_rate."""
   shape = SCHEDULES.get(config.schedule)
   updates, warmup = config.train_steps // config.grad_accum_steps, 0
   if config.warmup_steps:
     warmup = max(1, config.warmup_steps // config.grad_accum_steps)
-  return Warmup(config.learning_rate, warmup, max(1, updates - warmup), shape,
+  return Warmup(peak or config.learning_rate, warmup, max(1, updates - warmup), shape,
                 warmup_from=config.warmup_from, decay_to=config.decay_to)
 
 
@@ -103,17 +104,23 @@ class Rule:
   lr_scale: float = 1.0        # multiplies their gradients: their learning rate, for SGD
   weight_decay: bool = True    # whether --weight_decay applies
   train_steps: int = 0         # > 0: they train for this many steps, then stay fixed
+  learning_rate: float = 0.0   # > 0: the peak rate of their optimizer, its own instance
 
 
 DEFAULT_RULE = Rule("default")
 
 
-def _rule(name, match, optimizer, lr_scale, weight_decay=True, train_steps=0):
+def _rule(name, match, optimizer, lr_scale, weight_decay=True, train_steps=0,
+          learning_rate=0.0):
   if not lr_scale > 0:
     raise ValueError(f"{name}: lr_scale must be > 0, got {lr_scale}")
+  if not learning_rate >= 0:
+    raise ValueError(f"{name}: learning_rate must be > 0 (0: --learning_rate), got "
+                     f"{learning_rate}")
   if optimizer:
     OPTIMIZERS.parse(optimizer)  # An unknown optimizer fails here, before any data.
-  return Rule(name, match, optimizer, float(lr_scale), weight_decay, train_steps)
+  return Rule(name, match, optimizer, float(lr_scale), weight_decay, train_steps,
+              float(learning_rate))
 
 
 def _steps(config, epochs):
@@ -121,18 +128,20 @@ def _steps(config, epochs):
 
 
 @RULES.register("batchnorm")
-def batchnorm(config, lr_scale=1.0, optimizer=""):
+def batchnorm(config, lr_scale=1.0, optimizer="", learning_rate=0.0):
   """BatchNorm's learned scale and offset (airbench's bias_scaler: lr_scale=64)."""
   del config
-  return _rule("batchnorm", lambda model, v: v.name in BATCHNORM_PARAMS, optimizer, lr_scale)
+  return _rule("batchnorm", lambda model, v: v.name in BATCHNORM_PARAMS, optimizer, lr_scale,
+               learning_rate=learning_rate)
 
 
 @RULES.register("kernels")
-def kernels(config, rank=0, optimizer="", lr_scale=1.0, weight_decay=True):
+def kernels(config, rank=0, optimizer="", lr_scale=1.0, weight_decay=True, learning_rate=0.0):
   """Weight kernels of rank `rank` (4: conv filters, 2: dense; 0: both), e.g. Muon's."""
   del config
   match = lambda model, v: v.name == "kernel" and (not rank or len(v.shape) == rank)
-  return _rule(f"kernels(rank={rank})", match, optimizer, lr_scale, weight_decay)
+  return _rule(f"kernels(rank={rank})", match, optimizer, lr_scale, weight_decay,
+               learning_rate=learning_rate)
 
 
 @RULES.register("whitening_bias")
@@ -145,13 +154,14 @@ def whitening_bias(config, epochs=3.0, optimizer="", lr_scale=1.0):
 
 
 @RULES.register("pattern")
-def pattern(config, regex="", optimizer="", lr_scale=1.0, weight_decay=True, epochs=0.0):
+def pattern(config, regex="", optimizer="", lr_scale=1.0, weight_decay=True, epochs=0.0,
+            learning_rate=0.0):
   """Variables whose path matches `regex` (re.search), e.g. 'dense|logits'."""
   if not regex:
     raise ValueError("pattern: needs regex='...'")
   compiled = re.compile(regex)
   return _rule(f"pattern({regex!r})", lambda model, v: bool(compiled.search(v.path)),
-               optimizer, lr_scale, weight_decay, _steps(config, epochs))
+               optimizer, lr_scale, weight_decay, _steps(config, epochs), learning_rate)
 
 
 def rule_specs(config):
@@ -214,17 +224,19 @@ class Optimizers(tf.Module):
 
 def build(config, model):
   """The optimizer(s) of `model`'s variables by their rules; a LossScaleOptimizer under
-  mixed_float16. One optimizer unless rules name others (then `Optimizers`)."""
+  mixed_float16. One optimizer unless rules name others or their own peak learning
+  rate (then `Optimizers`)."""
   variables = model.trainable_variables
   rules = variable_rules(config, model)
-  groups = {}  # optimizer item -> variables, --optimizer's first
-  groups[config.optimizer] = []
+  groups = {}  # (optimizer item, peak rate) -> variables, --optimizer's first
+  groups[config.optimizer, 0.0] = []
   for variable, rule in zip(variables, rules):
-    groups.setdefault(rule.optimizer or config.optimizer, []).append((variable, rule))
-  groups = {item: members for item, members in groups.items() if members}
+    key = (rule.optimizer or config.optimizer, rule.learning_rate)
+    groups.setdefault(key, []).append((variable, rule))
+  groups = {key: members for key, members in groups.items() if members}
   optimizers = []
-  for item, members in groups.items():
-    optimizer = OPTIMIZERS.build(item, schedule(config), config)
+  for (item, peak), members in groups.items():
+    optimizer = OPTIMIZERS.build(item, schedule(config, peak), config)
     if config.weight_decay:
       optimizer.exclude_from_weight_decay(
           var_list=[v for v, rule in members if not rule.weight_decay],

@@ -49,6 +49,19 @@ def test_conv_kernels_take_their_own_optimizer(strategy, make_config):
       assert np.max(np.abs(v.numpy() - old)) == pytest.approx(0.1, rel=0.05)
 
 
+def test_a_rule_with_its_own_learning_rate_gets_its_own_optimizer(make_config):
+  state, runner, batches = _state(
+      make_config, optimizer="sgd", momentum=0.0, learning_rate=0.05, weight_decay=0.0,
+      param_rules="kernels(rank=4, learning_rate=0.5)")
+  first, second = state.optimizer.optimizers
+  assert type(first).__name__ == type(second).__name__ == "SGD"
+  assert [float(o.learning_rate) for o in (first, second)] == pytest.approx([0.05, 0.5])
+  conv = [v for v in state.model.trainable_variables if len(v.shape) == 4]
+  assert {id(v) for v in conv} == state.optimizer._variables_of[1]
+  runner.train_loop(batches, tf.constant(1))
+  assert int(second.iterations.numpy()) == 1
+
+
 def test_several_optimizers_checkpoint_and_resume(make_config):
   config = make_config(param_rules="kernels(rank=4, optimizer='adam')", train_steps=6,
                        checkpoint_every=3, deterministic=True)

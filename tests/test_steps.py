@@ -168,6 +168,28 @@ def test_keras_optimizers_from_the_registry_train(name, make_config):
   assert all(np.isfinite(m["loss"]) for _, m in history)
 
 
+def test_muon_orthogonalizes_conv_filters_and_renormalizes_them():
+  # airbench94_muon's step on a [kh, kw, in, out] kernel: rescale it to norm sqrt(out),
+  # then subtract lr x the orthogonalized gradient of the [kh*kw*in, out] matrix.
+  from research.ideas.optimizers import Muon  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  kernel = tf.Variable(rng.normal(size=(3, 3, 8, 16)).astype(np.float32))
+  gradient = tf.constant(rng.normal(size=(3, 3, 8, 16)).astype(np.float32))
+  optimizer = Muon(0.1, momentum=0.6, nesterov=False, ns_steps=5, rms_rate=None,
+                   normalize_weights=True, weight_decay=None)
+  optimizer.build([kernel])
+  assert optimizer.adam_velocities[0] is None  # Muon's path, not the AdamW fallback.
+  normalized = kernel.numpy() * 4.0 / np.linalg.norm(kernel.numpy())
+  optimizer.apply_gradients([(gradient, kernel)])
+  update = ((normalized - kernel.numpy()) / 0.1).reshape(72, 16)
+  # Newton-Schulz's quintic lands the singular values near 1, not on it (Jordan: 0.7-1.2).
+  assert np.all((0.6 < np.linalg.svd(update, compute_uv=False)) &
+                (np.linalg.svd(update, compute_uv=False) < 1.3))
+  u, _, vt = np.linalg.svd(gradient.numpy().reshape(72, 16), full_matrices=False)
+  cosine = np.sum(update * (u @ vt)) / (np.linalg.norm(update) * np.linalg.norm(u @ vt))
+  assert cosine > 0.95
+
+
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
 def test_two_accumulated_steps_are_one_step_of_twice_the_batch(strategy, make_config):
   # No augmentation, constant rate: steps 1-2 of batch 16 hold the examples of step 1
