@@ -110,7 +110,11 @@ def test_every_model_default_is_valid_and_matches_its_flagfile():
     config = Config(model=name, dataset="synthetic").with_model_defaults(defaults, set())
     plugins.validate(config.validate())
   for flagfile, model in (("baseline_cnn", "baseline_cnn"), ("improved_cnn", "improved_cnn"),
-                          ("cifar10_fast", "airbench"), ("finetune_imagenet", "efficientnet_b0")):
+                          ("cifar10_fast", "airbench"), ("cifar10_long", "airbench_wide"),
+                          ("finetune_imagenet", "efficientnet_b0")):
     recipe = config_lib.from_flagfile(os.path.join(ROOT, "configs", f"{flagfile}.flags"))
     for field, value in models.TRAINING_DEFAULTS[model].items():
       assert getattr(recipe, field) == value, (flagfile, field)
+  # The Muon recipe is a flagfile only; its rules and optimizer item must parse and build.
+  muon = config_lib.from_flagfile(os.path.join(ROOT, "configs", "cifar10_muon.flags"))
+  plugins.validate(muon.replace(dataset="synthetic").validate())

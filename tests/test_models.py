@@ -23,13 +23,13 @@ def test_builds_with_float32_logits_under_bf16(name):
   assert all(o.dtype == "float32" for o in outputs.values())
 
 
-# resnet20 and resnet56 are resnet8's builder at other depths, and airbench_noidentity
-# and airbench_nowhiten airbench's without one of its layers (their builds are tested
-# above); training them here would only take minutes. The ImageNet backbones train in
+# resnet20 and resnet56 are resnet8's builder at other depths, airbench_wide airbench's
+# at other widths, and airbench_noidentity and airbench_nowhiten airbench's without one
+# of its layers (their builds are tested above); training them here would only take minutes. The ImageNet backbones train in
 # test_transfer.
 @pytest.mark.parametrize("name", [n for n in models.MODELS.names()
                                   if n not in ("resnet20", "resnet56", "airbench_noidentity",
-                                               "airbench_nowhiten")
+                                               "airbench_nowhiten", "airbench_wide")
                                   and n not in backbones.BACKBONES])
 def test_trains_with_falling_loss(name, make_config):
   config = make_config(model=name, image_size=32, train_steps=16, log_every=4,
@@ -41,7 +41,7 @@ def test_trains_with_falling_loss(name, make_config):
 
 
 def test_unknown_model_lists_known():
-  with pytest.raises(SpecError, match="known: airbench, airbench_noidentity, airbench_nowhiten, baseline_cnn"):
+  with pytest.raises(SpecError, match="known: airbench, airbench_noidentity, airbench_nowhiten, airbench_wide, baseline_cnn"):
     models.build(Config(model="nope"))
 
 
