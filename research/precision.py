@@ -61,6 +61,13 @@ def gpu_capabilities():
   return found
 
 
+def onednn_enabled():
+  """Whether TensorFlow runs its CPU ops with oneDNN's kernels (research/__init__.py
+  turns them on unless TF_ENABLE_ONEDNN_OPTS=0)."""
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+  return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def resolve(requested):
   """The policy to run for `requested` (`auto` or a policy), logging the choice.
 
@@ -70,7 +77,8 @@ def resolve(requested):
   gpus = gpu_capabilities()
   if requested == "auto":
     policy, reason = choose(gpus, cpu_flags())
-    logging.info("precision: %s (--precision=auto: %s)", policy, reason)
+    logging.info("precision: %s (--precision=auto: %s); oneDNN CPU kernels %s", policy,
+                 reason, "on" if onednn_enabled() else "off")
     return policy
   if requested == "mixed_bfloat16" and not gpus and not native_bf16_flags():
     logging.warning("--precision=mixed_bfloat16 on a CPU without native bfloat16 (no %s) "

@@ -5,7 +5,8 @@ On a CPU-only machine TensorFlow prints, before its logging is set up (so
 TF_CPP_MIN_LOG_LEVEL cannot hide them), lines such as `Could not find cuda drivers`
 and an E-level `failed call to cuInit ... (303)`; its Python side then logs every
 MirroredStrategy all-reduce (`Reduce to ... then broadcast`) and checkpoint shard
-(`Sharding callback duration`) at INFO. None of it is news. `quietly` captures the
+(`Sharding callback duration`) at INFO; with oneDNN on it says so and that results
+may differ in rounding. None of it is news. `quietly` captures the
 process's stderr while TensorFlow imports and finds its devices, and passes on every
 line that is not such noise.
 """
@@ -24,6 +25,7 @@ NOISE = re.compile("|".join((
     r"cuda_(platform|executor|diagnostics)\.cc",
     r"failed call to cuInit",
     r"cpu_feature_guard\.cc",
+    r"oneDNN custom operations are on",  # The precision line says so (research/__init__).
     r"^To enable the following instructions",
     r"rebuild TensorFlow with the appropriate compiler flags",
 )))

@@ -18,6 +18,7 @@ import resource
 import statistics
 import time
 
+import research  # noqa: F401  (first: it sets TensorFlow's CPU kernels before TF loads)
 import keras
 import numpy as np
 import tensorflow as tf
@@ -316,9 +317,11 @@ def run(settings, log=print):
   rows, summary = [], {}
   auto = precision_lib.resolve("auto")
   features = precision_lib.native_bf16_flags()
-  rows.append(("CPU native bf16 flags; --precision=auto picks",
-               f"{', '.join(features) or 'none'}; {auto}"))
+  rows.append(("CPU native bf16 flags; --precision=auto picks; oneDNN kernels",
+               f"{', '.join(features) or 'none'}; {auto}; "
+               f"{'on' if precision_lib.onednn_enabled() else 'off'}"))
   summary["auto_precision"] = auto
+  summary["onednn"] = precision_lib.onednn_enabled()
   if settings.precision == "auto":
     settings = dataclasses.replace(settings, precision=auto)
   log(f"loop vs fit: batch {settings.batch_size}, {settings.steps} steps a window, "

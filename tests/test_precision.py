@@ -1,6 +1,9 @@
 """--precision=auto: the policy follows the hardware, and the run records what it chose."""
 
 import json
+import os
+import subprocess
+import sys
 
 from absl import logging
 import pytest
@@ -33,6 +36,20 @@ def test_cpu_flags_read_the_first_flags_line(tmp_path):
                      "processor\t: 1\nflags\t\t: fpu\n")
   assert precision.cpu_flags(str(cpuinfo)) == {"fpu", "avx2", "amx_bf16"}
   assert precision.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "True"), ("0", "False")])
+def test_importing_research_first_turns_on_onednn_unless_opted_out(setting, expected):
+  # TensorFlow itself turns oneDNN on only on AVX-512/AMX CPUs; importing `research`
+  # first turns it on everywhere (the AVX2 speed-up), and TF_ENABLE_ONEDNN_OPTS=0 wins.
+  env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+  if setting is not None:
+    env["TF_ENABLE_ONEDNN_OPTS"] = setting
+  code = "import research, research.precision as p; print(p.onednn_enabled())"
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       check=True).stdout
+  assert out.strip().splitlines()[-1] == expected
 
 
 def test_explicit_bf16_without_native_support_warns(monkeypatch):
