@@ -19,6 +19,7 @@ window in which at least one op ran (the rest: Python, dispatch, waiting for inp
 import collections
 import glob
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,13 +30,14 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_integer("top", 15, "op types listed, slowest first")
 FLAGS = flags.FLAGS
 
-# Op type -> kind; types not listed are matched by the prefixes below, else "other".
+# Op type (without oneDNN's `_MklNative` prefix: base_type) -> kind; types not listed
+# are matched by the prefixes below, else "other".
 KINDS = {
-    "convolution": ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "_FusedConv2D",
+    "convolution": ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "FusedConv2D",
                     "DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropInput",
                     "DepthwiseConv2dNativeBackpropFilter"),
-    "matmul": ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "_FusedMatMul", "Einsum"),
-    "batchnorm": ("FusedBatchNormV3", "FusedBatchNormGradV3"),
+    "matmul": ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "FusedMatMul", "Einsum"),
+    "batchnorm": ("FusedBatchNormV3", "FusedBatchNormGradV3", "FusedBatchNormEx"),
     "pooling": ("MaxPool", "MaxPoolGrad", "AvgPool", "AvgPoolGrad", "Max", "Mean"),
     "optimizer and variables": ("ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp",
                                 "AssignSubVariableOp", "VarHandleOp"),
@@ -47,8 +49,8 @@ KINDS = {
                     "CollectiveAllToAllV2"),
     "input": ("IteratorGetNext", "IteratorGetNextAsOptional", "OptionalGetValue"),
 }
-PREFIXES = (("ResourceApply", "optimizer and variables"), ("_Mkl", "convolution"),
-            ("Unsorted", "elementwise"), ("Reduce", "elementwise"))
+PREFIXES = (("ResourceApply", "optimizer and variables"), ("Unsorted", "elementwise"),
+            ("Reduce", "elementwise"))
 ELEMENTWISE = {
     "Add", "AddV2", "AddN", "Sub", "Mul", "RealDiv", "DivNoNan", "Div", "Neg", "Square",
     "Sqrt", "Rsqrt", "Exp", "Log", "Erf", "Erfc", "Tanh", "Sigmoid", "Relu", "ReluGrad",
@@ -61,7 +63,14 @@ ELEMENTWISE = {
 }
 
 
+def base_type(op_type):
+  """The op type without the prefix of oneDNN's or a fused variant:
+  `_MklNativeConv2DBackpropInput` -> `Conv2DBackpropInput`, `_FusedConv2D` -> `FusedConv2D`."""
+  return re.sub(r"^_(MklNative|Mkl)?", "", op_type)
+
+
 def kind_of(op_type):
+  op_type = base_type(op_type)
   for kind, types in KINDS.items():
     if op_type in types:
       return kind

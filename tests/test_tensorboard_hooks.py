@@ -155,6 +155,18 @@ def test_profile_writes_a_trace(run):
   traces = glob.glob(os.path.join(config.model_dir, "train", "plugins", "profile", "*",
                                   "*.xplane.pb"))
   assert len(traces) == 1 and os.path.getsize(traces[0]) > 1000
+  # scripts/profile_summary.py reads it: the traced steps of resnet8 are mostly its
+  # convolutions (forward and both gradients), and every kind's share adds up to 1.
+  from scripts import profile_summary  # pylint: disable=g-import-not-at-top
+  summary = profile_summary.summarize(profile_summary.op_events(
+      profile_summary.find_trace(config.model_dir)))
+  shares = {kind: ps / sum(summary["by_kind"].values())
+            for kind, ps in summary["by_kind"].items()}
+  assert max(shares, key=shares.get) == "convolution"
+  assert {"Conv2DBackpropInput", "Conv2DBackpropFilter"} <= {
+      profile_summary.base_type(t) for t in summary["by_type"]}  # oneDNN's or TF's
+  assert 0 < summary["busy"] <= 1
+  assert "| convolution |" in profile_summary.format_summary(summary, top=5)
 
 
 @pytest.mark.parametrize("hook", ["profile(start=5, stop=2)", "profile(start=-1)",
