@@ -10,8 +10,8 @@ the modules research/plugins.py lists, research/ideas/ and --plugins.
 import os
 
 # oneDNN's kernels for TensorFlow's CPU ops. TensorFlow turns them on by itself only on
-# CPUs with AVX-512 VNNI/BF16 or AMX; on an AVX2-only CPU they made the fast recipe's
-# float32 training step about 1.6x faster (docs/BENCHMARKS.md), mostly through the
+# CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX; on an AVX2-only CPU they made the fast
+# recipe's float32 training step 1.54x faster (docs/BENCHMARKS.md), mostly through the
 # convolutions' input gradients. Read once, when TensorFlow loads: importing `research`
 # first (train.py, the scripts, the tests) sets it; TF_ENABLE_ONEDNN_OPTS=0 opts out.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
