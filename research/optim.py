@@ -115,7 +115,7 @@ def _rule(name, match, optimizer, lr_scale, weight_decay=True, train_steps=0,
   if not lr_scale > 0:
     raise ValueError(f"{name}: lr_scale must be > 0, got {lr_scale}")
   if not learning_rate >= 0:
-    raise ValueError(f"{name}: learning_rate must be > 0 (0: --learning_rate), got "
+    raise ValueError(f"{name}: learning_rate must be >= 0 (0: --learning_rate), got "
                      f"{learning_rate}")
   if optimizer:
     OPTIMIZERS.parse(optimizer)  # An unknown optimizer fails here, before any data.
