@@ -53,12 +53,12 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
             "decay_to": self.decay_to}
 
 
-def schedule(config, peak=0.0):
+def schedule(config, peak=0.0, steps=0):
   """The learning rate as a function of the optimizer's update count (with
   --grad_accum_steps=N, one update every N steps), peaking at `peak` if given, else at
-  --learning_rate."""
+  --learning_rate, and decaying over the run or, if given, its first `steps` steps."""
   shape = SCHEDULES.get(config.schedule)
-  updates, warmup = config.train_steps // config.grad_accum_steps, 0
+  updates, warmup = (steps or config.train_steps) // config.grad_accum_steps, 0
   if config.warmup_steps:
     warmup = max(1, config.warmup_steps // config.grad_accum_steps)
   return Warmup(peak or config.learning_rate, warmup, max(1, updates - warmup), shape,
@@ -105,13 +105,14 @@ class Rule:
   weight_decay: bool = True    # whether --weight_decay applies
   train_steps: int = 0         # > 0: they train for this many steps, then stay fixed
   learning_rate: float = 0.0   # > 0: the peak rate of their optimizer, its own instance
+  schedule_steps: int = 0      # > 0: their own optimizer's schedule ends at this step
 
 
 DEFAULT_RULE = Rule("default")
 
 
 def _rule(name, match, optimizer, lr_scale, weight_decay=True, train_steps=0,
-          learning_rate=0.0):
+          learning_rate=0.0, schedule_steps=0):
   if not lr_scale > 0:
     raise ValueError(f"{name}: lr_scale must be > 0, got {lr_scale}")
   if not learning_rate >= 0:
@@ -120,7 +121,7 @@ def _rule(name, match, optimizer, lr_scale, weight_decay=True, train_steps=0,
   if optimizer:
     OPTIMIZERS.parse(optimizer)  # An unknown optimizer fails here, before any data.
   return Rule(name, match, optimizer, float(lr_scale), weight_decay, train_steps,
-              float(learning_rate))
+              float(learning_rate), schedule_steps)
 
 
 def _steps(config, epochs):
@@ -145,12 +146,17 @@ def kernels(config, rank=0, optimizer="", lr_scale=1.0, weight_decay=True, learn
 
 
 @RULES.register("whitening_bias")
-def whitening_bias(config, epochs=3.0, optimizer="", lr_scale=1.0):
-  """airbench's patch-whitening bias, trained for the first `epochs` only."""
+def whitening_bias(config, epochs=3.0, optimizer="", lr_scale=1.0, decay=False):
+  """airbench's patch-whitening bias, trained for the first `epochs` only; `decay=True`
+  gives it its own schedule that ends with those epochs (airbench94_muon's), instead of
+  the run's schedule cut off there."""
   from research import models  # pylint: disable=g-import-not-at-top  (models import optim)
+  if decay and not epochs:
+    raise ValueError("whitening_bias: decay=True needs epochs > 0")
   match = lambda model, v: any(v is b for b in models.whitening_biases(model))
-  return _rule("whitening_bias", match, optimizer, lr_scale, train_steps=max(
-      1, _steps(config, epochs)) if epochs else 0)
+  steps = max(1, _steps(config, epochs)) if epochs else 0
+  return _rule("whitening_bias", match, optimizer, lr_scale, train_steps=steps,
+               schedule_steps=steps if decay else 0)
 
 
 @RULES.register("pattern")
@@ -225,18 +231,18 @@ class Optimizers(tf.Module):
 def build(config, model):
   """The optimizer(s) of `model`'s variables by their rules; a LossScaleOptimizer under
   mixed_float16. One optimizer unless rules name others or their own peak learning
-  rate (then `Optimizers`)."""
+  rate or schedule (then `Optimizers`)."""
   variables = model.trainable_variables
   rules = variable_rules(config, model)
-  groups = {}  # (optimizer item, peak rate) -> variables, --optimizer's first
-  groups[config.optimizer, 0.0] = []
+  groups = {}  # (optimizer item, peak rate, schedule steps) -> variables, --optimizer's first
+  groups[config.optimizer, 0.0, 0] = []
   for variable, rule in zip(variables, rules):
-    key = (rule.optimizer or config.optimizer, rule.learning_rate)
+    key = (rule.optimizer or config.optimizer, rule.learning_rate, rule.schedule_steps)
     groups.setdefault(key, []).append((variable, rule))
   groups = {key: members for key, members in groups.items() if members}
   optimizers = []
-  for (item, peak), members in groups.items():
-    optimizer = OPTIMIZERS.build(item, schedule(config, peak), config)
+  for (item, peak, steps), members in groups.items():
+    optimizer = OPTIMIZERS.build(item, schedule(config, peak, steps), config)
     if config.weight_decay:
       optimizer.exclude_from_weight_decay(
           var_list=[v for v, rule in members if not rule.weight_decay],

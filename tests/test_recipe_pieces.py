@@ -249,3 +249,14 @@ def test_fused_batchnorm_matches_keras_batchnorm(dtype):
   # At inference the two differ by that correction of the moving variance.
   np.testing.assert_allclose(tf.cast(fused(x, training=False), tf.float32),
                              tf.cast(plain(x, training=False), tf.float32), atol=0.1)
+
+
+def test_whitening_bias_decay_gives_it_a_schedule_that_ends_with_its_epochs(make_config):
+  config = make_config(model="airbench", schedule="linear", learning_rate=0.5,
+                       param_rules="whitening_bias(epochs=0.6, decay=True)").resolve(160, 10)
+  state, _ = make_runner(config)
+  run, bias = state.optimizer.optimizers
+  assert [v.path for v in bias.variables if "whiten" in v.path]  # Its momentum slot.
+  rates = lambda optimizer: [float(optimizer._learning_rate(s)) for s in (0, 3, 6)]
+  assert rates(run) == pytest.approx([0.5, 0.25, 0.0])   # Over the run's 6 steps...
+  assert rates(bias) == pytest.approx([0.5, 0.0, 0.0])   # ...and over its first 3.

@@ -88,6 +88,7 @@ def test_a_rule_without_decay_leaves_its_variables_undecayed(make_config):
     ("kernels(optimizer='nope')", "unknown optimizer 'nope'"),
     ("batchnorm(lr_scale=0)", "lr_scale must be > 0"),
     ("kernels(learning_rate=-0.1)", "learning_rate must be >= 0"),
+    ("whitening_bias(epochs=0, decay=True)", "decay=True needs epochs > 0"),
     ("bias_only", "unknown parameter rule 'bias_only'"),
 ])
 def test_bad_rules_are_one_clear_error(rules, message, make_config):
