@@ -101,6 +101,9 @@ def validate(config):
         registry.build(spec, *arguments(config))  # Builders raise ValueError on bad values.
     except (SpecError, ValueError) as e:
       raise ConfigError(f"--{flag}: {e}") from None
+  if config.weights == "imagenet":  # Refused before any data is read, not after.
+    from research.models import backbones  # pylint: disable=g-import-not-at-top
+    backbones.imagenet_backbone(config.model)
   return config
 
 

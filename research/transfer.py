@@ -54,10 +54,7 @@ def load_weights(model, weights, model_name):
   from research.models import backbones  # pylint: disable=g-import-not-at-top
   target = _backbone(model)
   if weights == "imagenet":
-    name = model_name.split("(")[0].strip()
-    if target is None or name not in backbones.BACKBONES:
-      raise ConfigError(f"--weights=imagenet: --model={model_name} has no ImageNet weights "
-                        f"(the backbones that do: {', '.join(backbones.BACKBONES)})")
+    name = backbones.imagenet_backbone(model_name)
     try:
       source = backbones.application(name, target.input_shape[1], weights="imagenet")
     except Exception as e:  # pylint: disable=broad-except  (URL errors take many forms)

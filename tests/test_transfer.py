@@ -200,11 +200,9 @@ def test_imagenet_weights_offline_is_one_line_naming_the_ways_out(make_config, m
     transfer.initialize(state.model, config, list("abcd"), write=False)
 
 
-def test_imagenet_weights_for_a_model_without_them_is_refused(make_config):
-  config = make_config(weights="imagenet").resolve(192, 4)
-  state, _ = make_runner(config)
-  with pytest.raises(ConfigError, match="has no ImageNet weights"):
-    transfer.initialize(state.model, config, list("abcd"), write=False)
+def test_imagenet_weights_for_a_model_without_them_is_refused_before_any_data(make_config):
+  with pytest.raises(ConfigError, match="--model=resnet8 has no ImageNet weights"):
+    make_config(weights="imagenet")  # Validation, as train.py's, before data.load.
 
 
 @pytest.mark.parametrize("overrides, message", [

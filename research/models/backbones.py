@@ -17,6 +17,7 @@ from typing import Callable
 import keras
 from keras import layers
 
+from research.config import ConfigError
 from research.models.registry import MODELS, logits, training_defaults
 
 PREFERRED_SIZE = 224  # The ImageNet training size of every backbone below.
@@ -49,6 +50,16 @@ BACKBONES = {
     "convnext_tiny": Backbone(keras.applications.ConvNeXtTiny, None,
                               {"include_preprocessing": True}),
 }
+
+
+def imagenet_backbone(model):
+  """The backbone name of --model=`model` (a spec), or ConfigError if it has no ImageNet
+  weights."""
+  name = model.split("(")[0].strip()
+  if name not in BACKBONES:
+    raise ConfigError(f"--weights=imagenet: --model={model} has no ImageNet weights "
+                      f"(the backbones that do: {', '.join(BACKBONES)})")
+  return name
 
 
 def application(name, input_size, weights=None):
