@@ -55,9 +55,19 @@ def predict(model, images, tta="none"):
   return {**plain, "logits": averaged}
 
 
-def probabilities(model, images, tta="none", batch_size=250):
-  """Softmax probabilities, float32 numpy [N, K], of N > 0 uint8 or float images."""
-  run = tf.function(
+def compiled_probabilities(model, tta="none"):
+  """`images -> softmax probabilities` of `model` under TTA `tta`, one tf.function: traced
+  once per input shape, however many times it is called."""
+  return tf.function(
       lambda x: tf.nn.softmax(predict(model, tf.cast(x, tf.float32), tta)["logits"]))
+
+
+def probabilities(model, images, tta="none", batch_size=250, compiled=None):
+  """Softmax probabilities, float32 numpy [N, K], of N > 0 uint8 or float images.
+
+  `compiled`: a `compiled_probabilities(model, tta)` to reuse, for a caller that predicts
+  again and again (a hook after every evaluation) and would otherwise trace each time.
+  """
+  run = compiled or compiled_probabilities(model, tta)
   return np.concatenate([run(images[i:i + batch_size]).numpy()
                          for i in range(0, len(images), batch_size)])

@@ -51,13 +51,15 @@ def train_images(config, every=1000):
 # --- predictions --------------------------------------------------------------
 
 
-def prediction_figures(model, split, class_names, count=0, tta="none", matrix=None):
+def prediction_figures(model, split, class_names, count=0, tta="none", matrix=None,
+                       compiled=None):
   """{name: Figure}: prediction grid, confusion matrix, confident mistakes of the first
-  `count` examples of `split` (0: all), predicted with TTA `tta`. `matrix`, when given,
-  is the confusion matrix of the whole split (an evaluation's), drawn instead."""
+  `count` examples of `split` (0: all), predicted with TTA `tta` (through `compiled`, a
+  predict.compiled_probabilities, if given). `matrix`, when given, is the confusion
+  matrix of the whole split (an evaluation's), drawn instead."""
   count = count or len(split)
   images, labels = split.head(count), split.labels[:count]
-  probs = predict.probabilities(model, images, tta)
+  probs = predict.probabilities(model, images, tta, compiled=compiled)
   guesses = probs.argmax(-1)
   wrong = np.flatnonzero(guesses != labels)
   worst = wrong[np.argsort(-probs[wrong, guesses[wrong]], kind="stable")][:MISTAKES]
@@ -90,11 +92,16 @@ def predictions(config, examples=250):
   if examples < 1:
     raise ValueError(f"predictions: examples must be >= 1, got {examples}")
 
+  compiled = {}  # One traced prediction function for every evaluation of the run.
+
   def write(ctx):
+    if not compiled:
+      compiled["run"] = predict.compiled_probabilities(ctx.state.model, ctx.config.tta)
     with ctx.state.averaged_weights():
       figures = prediction_figures(ctx.state.model, ctx.data.eval, ctx.data.class_names,
                                    examples, ctx.config.tta,
-                                   matrix=ctx.eval_metrics["confusion_matrix"])
+                                   matrix=ctx.eval_metrics["confusion_matrix"],
+                                   compiled=compiled["run"])
     write_figures(ctx.writers.eval, ctx.step, figures)
   return Hook(chief_only=True, after_eval=write, eval_metrics=("confusion_matrix",))
 

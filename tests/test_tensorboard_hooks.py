@@ -18,11 +18,23 @@ ALL = ("train_images(every=3),predictions,histograms(every=3),hparams,"
        "profile(start=2, stop=4),model_summary")
 
 
+COMPILED = []  # The prediction functions that hooks compiled during `run`.
+
+
+def _kept(compile_fn):
+  def compiled(*args):
+    COMPILED.append(compile_fn(*args))
+    return COMPILED[-1]
+  return compiled
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """One 6-step run with every extra: evals at 3 and 6, images/histograms at 0, 3, 6."""
   config = tiny_config(tmp_path_factory.mktemp("all"), hooks=ALL, eval_every=3)
-  result = loop.train(config)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(predict, "compiled_probabilities", _kept(predict.compiled_probabilities))
+    result = loop.train(config)
   return (config, result, events.accumulator(os.path.join(config.model_dir, "train")),
           events.accumulator(os.path.join(config.model_dir, "eval")))
 
@@ -63,6 +75,11 @@ def test_prediction_figures_follow_each_evaluation(run):
     assert images[6].std() > 10  # drawn, not blank
 
 
+def test_prediction_figures_trace_once_for_every_evaluation(run):
+  [compiled] = COMPILED  # One function for both evaluations, not one each...
+  assert compiled.experimental_get_tracing_count() == 1  # ...and traced once.
+
+
 def test_confusion_matrix_counts():
   matrix = plots.confusion_matrix([0, 1, 1, 2], [0, 0, 1, 2], 3)
   np.testing.assert_array_equal(matrix, [[1, 0, 0], [1, 1, 0], [0, 0, 1]])
@@ -71,7 +88,7 @@ def test_confusion_matrix_counts():
 def test_confident_mistakes_are_the_most_confident_wrong_guesses(monkeypatch):
   split = data.Split(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 1, 1], np.int32))
   probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]], np.float32)
-  monkeypatch.setattr(predict, "probabilities", lambda model, images, tta: probs)
+  monkeypatch.setattr(predict, "probabilities", lambda model, images, tta, **kw: probs)
   drawn = []
   monkeypatch.setattr(plots, "prediction_grid",
                       lambda images, labels, p, names, **kw: drawn.append((labels, p)))
