@@ -81,7 +81,7 @@ def _folder(root, size=16, per_class=6):
   return root
 
 
-def test_train_then_evaluate_a_folder(tmp_path):
+def test_train_then_evaluate_a_folder_refusing_unknown_classes(tmp_path):
   data_dir, model_dir = _folder(tmp_path / "images"), tmp_path / "run"
   result = run("train.py", "--dataset=folder", f"--data_dir={data_dir}", "--val_split=0.25",
                "--image_size=16", "--model=resnet8", "--batch_size=4", "--train_steps=12",
@@ -114,13 +114,7 @@ def test_train_then_evaluate_a_folder(tmp_path):
   assert held_out.returncode == 0, held_out.stderr[-2000:]
   assert json.loads(held_out.stdout.strip().splitlines()[-1])["examples"] == 4
 
-
-def test_evaluate_refuses_unknown_classes(tmp_path):
-  data_dir, model_dir = _folder(tmp_path / "images"), tmp_path / "run"
-  assert run("train.py", "--dataset=folder", f"--data_dir={data_dir}", "--val_split=0.25",
-             "--image_size=16", "--model=resnet8", "--batch_size=4", "--train_steps=2",
-             f"--model_dir={model_dir}", f"--cache_dir={tmp_path / 'cache'}",
-             "--hooks=none").returncode == 0
+  # A folder with a class the model never saw is refused, by name.
   other = _folder(tmp_path / "other")
   os.rename(other / "light", other / "purple")
   scored = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={other}",

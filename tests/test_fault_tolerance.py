@@ -33,14 +33,16 @@ def start(model_dir, *extra):
 
 
 def run_until(model_dir, step, sig):
-  """Runs train.py, sends `sig` once it has logged `step`; returns (exit code, log after)."""
+  """Runs train.py, sends `sig` once it has logged `step`; returns (exit code, whole log)."""
   proc = start(model_dir)
+  log = []
   for line in proc.stderr:
+    log.append(line)
     if f"step {step}/" in line:
       proc.send_signal(sig)
       break
-  rest = proc.stderr.read()
-  return proc.wait(timeout=120), rest
+  log.append(proc.stderr.read())
+  return proc.wait(timeout=120), "".join(log)
 
 
 def run_to_end(model_dir):
@@ -61,35 +63,37 @@ def logged_steps(model_dir, tag="loss"):
   return [e.step for e in acc.Tensors(tag)]
 
 
-def test_sigkill_at_any_step_then_resume_is_bitwise_exact(tmp_path):
-  reference, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+def checkpointed_steps(model_dir):
+  return sorted(int(p.rsplit("-", 1)[1][:-len(".index")])
+                for p in glob.glob(f"{model_dir}/checkpoints/ckpt-*.index"))
+
+
+def test_sigterm_then_sigkill_then_resume_is_bitwise_exact(tmp_path):
+  """One run preempted (SIGTERM), resumed, killed (SIGKILL), resumed: the same weights
+  as a run left alone, and every step logged once."""
+  reference, stopped = str(tmp_path / "whole"), str(tmp_path / "stopped")
   run_to_end(reference)
-  # In the second epoch, just after a checkpoint (13 > 12). Epoch boundaries and other
-  # steps: tests/test_data.py, test_sources.py; a resume in the middle of an update:
-  # test_steps.py.
-  for step in (13,):
-    assert run_until(killed, step, signal.SIGKILL)[0] == -signal.SIGKILL
-  log = run_to_end(killed)
-  assert "resumed at step" in log
-  for a, b in zip(weights(reference), weights(killed)):
-    np.testing.assert_array_equal(a, b)
-  steps = logged_steps(killed)
-  assert steps == sorted(set(steps)) == list(range(1, 25))
 
-
-def test_sigterm_saves_and_exits_with_the_preemption_status(tmp_path):
-  model_dir = str(tmp_path / "run")
-  status, log = run_until(model_dir, 10, signal.SIGTERM)
+  status, log = run_until(stopped, 10, signal.SIGTERM)
   assert status == loop.PREEMPTED_EXIT_CODE, log[-3000:]
   stopped_at = int(re.search(r"signal 15 at step (\d+): checkpoint saved", log).group(1))
-  saved = sorted(int(p.rsplit("-", 1)[1][:-len(".index")])
-                 for p in glob.glob(f"{model_dir}/checkpoints/ckpt-*.index"))
   # The step the message names was saved, though checkpoints fall every 3 steps.
-  assert saved[-1] == stopped_at >= 10
-  log = run_to_end(model_dir)
+  assert checkpointed_steps(stopped)[-1] == stopped_at >= 10
+
+  # Just after the next regular checkpoint. Epoch boundaries and other steps:
+  # tests/test_data.py, test_sources.py; a resume in the middle of an update:
+  # test_steps.py.
+  last_checkpoint = 3 * (stopped_at // 3 + 1)
+  status, log = run_until(stopped, last_checkpoint + 1, signal.SIGKILL)
+  assert status == -signal.SIGKILL, log[-3000:]
   assert f"resumed at step {stopped_at}" in log
   assert f"step {stopped_at + 1}/24" in log
-  steps = logged_steps(model_dir)
+
+  log = run_to_end(stopped)
+  assert f"resumed at step {last_checkpoint}" in log
+  for a, b in zip(weights(reference), weights(stopped)):
+    np.testing.assert_array_equal(a, b)
+  steps = logged_steps(stopped)
   assert steps == sorted(set(steps)) == list(range(1, 25))
 
 
