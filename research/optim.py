@@ -26,7 +26,8 @@ RULES = Registry("parameter rule")
 
 # Variable names of BatchNorm's learned parameters (the `batchnorm` rule's).
 BATCHNORM_PARAMS = ("gamma", "beta")
-# Never decayed: BatchNorm parameters and statistics, and biases (matched on names).
+# Not decayed unless a rule says so: BatchNorm parameters and statistics, and biases
+# (matched on names).
 NO_DECAY = BATCHNORM_PARAMS + ("bias", "moving_mean", "moving_variance")
 
 
@@ -96,13 +97,14 @@ class Rule:
 
   `--param_rules` lists rules in order and the first that matches a variable wins
   (airbench's parameter groups, optax's multi_transform); unmatched variables take the
-  defaults. Names in NO_DECAY (biases, BatchNorm) are never decayed.
+  defaults. --weight_decay applies to a rule's variables if its `weight_decay` is True,
+  not if False, and by default to all but names in NO_DECAY (biases, BatchNorm).
   """
   name: str
   match: Callable = lambda model, variable: True
   optimizer: str = ""          # optimizer item for these variables ("": --optimizer)
   lr_scale: float = 1.0        # multiplies their gradients: their learning rate, for SGD
-  weight_decay: bool = True    # whether --weight_decay applies
+  weight_decay: bool = None    # whether --weight_decay applies (None: not to NO_DECAY)
   train_steps: int = 0         # > 0: they train for this many steps, then stay fixed
   learning_rate: float = 0.0   # > 0: the peak rate of their optimizer, its own instance
   schedule_steps: int = 0      # > 0: their own optimizer's schedule ends at this step
@@ -111,8 +113,10 @@ class Rule:
 DEFAULT_RULE = Rule("default")
 
 
-def _rule(name, match, optimizer, lr_scale, weight_decay=True, train_steps=0,
+def _rule(name, match, optimizer, lr_scale, weight_decay=None, train_steps=0,
           learning_rate=0.0, schedule_steps=0):
+  if weight_decay not in (None, True, False):
+    raise ValueError(f"{name}: weight_decay must be True or False, got {weight_decay!r}")
   if not lr_scale > 0:
     raise ValueError(f"{name}: lr_scale must be > 0, got {lr_scale}")
   if not learning_rate >= 0:
@@ -129,15 +133,16 @@ def _steps(config, epochs):
 
 
 @RULES.register("batchnorm")
-def batchnorm(config, lr_scale=1.0, optimizer="", learning_rate=0.0):
-  """BatchNorm's learned scale and offset (airbench's bias_scaler: lr_scale=64)."""
+def batchnorm(config, lr_scale=1.0, optimizer="", learning_rate=0.0, weight_decay=None):
+  """BatchNorm's learned scale and offset (airbench's bias_scaler: lr_scale=64);
+  `weight_decay=True` decays them too (airbench decays its norm biases)."""
   del config
   return _rule("batchnorm", lambda model, v: v.name in BATCHNORM_PARAMS, optimizer, lr_scale,
-               learning_rate=learning_rate)
+               weight_decay, learning_rate=learning_rate)
 
 
 @RULES.register("kernels")
-def kernels(config, rank=0, optimizer="", lr_scale=1.0, weight_decay=True, learning_rate=0.0):
+def kernels(config, rank=0, optimizer="", lr_scale=1.0, weight_decay=None, learning_rate=0.0):
   """Weight kernels of rank `rank` (4: conv filters, 2: dense; 0: both), e.g. Muon's."""
   del config
   match = lambda model, v: v.name == "kernel" and (not rank or len(v.shape) == rank)
@@ -146,7 +151,8 @@ def kernels(config, rank=0, optimizer="", lr_scale=1.0, weight_decay=True, learn
 
 
 @RULES.register("whitening_bias")
-def whitening_bias(config, epochs=3.0, optimizer="", lr_scale=1.0, decay=False):
+def whitening_bias(config, epochs=3.0, optimizer="", lr_scale=1.0, decay=False,
+                   weight_decay=None):
   """airbench's patch-whitening bias, trained for the first `epochs` only; `decay=True`
   gives it its own schedule that ends with those epochs (airbench94_muon's), instead of
   the run's schedule cut off there."""
@@ -155,12 +161,12 @@ def whitening_bias(config, epochs=3.0, optimizer="", lr_scale=1.0, decay=False):
     raise ValueError("whitening_bias: decay=True needs epochs > 0")
   match = lambda model, v: any(v is b for b in models.whitening_biases(model))
   steps = max(1, _steps(config, epochs)) if epochs else 0
-  return _rule("whitening_bias", match, optimizer, lr_scale, train_steps=steps,
+  return _rule("whitening_bias", match, optimizer, lr_scale, weight_decay, train_steps=steps,
                schedule_steps=steps if decay else 0)
 
 
 @RULES.register("pattern")
-def pattern(config, regex="", optimizer="", lr_scale=1.0, weight_decay=True, epochs=0.0,
+def pattern(config, regex="", optimizer="", lr_scale=1.0, weight_decay=None, epochs=0.0,
             learning_rate=0.0):
   """Variables whose path matches `regex` (re.search), e.g. 'dense|logits'."""
   if not regex:
@@ -189,6 +195,13 @@ def variable_rules(config, model):
       raise ConfigError(f"--param_rules: {spec} matches no trainable variable of "
                         f"--model={config.model}")
   return chosen
+
+
+def decays(variable, rule):
+  """Whether --weight_decay applies to `variable`, whose rule is `rule`."""
+  if rule.weight_decay is None:
+    return variable.name not in NO_DECAY
+  return rule.weight_decay
 
 
 class Optimizers(tf.Module):
@@ -245,8 +258,7 @@ def build(config, model):
     optimizer = OPTIMIZERS.build(item, schedule(config, peak, steps), config)
     if config.weight_decay:
       optimizer.exclude_from_weight_decay(
-          var_list=[v for v, rule in members if not rule.weight_decay],
-          var_names=list(NO_DECAY))
+          var_list=[v for v, rule in members if not decays(v, rule)])
     optimizers.append(optimizer)
   if len(optimizers) > 1:
     if config.precision == "mixed_float16":

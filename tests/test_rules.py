@@ -80,6 +80,16 @@ def test_a_rule_without_decay_leaves_its_variables_undecayed(make_config):
   others = [v for v in state.model.trainable_variables
             if v.name == "kernel" and "logits" not in v.path]
   assert others and all(state.optimizer._use_weight_decay(v) for v in others)
+  offsets = [v for v in state.model.trainable_variables if v.name in ("beta", "bias")]
+  assert offsets and not any(state.optimizer._use_weight_decay(v) for v in offsets)
+
+
+def test_a_rule_with_decay_decays_batchnorm_offsets(make_config):
+  state, _, _ = _state(make_config, optimizer="sgd", weight_decay=0.5,
+                       param_rules="batchnorm(lr_scale=64, weight_decay=True)")
+  decayed = {v.name for v in state.model.trainable_variables
+             if state.optimizer._use_weight_decay(v)}
+  assert decayed == {"kernel", "gamma", "beta"}
 
 
 @pytest.mark.parametrize("rules, message", [
@@ -89,6 +99,7 @@ def test_a_rule_without_decay_leaves_its_variables_undecayed(make_config):
     ("batchnorm(lr_scale=0)", "lr_scale must be > 0"),
     ("kernels(learning_rate=-0.1)", "learning_rate must be >= 0"),
     ("whitening_bias(epochs=0, decay=True)", "decay=True needs epochs > 0"),
+    ("batchnorm(weight_decay='yes')", "weight_decay must be True or False, got 'yes'"),
     ("bias_only", "unknown parameter rule 'bias_only'"),
 ])
 def test_bad_rules_are_one_clear_error(rules, message, make_config):
