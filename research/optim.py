@@ -12,7 +12,7 @@ a shape: the multiplier of the peak as a function of the fraction of decay done.
 import dataclasses
 import math
 import re
-from typing import Callable
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
@@ -104,7 +104,7 @@ class Rule:
   match: Callable = lambda model, variable: True
   optimizer: str = ""          # optimizer item for these variables ("": --optimizer)
   lr_scale: float = 1.0        # multiplies their gradients: their learning rate, for SGD
-  weight_decay: bool = None    # whether --weight_decay applies (None: not to NO_DECAY)
+  weight_decay: Optional[bool] = None  # whether --weight_decay applies (None: not to NO_DECAY)
   train_steps: int = 0         # > 0: they train for this many steps, then stay fixed
   learning_rate: float = 0.0   # > 0: the peak rate of their optimizer, its own instance
   schedule_steps: int = 0      # > 0: their own optimizer's schedule ends at this step
