@@ -27,10 +27,21 @@ def scalars(log_dir):
   acc = accumulator(log_dir)
   out = {}
   for tag in acc.PluginTagToContent("scalars"):
-    events = sorted(acc.Tensors(tag), key=lambda e: e.step)
-    out[tag] = (np.array([e.step for e in events], np.int64),
-                np.array([float(tf.make_ndarray(e.tensor_proto)) for e in events]))
+    events = _by_step(acc, tag)
+    out[tag] = (np.array([step for step, _, _ in events], np.int64),
+                np.array([value for _, _, value in events]))
   return out
+
+
+def timed_scalar(log_dir, tag):
+  """[(step, wall time in seconds since the epoch, value)] of scalar `tag`, by step."""
+  acc = accumulator(log_dir)
+  return _by_step(acc, tag) if tag in acc.Tags()[event_accumulator.TENSORS] else []
+
+
+def _by_step(acc, tag):
+  return [(e.step, e.wall_time, float(tf.make_ndarray(e.tensor_proto)))
+          for e in sorted(acc.Tensors(tag), key=lambda e: e.step)]
 
 
 def run_scalars(run_dir):
