@@ -167,13 +167,29 @@ def airbench(num_classes, image_size, whiten=True, identity_init=True, widths=WI
   return keras.Model(inputs, outputs, name="airbench")
 
 
-MODELS.register("airbench")(lambda num_classes, image_size: airbench(num_classes, image_size))
-MODELS.register("airbench_nowhiten")(
-    lambda num_classes, image_size: airbench(num_classes, image_size, whiten=False))
-MODELS.register("airbench_noidentity")(
-    lambda num_classes, image_size: airbench(num_classes, image_size, identity_init=False))
-MODELS.register("airbench_wide")(
-    lambda num_classes, image_size: airbench(num_classes, image_size, widths=WIDE))
+@MODELS.register("airbench")
+def _airbench(num_classes, image_size):
+  """airbench94's network, widths 64/256/256 (the fast and Muon recipes)."""
+  return airbench(num_classes, image_size)
+
+
+@MODELS.register("airbench_nowhiten")
+def _nowhiten(num_classes, image_size):
+  """airbench with a learned 2x2 conv instead of patch whitening (an ablation)."""
+  return airbench(num_classes, image_size, whiten=False)
+
+
+@MODELS.register("airbench_noidentity")
+def _noidentity(num_classes, image_size):
+  """airbench with default initialization instead of partial identity (an ablation)."""
+  return airbench(num_classes, image_size, identity_init=False)
+
+
+@MODELS.register("airbench_wide")
+def _wide(num_classes, image_size):
+  """airbench95's widths, 128/384/384: about 2.4x the FLOPs (the long recipe)."""
+  return airbench(num_classes, image_size, widths=WIDE)
+
 
 # The fast recipe (configs/cifar10_fast.flags, where each line is explained).
 FAST_RECIPE = dict(

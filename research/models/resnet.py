@@ -34,10 +34,17 @@ def cifar_resnet(depth, num_classes, image_size):
   return keras.Model(inputs, logits(x, num_classes), name=f"resnet{depth}")
 
 
+def _builder(depth):
+  def build(num_classes, image_size):
+    return cifar_resnet(depth, num_classes, image_size)
+  blocks = (depth - 2) // 6
+  build.__doc__ = (f"He et al.'s CIFAR ResNet-{depth}: {blocks} basic "
+                   f"block{'s' if blocks > 1 else ''} per stage, widths 16/32/64.")
+  return build
+
+
 for _depth in (8, 20, 56):
-  MODELS.register(f"resnet{_depth}")(
-      lambda num_classes, image_size, depth=_depth: cifar_resnet(depth, num_classes,
-                                                                  image_size))
+  MODELS.register(f"resnet{_depth}")(_builder(_depth))
   # He et al.'s SGD at 0.1 with Nesterov momentum and crop+flip, the cosine decay of
   # later work instead of their steps (Config's own defaults are these).
   training_defaults(f"resnet{_depth}", optimizer="sgd", learning_rate=0.1, momentum=0.9,
