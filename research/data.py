@@ -10,6 +10,7 @@ own replicas' share of a global batch (the whole batch when an augmentation mixe
 examples across it).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -126,6 +127,32 @@ def open_folder(data_dir, config):
   ok = np.array([files_source.looks_readable(p) for p in paths], bool)
   labels = _drop_unreadable(paths, labels, names, ok, config.skip_bad_images)
   return files_source.Files(np.asarray(paths, object)[ok], labels, config.image_size), names
+
+
+@contextlib.contextmanager
+def naming_bad_files(source, payloads, during):
+  """Turns TensorFlow's error for a streamed image file that cannot be read or decoded,
+  which names no file, into a DataError that does: the files of `source` among
+  `payloads()` (example ids) are then decoded one by one. `during`: what was running."""
+  try:
+    yield
+  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+    bad = source.unreadable(payloads()) if isinstance(source, files_source.Files) else []
+    if not bad:
+      raise
+    listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise DataError(f"{len(bad)} image file(s) could not be read or decoded {during}: "
+                    f"{listed}. Replace them with readable copies and rerun the same "
+                    "command (a run resumes from its last checkpoint)") from None
+
+
+def step_payloads(source, config, first, last):
+  """The example ids of the global batches of steps [first, last) (`source` read by index)."""
+  steps_per_epoch = len(source) // config.batch_size
+  return np.concatenate([source.examples_at(config.seed, step // steps_per_epoch,
+                                            (step % steps_per_epoch) * config.batch_size,
+                                            config.batch_size)["payload"].numpy()
+                         for step in range(first, last)])
 
 
 def available_memory():

@@ -7,11 +7,13 @@ Python between those calls.
 
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import config as _tf_config  # pylint: disable=g-direct-tensorflow-import
 
@@ -96,7 +98,10 @@ def _train(config, strategy, chief):
   restored = ckpt.restore()
   start = int(state.step.numpy())
   if not restored:
-    initialized = models.init_from_data(state.model, data.train.head(5000))
+    count = min(5000, len(data.train))
+    with data_lib.naming_bad_files(data.train, lambda: np.arange(count),
+                                   "initializing from the data"):
+      initialized = models.init_from_data(state.model, lambda: data.train.head(count))
     if initialized:
       logging.info("initialized from data: %s", ", ".join(initialized))
     # After the data's initialization: weights loaded from elsewhere take precedence.
@@ -131,7 +136,14 @@ def _train(config, strategy, chief):
         lambda ctx: data_lib.train_dataset(data.train, config.replace(seed=seed), from_step,
                                            ctx)))
 
-  train_iter = batches(start, config.seed)
+  data_seed = config.seed  # Reseeded by a rollback.
+  train_iter = batches(start, data_seed)
+
+  def read_by(step, num):
+    """The example ids the train call of steps step + 1.. step + num reads, and the
+    prefetched ones after them (a bad file there can fail this call too)."""
+    return data_lib.step_payloads(data.train, config.replace(seed=data_seed), step,
+                                  min(step + num + config.steps_per_loop, config.train_steps))
 
   context = hooks_lib.HookContext(start, config, state, runner, data, writers, chief=chief)
   _call(hooks, "at_start", context)
@@ -162,8 +174,10 @@ def _train(config, strategy, chief):
       num = agree(0, num)[1]
       interrupts.running(step + num, num, step_seconds and num * step_seconds)
       began = time.perf_counter()
-      runner.train_loop(train_iter, tf.constant(num))
-      before, step = step, int(state.step.numpy())  # Reading waits for the call.
+      with data_lib.naming_bad_files(data.train, functools.partial(read_by, step, num),
+                                     f"in training after step {step}"):
+        runner.train_loop(train_iter, tf.constant(num))
+        before, step = step, int(state.step.numpy())  # Reading waits for the call.
       elapsed = time.perf_counter() - began
       if step_seconds is None:
         logging.info("compiled the train loop and ran step %d in %s", step,
@@ -198,7 +212,8 @@ def _train(config, strategy, chief):
           logging.warning("%s; rolled back to step %d%s, reseeding the data (try %d of %d)",
                           message, step, " (the initial weights)" if step == 0 else "",
                           rollbacks, config.nan_retries)
-          train_iter = batches(step, config.seed + 1000 * rollbacks)
+          data_seed = config.seed + 1000 * rollbacks
+          train_iter = batches(step, data_seed)
           state.train_metrics.reset()
           window_seconds, window_steps = 0.0, 0
           state.input_wait.assign(0.0)
@@ -241,7 +256,9 @@ def _train(config, strategy, chief):
 
       if data.eval is not None and (step % config.eval_every == 0 or done):
         tta = "none" if config.tta_final_only and not done else config.tta
-        metrics = runner.evaluate(data.eval, config.global_eval_batch_size, tta)
+        with data_lib.naming_bad_files(data.eval, lambda: np.arange(len(data.eval)),
+                                       f"evaluating at step {step}"):
+          metrics = runner.evaluate(data.eval, config.global_eval_batch_size, tta)
         result.eval_history.append((step, metrics))
         context.eval_metrics = metrics
         writers.scalars(writers.eval, step, metrics)

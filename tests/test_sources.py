@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import signal
 
 import keras
@@ -207,3 +208,36 @@ def test_a_preempted_run_resumes_bitwise_from_a_record_set(record_set, make_conf
   for a, b in zip(*(keras.models.load_model(os.path.join(d, "model.keras")).get_weights()
                     for d in (config.model_dir, config.model_dir + "_whole"))):
     np.testing.assert_array_equal(a, b)
+
+
+def _corrupt_middle(path):
+  """Keeps the signature and the end marker that the up-front check looks at."""
+  encoded = bytearray(open(path, "rb").read())
+  encoded[200:-10] = bytes(b ^ 0x5A for b in encoded[200:-10])
+  open(path, "wb").write(bytes(encoded))
+
+
+# The evaluation at step N runs before step N's checkpoint is saved.
+@pytest.mark.parametrize("split, during, unsaved", [(0, "in training after step", 0),
+                                                   (1, "evaluating at step", 1)])
+def test_a_streamed_file_that_fails_mid_run_is_named(split, during, unsaved, tmp_path,
+                                                     make_config):
+  root = make_folder(tmp_path / "images", per_class=8)
+  config = make_config(dataset="folder", data_dir=str(root), data_cache="none",
+                       val_split=0.25, batch_size=6, train_steps=6,
+                       checkpoint_every=3, eval_every=6)
+  source, _ = data.open_folder(str(root), config)
+  jpegs = [p for p in data.split_validation(source, 0.25)[split].paths
+           if p.endswith(".jpg") and os.path.getsize(p) > 1000]
+  assert files.looks_readable(jpegs[0])
+  _corrupt_middle(jpegs[0])
+  assert files.looks_readable(jpegs[0])  # Only decoding finds it.
+  with pytest.raises(data.DataError, match=rf"1 image file\(s\) could not be read or "
+                                           rf"decoded {during} (\d+): {jpegs[0]}\. Replace"
+                      ) as error:
+    loop.train(config)
+  # Nothing lost: the checkpoints due before the failure were saved.
+  last_due = (int(re.search(rf"{during} (\d+)", str(error.value)).group(1)) - unsaved) // 3 * 3
+  saved = tf.train.get_checkpoint_state(os.path.join(config.model_dir, "checkpoints"))
+  assert (saved.model_checkpoint_path.endswith(f"ckpt-{last_due}") if last_due
+          else saved is None)

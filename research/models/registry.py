@@ -63,11 +63,12 @@ def logits(x, num_classes):
 
 def init_from_data(model, images):
   """Runs each layer's `init_from_data(inputs)` (e.g. patch whitening) on what reaches
-  it from `images` (uint8 [N, H, W, 3]). Returns the names of the layers it set."""
-  names = []
-  for layer in model.layers:
-    if hasattr(layer, "init_from_data"):
-      feed = keras.Model(model.inputs, layer.input)
-      layer.init_from_data(feed.predict(images.astype(np.float32), batch_size=500, verbose=0))
-      names.append(layer.name)
-  return names
+  it from `images` (uint8 [N, H, W, 3], or a function returning them, called only if
+  a layer needs them). Returns the names of the layers it set."""
+  layers_to_set = [layer for layer in model.layers if hasattr(layer, "init_from_data")]
+  if layers_to_set and callable(images):
+    images = images()
+  for layer in layers_to_set:
+    feed = keras.Model(model.inputs, layer.input)
+    layer.init_from_data(feed.predict(images.astype(np.float32), batch_size=500, verbose=0))
+  return [layer.name for layer in layers_to_set]

@@ -64,8 +64,8 @@ class Source:
   def head(self, count):
     """The first `count` images (all if fewer), as numpy."""
     count = min(count, len(self))
-    batch = next(iter(self.in_order().take(count).batch(count)))
-    return self.read(batch["payload"]).numpy()
+    read = self.in_order().take(count).batch(count).map(lambda b: self.read(b["payload"]))
+    return next(iter(read)).numpy()  # Read in a graph, as training reads.
 
 
 class Indexed(Source):
