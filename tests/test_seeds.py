@@ -1,38 +1,28 @@
 """scripts/seeds.py: one command over several seeds, and its seed table."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from scripts import seeds
-from tests.conftest import ROOT
 
 TINY = ["--dataset=synthetic", "--synthetic_examples=128", "--image_size=32",
         "--model=baseline_cnn", "--batch_size=32", "--train_steps=6", "--eval_every=3",
         "--hooks=none", "--precision=float32"]
 
 
-def run(*args):
-  return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "seeds.py"), *args],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-
-
-def test_a_seed_trains_once_and_its_row_shows_what_its_run_logged(tmp_path):
+def test_a_seed_trains_once_and_its_row_shows_what_its_run_logged(tmp_path, capsys):
   out = tmp_path / "seeds"
   command = ["--seeds=7", f"--out_dir={out}", "--marks=0,101", "--", *TINY]
-  result = run(*command)
-  assert result.returncode == 0, result.stderr[-2000:]
+  seeds.main(command)  # train.py runs in a subprocess, as from the command line.
+  stdout = capsys.readouterr().out
   log = (out / "seed_7.log").read_text()
   logged = [float(a) for a in re.findall(r"eval at step \d+: .* accuracy ([0-9.]+)", log)]
   assert len(logged) == 2
   config = json.loads((out / "seed_7" / "config.json").read_text())
   assert config["seed"] == 7
-  row = next(line for line in result.stdout.splitlines() if line.startswith("| 7 |"))
+  row = next(line for line in stdout.splitlines() if line.startswith("| 7 |"))
   cells = [cell.strip() for cell in row.strip("|").split("|")]
   assert cells[1] == ", ".join(f"{100 * a:.2f}" for a in logged)
   assert cells[2] == f"**{100 * logged[-1]:.2f}%**"
@@ -40,21 +30,23 @@ def test_a_seed_trains_once_and_its_row_shows_what_its_run_logged(tmp_path):
   assert re.fullmatch(rf"0m\d\ds \(epoch {first_eval_epoch:g}\)", cells[3])
   assert cells[4] == "not reached"
   assert re.fullmatch(r"\d+\.\d GiB", cells[6]) and float(cells[6].split()[0]) > 0.1
-  assert f"median of 1: {100 * logged[-1]:.2f}%" in result.stdout
+  assert f"median of 1: {100 * logged[-1]:.2f}%" in stdout
 
   # The same command again trains nothing: the queue goes on from where it is.
-  again = run(*command)
-  assert again.returncode == 0 and "seed 7: finished before" in again.stdout
+  seeds.main(command)
+  again = capsys.readouterr().out
+  assert "seed 7: finished before" in again
   assert (out / "seed_7.log").read_text() == log
   assert len(json.loads((out / "seed_7.launches.json").read_text())) == 1
-  assert row in again.stdout
+  assert row in again
 
 
 def test_a_failing_seed_stops_the_queue_with_its_log_named(tmp_path):
-  result = run("--seeds=0,1", f"--out_dir={tmp_path}", "--", "--no_such_flag")
-  assert result.returncode == 1
-  assert "error: seed 0's train.py exited with 1 after" in result.stderr
-  assert f"see {tmp_path}/seed_0.log" in result.stderr
+  with pytest.raises(SystemExit) as exit_info:
+    seeds.main(["--seeds=0,1", f"--out_dir={tmp_path}", "--", "--no_such_flag"])
+  message = str(exit_info.value.code)
+  assert message.startswith("error: seed 0's train.py exited with 1 after")
+  assert f"see {tmp_path}/seed_0.log" in message
   assert not (tmp_path / "seed_1.log").exists()
 
 
