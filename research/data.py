@@ -133,11 +133,15 @@ def open_folder(data_dir, config):
 def naming_bad_files(source, payloads, during):
   """Turns TensorFlow's error for a streamed image file that cannot be read or decoded,
   which names no file, into a DataError that does: the files of `source` among
-  `payloads()` (example ids) are then decoded one by one. `during`: what was running."""
+  `payloads()` (example ids) are then decoded again, each on its own (`decode_images`).
+  `during`: what was running."""
   try:
     yield
   except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-    bad = source.unreadable(payloads()) if isinstance(source, files_source.Files) else []
+    if not isinstance(source, files_source.Files):
+      raise
+    paths = source.paths[np.unique(payloads())].astype(str)
+    bad = list(paths[~decode_images(paths, source.image_size)[1]])
     if not bad:
       raise
     listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")

@@ -58,16 +58,6 @@ class Files(Indexed):
     return tf.map_fn(tf.io.read_file, self._paths_of(payloads),
                      fn_output_signature=tf.string)
 
-  def unreadable(self, payloads):
-    """The paths of `payloads` that cannot be read and decoded, tried one by one."""
-    bad = []
-    for path in self.paths[np.unique(payloads)]:
-      try:
-        decode_image(tf.io.read_file(path), self.image_size)
-      except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-        bad.append(path)
-    return bad
-
   def subset(self, indices):
     return Files(self.paths[indices], self.labels[indices], self.image_size)
 
