@@ -3,8 +3,8 @@
 `--hooks=profile` records TensorFlow's trace of a few steps; TensorBoard's Profile tab
 reads it with the optional tensorboard-plugin-profile. This reads the same file with
 TensorFlow's own protobufs and prints, for the traced steps, each kind of op's share of
-the op time (convolutions, BatchNorm, pooling, elementwise, optimizer, ...) and the
-slowest op types:
+the op time (convolutions, BatchNorm, pooling, reductions, elementwise, optimizer, ...)
+and the slowest op types:
 
   python train.py --flagfile=configs/cifar10_fast.flags --train_steps=20 \
       --hooks="profile(start=10, stop=20)" --model_dir=/tmp/prof ...
@@ -38,7 +38,11 @@ KINDS = {
                     "DepthwiseConv2dNativeBackpropFilter"),
     "matmul": ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "FusedMatMul", "Einsum"),
     "batchnorm": ("FusedBatchNormV3", "FusedBatchNormGradV3", "FusedBatchNormEx"),
-    "pooling": ("MaxPool", "MaxPoolGrad", "AvgPool", "AvgPoolGrad", "Max", "Mean"),
+    "pooling": ("MaxPool", "MaxPoolGrad", "AvgPool", "AvgPoolGrad"),
+    # Global pooling is a reduction (`GlobalMaxPooling2D` is `Max`), but so are a loss's
+    # `Mean` and a metric's `Sum`: the trace cannot tell them apart, so they stand alone.
+    "reductions": ("Max", "Min", "Mean", "Sum", "Prod", "All", "Any", "ArgMax", "ArgMin",
+                   "InTopKV2"),
     "optimizer and variables": ("ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp",
                                 "AssignSubVariableOp", "VarHandleOp"),
     "layout and copies": ("Transpose", "Reshape", "Pad", "MirrorPad", "Slice", "StridedSlice",
@@ -50,15 +54,16 @@ KINDS = {
     "input": ("IteratorGetNext", "IteratorGetNextAsOptional", "OptionalGetValue"),
 }
 PREFIXES = (("ResourceApply", "optimizer and variables"), ("Unsorted", "elementwise"),
-            ("Reduce", "elementwise"))
+            ("Reduce", "reductions"))
 ELEMENTWISE = {
     "Add", "AddV2", "AddN", "Sub", "Mul", "RealDiv", "DivNoNan", "Div", "Neg", "Square",
     "Sqrt", "Rsqrt", "Exp", "Log", "Erf", "Erfc", "Tanh", "Sigmoid", "Relu", "ReluGrad",
+    "RsqrtGrad", "SqrtGrad", "TanhGrad", "SigmoidGrad", "Relu6Grad",
     "Cast", "Select", "SelectV2", "Maximum", "Minimum", "Greater", "GreaterEqual", "Less",
     "LessEqual", "Equal", "NotEqual", "LogicalAnd", "LogicalOr", "LogicalNot",
-    "IsFinite", "All", "Any", "Sum", "Prod", "Softmax", "LogSoftmax", "BiasAdd",
+    "IsFinite", "Softmax", "LogSoftmax", "BiasAdd",
     "BiasAddGrad", "SquaredDifference", "Abs", "Sign", "Pow", "FloorMod", "FloorDiv",
-    "ArgMax", "OneHot", "SoftmaxCrossEntropyWithLogits", "L2Loss", "Rank", "Shape",
+    "OneHot", "SoftmaxCrossEntropyWithLogits", "L2Loss", "Rank", "Shape",
     "Size", "BroadcastTo", "BroadcastArgs", "BroadcastGradientArgs", "Range", "Relu6",
 }
 
