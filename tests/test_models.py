@@ -49,3 +49,11 @@ def test_a_network_too_deep_for_the_image_size_is_one_line():
   with pytest.raises(ConfigError, match=r"--model=baseline_cnn cannot be built for "
                                         r"--image_size=16: Computed output size"):
     models.build(Config(model="baseline_cnn", image_size=16, num_classes=10))
+
+
+def test_airbench_takes_its_batchnorm_epsilon_from_the_model_name():
+  def epsilons(model):
+    return {layer.epsilon for layer in models.build(Config(model=model, num_classes=10)).layers
+            if isinstance(layer, keras.layers.BatchNormalization)}
+  assert epsilons("airbench") == {1e-5}
+  assert epsilons("airbench(bn_epsilon=1e-12)") == {1e-12}  # airbench94_muon's

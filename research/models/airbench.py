@@ -139,19 +139,20 @@ def whitening_biases(model):
           if isinstance(layer, PatchWhitening) and layer.use_bias]
 
 
-def _conv_group(x, width, identity_init):
+def _conv_group(x, width, identity_init, bn_epsilon):
   init = PartialIdentity() if identity_init else torch_default_init()
   for i in range(2):
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=init)(x)
     if i == 0:
       x = layers.MaxPooling2D()(x)
     # No learned scale: BatchNorm shifts only, as in airbench.
-    x = FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=1e-5, scale=False)(x)
+    x = FusedBatchNorm(momentum=BN_MOMENTUM, epsilon=bn_epsilon, scale=False)(x)
     x = Gelu()(x)
   return x
 
 
-def airbench(num_classes, image_size, whiten=True, identity_init=True, widths=WIDTHS):
+def airbench(num_classes, image_size, whiten=True, identity_init=True, widths=WIDTHS,
+             bn_epsilon=1e-5):
   inputs, x = standardized_input(image_size)
   if whiten:
     x = PatchWhitening(24, name="whiten")(x)
@@ -159,7 +160,7 @@ def airbench(num_classes, image_size, whiten=True, identity_init=True, widths=WI
     x = layers.Conv2D(24, 2, kernel_initializer=torch_default_init(), name="stem")(x)
   x = Gelu()(x)
   for width in widths:
-    x = _conv_group(x, width, identity_init)
+    x = _conv_group(x, width, identity_init, bn_epsilon)
   x = layers.GlobalMaxPooling2D()(x)
   x = layers.Dense(num_classes, use_bias=False, kernel_initializer=torch_default_init(),
                    dtype="float32", name="logits")(x)
@@ -168,9 +169,11 @@ def airbench(num_classes, image_size, whiten=True, identity_init=True, widths=WI
 
 
 @MODELS.register("airbench")
-def _airbench(num_classes, image_size):
-  """airbench94's network, widths 64/256/256 (the fast and Muon recipes)."""
-  return airbench(num_classes, image_size)
+def _airbench(num_classes, image_size, bn_epsilon=1e-5):
+  """airbench94's network, widths 64/256/256 (fast and Muon recipes); BatchNorm's epsilon.
+
+  `bn_epsilon`: Keras' default here; airbench94_muon's is 1e-12."""
+  return airbench(num_classes, image_size, bn_epsilon=bn_epsilon)
 
 
 @MODELS.register("airbench_nowhiten")
