@@ -1,11 +1,17 @@
 """scripts/seeds.py: one command over several seeds, and its seed table."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from scripts import seeds
+from tests.conftest import ROOT
 
 TINY = ["--dataset=synthetic", "--synthetic_examples=128", "--image_size=32",
         "--model=baseline_cnn", "--batch_size=32", "--train_steps=6", "--eval_every=3",
@@ -59,3 +65,39 @@ def test_bad_arguments_are_one_error(capsys, args, message):
   with pytest.raises(SystemExit) as exit_info:
     seeds.parse_args(args)
   assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ctrl_c_and_sigterm_stop_a_seed_that_the_same_command_resumes(tmp_path):
+  """Ctrl-C at a terminal (SIGINT to the whole process group) and a SIGTERM to the script
+  alone both reach train.py, which saves a checkpoint; the script reports it and the same
+  command resumes the seed."""
+  out = tmp_path / "seeds"
+  command = [sys.executable, os.path.join(ROOT, "scripts", "seeds.py"), "--seeds=0",
+             f"--out_dir={out}", "--", *TINY, "--train_steps=40", "--steps_per_loop=1",
+             "--log_every=1", "--checkpoint_every=50"]
+  log = out / "seed_0.log"
+
+  def stop_at(step, send):
+    proc = subprocess.Popen(command, cwd=ROOT, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while f"step {step}/40" not in (log.read_text() if log.exists() else ""):
+      assert proc.poll() is None, proc.communicate()
+      time.sleep(0.2)
+    send(proc)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+  status, stderr = stop_at(5, lambda proc: os.killpg(proc.pid, signal.SIGINT))
+  assert status == 1 and "error: seed 0's train.py exited with 75" in stderr, stderr
+  assert "rerun the same command to resume it" in stderr
+  status, stderr = stop_at(15, lambda proc: proc.send_signal(signal.SIGTERM))
+  assert status == 1 and "exited with 75" in stderr, stderr
+
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  resumes = [int(s) for s in re.findall(r"resumed at step (\d+)", log.read_text())]
+  assert len(resumes) == 2 and 5 <= resumes[0] < 15 <= resumes[1] < 40
+  launches = json.loads((out / "seed_0.launches.json").read_text())
+  assert [launch["exit_code"] for launch in launches] == [75, 75, 0]
+  row = next(line for line in done.stdout.splitlines() if line.startswith("| 0 |"))
+  assert "(3 launches)" in row
