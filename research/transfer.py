@@ -127,7 +127,10 @@ def init_from(model, run_dir, class_names):
 def pair_layers(model, source):
   """([(layer, source layer or None)] of `model`'s layers with weights, "position" or
   "name")."""
-  kinds = lambda m: [type(layer).__name__ for layer in m.layers]
+  import keras  # pylint: disable=g-import-not-at-top
+  # A model saved before its BatchNorm became the fused one still pairs by position.
+  kinds = lambda m: ["BatchNormalization" if isinstance(layer, keras.layers.BatchNormalization)
+                     else type(layer).__name__ for layer in m.layers]
   if kinds(model) == kinds(source):
     pairs = list(zip(model.layers, source.layers))
     matched_by = "position"

@@ -10,6 +10,7 @@ import tensorflow as tf
 from research import data, distribute, ema, loop, losses, models, optim, predict
 from research.config import Config, ConfigError
 from research.models import airbench
+from research.models.batchnorm import FusedBatchNorm
 from tests.conftest import make_runner
 
 
@@ -224,20 +225,23 @@ def test_averages_start_from_the_data_initialized_weights(make_config):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
-def test_fused_batchnorm_matches_keras_batchnorm(dtype):
+@pytest.mark.parametrize("scale", [False, True])  # airbench's; the ResNets'
+def test_fused_batchnorm_matches_keras_batchnorm(dtype, scale):
   x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, (8, 5, 5, 4)), tf.float32)
-  fused = airbench.FusedBatchNorm(momentum=0.6, scale=False, dtype=dtype)
-  plain = keras.layers.BatchNormalization(momentum=0.6, scale=False, dtype=dtype)
+  fused = FusedBatchNorm(momentum=0.6, scale=scale, dtype=dtype)
+  plain = keras.layers.BatchNormalization(momentum=0.6, scale=scale, dtype=dtype)
   outputs, grads = [], []
   for layer in (fused, plain):
     layer.build(x.shape)
     layer.beta.assign(tf.fill([4], 0.5))
+    if scale:
+      layer.gamma.assign(tf.constant([0.5, 1.0, 1.5, 2.0]))
     with tf.GradientTape() as tape:
       tape.watch(x)
       y = layer(x, training=True)
       loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.range(4, dtype=tf.float32))
     outputs.append(tf.cast(y, tf.float32))
-    grads.append(tape.gradient(loss, [x, layer.beta]))
+    grads.append(tape.gradient(loss, [x, *layer.trainable_variables]))
   tol = 1e-4 if dtype == "float32" else 3e-2
   np.testing.assert_allclose(outputs[0], outputs[1], atol=tol)
   for a, b in zip(*grads):

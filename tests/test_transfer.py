@@ -113,6 +113,19 @@ def test_init_from_another_architecture_matches_by_name(make_config, tmp_path):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
+def test_a_run_saved_with_keras_batchnorm_still_pairs_by_position():
+  # Models built before their BatchNorm became FusedBatchNorm: the same network, layer by
+  # layer, though Keras named the layers after the other class.
+  from research.models.batchnorm import FusedBatchNorm  # pylint: disable=g-import-not-at-top
+  def net(batchnorm):
+    inputs = keras.Input((8, 8, 3))
+    return keras.Model(inputs, batchnorm()(keras.layers.Conv2D(4, 3)(inputs)))
+  source, model = net(keras.layers.BatchNormalization), net(FusedBatchNorm)
+  assert source.layers[2].name != model.layers[2].name
+  pairs, matched_by = transfer.pair_layers(model, source)
+  assert matched_by == "position" and pairs[1] == (model.layers[2], source.layers[2])
+
+
 def _batches(runner, config):
   split = data.load(config)
   return iter(runner.strategy.distribute_datasets_from_function(

@@ -3,6 +3,7 @@
 import keras
 from keras import layers
 
+from research.models.batchnorm import FusedBatchNorm
 from research.models.registry import MODELS, logits, rescaled_input, training_defaults
 
 # The tutorial's training: Adam at 1e-3, batch 64, no augmentation (configs/baseline_cnn.flags).
@@ -36,12 +37,12 @@ def improved_cnn(num_classes, image_size):
     for _ in range(2):
       x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_uniform",
                         activation="relu")(x)
-      x = layers.BatchNormalization()(x)
+      x = FusedBatchNorm()(x)
     x = layers.MaxPooling2D()(x)
     x = layers.Dropout(dropout)(x)
   x = layers.Flatten()(x)
   x = layers.Dense(128, activation="relu", kernel_initializer="he_uniform")(x)
-  x = layers.BatchNormalization()(x)
+  x = layers.BatchNormalization()(x)  # 2-D: the fused op is for feature maps.
   x = layers.Dropout(0.5)(x)
   return keras.Model(inputs, logits(x, num_classes), name="improved_cnn")
 

@@ -3,13 +3,14 @@
 import keras
 from keras import layers
 
+from research.models.batchnorm import FusedBatchNorm
 from research.models.registry import MODELS, logits, standardized_input, training_defaults
 
 
 def _conv_bn(x, filters, strides=1, relu=True):
   x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
                     kernel_initializer="he_normal")(x)
-  x = layers.BatchNormalization(momentum=0.9)(x)
+  x = FusedBatchNorm(momentum=0.9)(x)
   return layers.ReLU()(x) if relu else x
 
 
@@ -17,7 +18,7 @@ def _block(x, filters, strides):
   shortcut = x
   if strides != 1 or x.shape[-1] != filters:
     shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(x)
-    shortcut = layers.BatchNormalization(momentum=0.9)(shortcut)
+    shortcut = FusedBatchNorm(momentum=0.9)(shortcut)
   y = _conv_bn(x, filters, strides)
   y = _conv_bn(y, filters, relu=False)
   return layers.ReLU()(layers.Add()([shortcut, y]))
