@@ -65,13 +65,21 @@ def load_weights(model, weights, model_name):
           "--init_from=RUN_DIR (a run of yours)") from None
     target.set_weights(source.get_weights())
   else:
-    target = target or model
+    # A backbone's file was saved from keras.applications' network, whose layer classes
+    # a `.weights.h5` file is keyed by: it loads into that network, then is copied over
+    # (our backbone's BatchNorms are another class, with the same weights in order).
+    source = model if target is None else backbones.application(
+        backbones.imagenet_backbone(model_name), target.input_shape[1])
     try:
-      target.load_weights(weights)
+      source.load_weights(weights)
     except Exception as e:  # pylint: disable=broad-except  (h5py, shape and name errors)
       raise ConfigError(f"--weights={weights}: cannot load it into "
-                        f"{'the backbone' if target is not model else 'the model'} "
+                        f"{'the model' if target is None else 'the backbone'} "
                         f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    if target is None:
+      target = model
+    else:
+      target.set_weights(source.get_weights())
   loaded = [v.path for v in target.weights]
   new = [{"variable": v.path, "reason": "not in the weights"}
          for v in model.weights if target is not model and not _within(v, target)]

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from research import data, loop, models, steps, transfer
-from research.config import ConfigError
+from research.config import Config, ConfigError
 from research.models import backbones
 from tests.conftest import make_runner
 
@@ -111,6 +111,26 @@ def test_init_from_another_architecture_matches_by_name(make_config, tmp_path):
   for ours, theirs in zip(state.model.get_layer("backbone").weights,
                           source.get_layer("backbone").weights):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_a_backbone_runs_its_batchnorms_fused_and_computes_what_keras_builds():
+  from research.models.batchnorm import FusedBatchNorm  # pylint: disable=g-import-not-at-top
+  plain = backbones.application("mobilenet_v3_small", 32)
+  fused = models.build(Config(model="mobilenet_v3_small(input_size=32)", num_classes=3,
+                              image_size=32)).get_layer("backbone")
+  kinds = lambda m: [type(layer) for layer in m.layers]
+  norms = [k for k in kinds(plain) if k is keras.layers.BatchNormalization]
+  assert len(norms) > 10 and kinds(fused).count(FusedBatchNorm) == len(norms)
+  assert keras.layers.BatchNormalization not in kinds(fused)
+  rng = np.random.default_rng(0)
+  for layer in plain.layers:  # Scales, offsets and moving statistics far from their init.
+    if isinstance(layer, keras.layers.BatchNormalization):
+      layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.get_weights()])
+  fused.set_weights(plain.get_weights())  # What --weights=imagenet does.
+  x = rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+  expected = plain(x, training=False)
+  assert np.all(np.isfinite(expected)) and np.std(expected) > 0.01
+  np.testing.assert_allclose(fused(x, training=False), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_a_run_saved_with_keras_batchnorm_still_pairs_by_position():

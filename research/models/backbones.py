@@ -5,7 +5,9 @@ backbone's input size and the backbone's own preprocessing are layers of the mod
 saved and exported models take raw pixels too. The backbone is one nested layer named
 `backbone` and is built with random weights; `--weights=imagenet|PATH` fills it at the
 start of a run (research/transfer.py). The head is the `logits` layer, as in every
-model of the registry, which is what --freeze_epochs trains alone.
+model of the registry, which is what --freeze_epochs trains alone. The backbones' BatchNorms
+run as TensorFlow's fused op (research/models/batchnorm.py): a float32 training step 1.08x
+(mobilenet_v3_small) to 1.14x (efficientnet_b0) faster on the AVX2 EPYC.
 
 `input_size` is the size the backbone sees (default: the one its ImageNet weights were
 trained at, 224). On a CPU, `resnet50(input_size=64)` on 32x32 images costs 12x less.
@@ -18,6 +20,7 @@ import keras
 from keras import layers
 
 from research.config import ConfigError
+from research.models.batchnorm import fuse_batchnorms
 from research.models.registry import MODELS, logits, training_defaults
 
 PREFERRED_SIZE = 224  # The ImageNet training size of every backbone below.
@@ -78,7 +81,7 @@ def _classifier(name, num_classes, image_size, input_size, dropout):
     x = layers.Resizing(input_size, input_size, name="resize")(x)
   if BACKBONES[name].preprocessing is not None:
     x = BACKBONES[name].preprocessing(name="preprocess")(x)
-  backbone = application(name, input_size)
+  backbone = fuse_batchnorms(application(name, input_size))
   backbone.name = "backbone"
   x = backbone(x)
   if dropout:

@@ -39,3 +39,14 @@ class FusedBatchNorm(layers.BatchNormalization):
           variance=tf.convert_to_tensor(self.moving_variance), epsilon=self.epsilon,
           is_training=False)
     return outputs
+
+
+def fuse_batchnorms(model):
+  """A copy of functional `model` (fresh weights, the same names) whose Keras
+  BatchNormalization layers are FusedBatchNorm: for networks built elsewhere, such as
+  keras.applications'. Its weights are in the same order, so `set_weights` of the
+  original's fills it."""
+  def clone(layer):
+    kind = FusedBatchNorm if type(layer) is layers.BatchNormalization else type(layer)
+    return kind.from_config(layer.get_config())
+  return keras.models.clone_model(model, clone_function=clone)
