@@ -57,3 +57,14 @@ def test_airbench_takes_its_batchnorm_epsilon_from_the_model_name():
             if isinstance(layer, keras.layers.BatchNormalization)}
   assert epsilons("airbench") == {1e-5}
   assert epsilons("airbench(bn_epsilon=1e-12)") == {1e-12}  # airbench94_muon's
+
+
+def test_a_deep_resnet_starts_with_logits_of_a_shallow_ones_scale():
+  # Each residual branch's last BatchNorm starts at scale 0: 27 blocks deep, resnet56's
+  # logits start as large as resnet8's (4.6x as large without it).
+  images = np.random.default_rng(0).uniform(0, 255, (64, 32, 32, 3)).astype(np.float32)
+  def logits_std(depth):
+    keras.utils.set_random_seed(0)
+    model = models.build(Config(model=f"resnet{depth}", num_classes=10))
+    return float(np.std(model(images, training=True)))
+  assert logits_std(56) < 1.5 * logits_std(8)

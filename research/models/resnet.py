@@ -10,7 +10,10 @@ from research.models.registry import MODELS, logits, standardized_input, trainin
 def _conv_bn(x, filters, strides=1, relu=True):
   x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
                     kernel_initializer="he_normal")(x)
-  x = FusedBatchNorm(momentum=0.9)(x)
+  # The last BatchNorm of a residual branch (relu=False) starts at scale 0, so that each
+  # block starts as the identity (Goyal et al. 2017): without it resnet56's logits start
+  # 4.6x as large as resnet8's and at SGD 0.1 it learned nothing in 2 epochs (19.6%).
+  x = FusedBatchNorm(momentum=0.9, gamma_initializer="ones" if relu else "zeros")(x)
   return layers.ReLU()(x) if relu else x
 
 
