@@ -60,11 +60,13 @@ def test_airbench_takes_its_batchnorm_epsilon_from_the_model_name():
 
 
 def test_a_deep_resnet_starts_with_logits_of_a_shallow_ones_scale():
-  # Each residual branch's last BatchNorm starts at scale 0: 27 blocks deep, resnet56's
-  # logits start as large as resnet8's (4.6x as large without it).
+  # resnet56's residual branches end in a BatchNorm at scale 0 by default: 27 blocks deep,
+  # its logits start as large as resnet8's, and 4.6x as large without it.
   images = np.random.default_rng(0).uniform(0, 255, (64, 32, 32, 3)).astype(np.float32)
-  def logits_std(depth):
+  def logits_std(model):
     keras.utils.set_random_seed(0)
-    model = models.build(Config(model=f"resnet{depth}", num_classes=10))
-    return float(np.std(model(images, training=True)))
-  assert logits_std(56) < 1.5 * logits_std(8)
+    built = models.build(Config(model=model, num_classes=10))
+    return float(np.std(built(images, training=True)))
+  shallow = logits_std("resnet8")
+  assert logits_std("resnet56") < 1.5 * shallow
+  assert logits_std("resnet56(zero_init_residual=False)") > 3 * shallow

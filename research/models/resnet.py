@@ -7,40 +7,42 @@ from research.models.batchnorm import FusedBatchNorm
 from research.models.registry import MODELS, logits, standardized_input, training_defaults
 
 
-def _conv_bn(x, filters, strides=1, relu=True):
+def _conv_bn(x, filters, strides=1, relu=True, gamma="ones"):
   x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
                     kernel_initializer="he_normal")(x)
-  # The last BatchNorm of a residual branch (relu=False) starts at scale 0, so that each
-  # block starts as the identity (Goyal et al. 2017): without it resnet56's logits start
-  # 4.6x as large as resnet8's and at SGD 0.1 it learned nothing in 2 epochs (19.6%).
-  x = FusedBatchNorm(momentum=0.9, gamma_initializer="ones" if relu else "zeros")(x)
+  x = FusedBatchNorm(momentum=0.9, gamma_initializer=gamma)(x)
   return layers.ReLU()(x) if relu else x
 
 
-def _block(x, filters, strides):
+def _block(x, filters, strides, zero_init_residual):
   shortcut = x
   if strides != 1 or x.shape[-1] != filters:
     shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(x)
     shortcut = FusedBatchNorm(momentum=0.9)(shortcut)
   y = _conv_bn(x, filters, strides)
-  y = _conv_bn(y, filters, relu=False)
+  y = _conv_bn(y, filters, relu=False, gamma="zeros" if zero_init_residual else "ones")
   return layers.ReLU()(layers.Add()([shortcut, y]))
 
 
-def cifar_resnet(depth, num_classes, image_size):
+def cifar_resnet(depth, num_classes, image_size, zero_init_residual=False):
+  """`zero_init_residual`: each residual branch's last BatchNorm starts at scale 0, so
+  that every block starts as the identity (Goyal et al. 2017)."""
   blocks = (depth - 2) // 6
   inputs, x = standardized_input(image_size)
   x = _conv_bn(x, 16)
   for stage, filters in enumerate((16, 32, 64)):
     for i in range(blocks):
-      x = _block(x, filters, strides=2 if stage and i == 0 else 1)
+      x = _block(x, filters, 2 if stage and i == 0 else 1, zero_init_residual)
   x = layers.GlobalAveragePooling2D()(x)
   return keras.Model(inputs, logits(x, num_classes), name=f"resnet{depth}")
 
 
 def _builder(depth):
-  def build(num_classes, image_size):
-    return cifar_resnet(depth, num_classes, image_size)
+  # Deep, the blocks start as the identity: without it resnet56's logits start 4.6x as
+  # large as resnet8's, and at its default SGD 0.1 it learned nothing in 2 epochs (19.6%
+  # against 65.8% with it). Shallow, it only slows the start (docs/RECIPES.md).
+  def build(num_classes, image_size, zero_init_residual=depth >= 56):
+    return cifar_resnet(depth, num_classes, image_size, zero_init_residual)
   blocks = (depth - 2) // 6
   build.__doc__ = (f"He et al.'s CIFAR ResNet-{depth}: {blocks} basic "
                    f"block{'s' if blocks > 1 else ''} per stage, widths 16/32/64.")
