@@ -70,3 +70,8 @@ def test_a_deep_resnet_starts_with_logits_of_a_shallow_ones_scale():
   shallow = logits_std("resnet8")
   assert logits_std("resnet56") < 1.5 * shallow
   assert logits_std("resnet56(zero_init_residual=False)") > 3 * shallow
+
+
+def test_a_bad_batchnorm_epsilon_is_one_line():
+  with pytest.raises(ConfigError, match="airbench: bn_epsilon must be > 0, got 0.0"):
+    models.build(Config(model="airbench(bn_epsilon=0.0)", num_classes=10))

@@ -140,6 +140,8 @@ def _airbench(num_classes, image_size, bn_epsilon=1e-5):
   """airbench94's network, widths 64/256/256 (fast and Muon recipes); BatchNorm's epsilon.
 
   `bn_epsilon`: Keras' default here; airbench94_muon's is 1e-12."""
+  if not bn_epsilon > 0:
+    raise ValueError(f"airbench: bn_epsilon must be > 0, got {bn_epsilon}")
   return airbench(num_classes, image_size, bn_epsilon=bn_epsilon)
 
 
