@@ -72,6 +72,11 @@ def test_a_deep_resnet_starts_with_logits_of_a_shallow_ones_scale():
   assert logits_std("resnet56(zero_init_residual=False)") > 3 * shallow
 
 
-def test_a_bad_batchnorm_epsilon_is_one_line():
-  with pytest.raises(ConfigError, match="airbench: bn_epsilon must be > 0, got 0.0"):
-    models.build(Config(model="airbench(bn_epsilon=0.0)", num_classes=10))
+@pytest.mark.parametrize("model, reason", [
+    ("airbench(bn_epsilon=0.0)", "airbench: bn_epsilon must be > 0, got 0.0"),
+    ("mobilenet_v3_small(input_size=16)", "mobilenet_v3_small: input_size must be >= 32, got 16"),
+])
+def test_a_refused_model_setting_is_one_line_naming_the_setting(model, reason):
+  with pytest.raises(ConfigError) as error:
+    models.build(Config(model=model, num_classes=10))
+  assert str(error.value) == f"--model={model}: {reason}"  # Not the image size's fault.

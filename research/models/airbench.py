@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from research.models.batchnorm import FusedBatchNorm
 from research.models.registry import MODELS, training_defaults, standardized_input
+from research.registry import SpecError
 
 WIDTHS = (64, 256, 256)
 WIDE = (128, 384, 384)  # airbench95's: about 2.4x the FLOPs
@@ -141,7 +142,7 @@ def _airbench(num_classes, image_size, bn_epsilon=1e-5):
 
   `bn_epsilon`: Keras' default here; airbench94_muon's is 1e-12."""
   if not bn_epsilon > 0:
-    raise ValueError(f"airbench: bn_epsilon must be > 0, got {bn_epsilon}")
+    raise SpecError(f"airbench: bn_epsilon must be > 0, got {bn_epsilon}")
   return airbench(num_classes, image_size, bn_epsilon=bn_epsilon)
 
 

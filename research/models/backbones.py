@@ -22,6 +22,7 @@ from keras import layers
 from research.config import ConfigError
 from research.models.batchnorm import fuse_batchnorms
 from research.models.registry import MODELS, logits, training_defaults
+from research.registry import SpecError
 
 PREFERRED_SIZE = 224  # The ImageNet training size of every backbone below.
 
@@ -74,7 +75,7 @@ def application(name, input_size, weights=None):
 
 def _classifier(name, num_classes, image_size, input_size, dropout):
   if input_size < 32:
-    raise ValueError(f"{name}: input_size must be >= 32, got {input_size}")
+    raise SpecError(f"{name}: input_size must be >= 32, got {input_size}")
   inputs = keras.Input((image_size, image_size, 3), name="images")
   x = inputs
   if input_size != image_size:

@@ -5,7 +5,7 @@ from keras import layers
 import numpy as np
 
 from research.config import ConfigError, fields
-from research.registry import Registry
+from research.registry import Registry, SpecError
 
 MODELS = Registry("model")
 
@@ -38,6 +38,8 @@ def build(config):
   spec = MODELS.parse(config.model)  # SpecError names the known models.
   try:
     return MODELS.build(spec, config.num_classes, config.image_size)
+  except SpecError as e:  # A builder refusing one of its settings, e.g. bn_epsilon=0.
+    raise ConfigError(f"--model={config.model}: {e}") from None
   except ValueError as e:  # Keras' shape checks: the images too small for the network.
     raise ConfigError(f"--model={config.model} cannot be built for --image_size="
                       f"{config.image_size}: {str(e).splitlines()[0]}") from None
