@@ -255,6 +255,24 @@ def test_fused_batchnorm_matches_keras_batchnorm(dtype, scale):
                              tf.cast(plain(x, training=False), tf.float32), atol=0.1)
 
 
+def test_fused_batchnorm_synchronized_takes_the_statistics_of_every_replica():
+  # Two replicas whose batches differ: synchronized statistics are those of both.
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  x = np.arange(4, dtype=np.float32).reshape(4, 1, 1, 1) * [[[[1.0]]]]
+  batches = strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensor_slices(x).batch(4))
+  with strategy.scope():
+    layers = {kind: kind(synchronized=True, momentum=0.0)
+              for kind in (FusedBatchNorm, keras.layers.BatchNormalization)}
+    for layer in layers.values():
+      layer.build((None, 1, 1, 1))
+  for layer in layers.values():
+    strategy.run(lambda batch: layer(batch, training=True), (next(iter(batches)),))
+  means = [layer.moving_mean.numpy() for layer in layers.values()]
+  np.testing.assert_allclose(means[0], means[1])
+  np.testing.assert_allclose(means[0], [1.5])  # Of 0, 1, 2 and 3; one replica's: 0.5 or 2.5
+
+
 def test_whitening_bias_decay_gives_it_a_schedule_that_ends_with_its_epochs(make_config):
   config = make_config(model="airbench", schedule="linear", learning_rate=0.5,
                        param_rules="whitening_bias(epochs=0.6, decay=True)").resolve(160, 10)

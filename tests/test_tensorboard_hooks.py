@@ -184,8 +184,8 @@ def test_profile_writes_a_trace(run):
       profile_summary.base_type(t) for t in summary["by_type"]}  # oneDNN's or TF's
   assert 0 < summary["busy"] <= 1
   assert "| convolution |" in profile_summary.format_summary(summary, top=5)
-  # resnet8 has no pooling layer: its global average pool and its BatchNorm moments are
-  # `Mean`s, which count as reductions, not pooling.
+  # resnet8 has no pooling layer: its global average pool is a `Mean`, which counts as a
+  # reduction, not pooling.
   assert "pooling" not in shares and shares["reductions"] > 0
 
 

@@ -12,15 +12,15 @@ class FusedBatchNorm(layers.BatchNormalization):
   float32 and composes several ops: on the AMX Xeon the fused op's forward + backward
   was 4.5x faster in bfloat16; on the AVX2 EPYC, in float32, whole training steps were
   1.16x (improved_cnn) to 1.24x (resnet20) faster. Falls back to Keras' path for what
-  the op does not cover (masks, renorm, other than 4-D channels-last: the BatchNorm after
-  a Dense layer) and for bfloat16 on GPUs.
+  the op does not cover (masks, renorm, statistics synchronized across replicas, other
+  than 4-D channels-last: the BatchNorm after a Dense layer) and for bfloat16 on GPUs.
 
   One difference: the moving variance is fed the batch variance with Bessel's
   correction, n / (n - 1), as in PyTorch.
   """
 
   def call(self, inputs, training=None, mask=None):
-    if (mask is not None or self.renorm or len(inputs.shape) != 4
+    if (mask is not None or self.renorm or self.synchronized or len(inputs.shape) != 4
         or self.axis not in (-1, 3)
         or (inputs.dtype == tf.bfloat16 and tf.config.list_logical_devices("GPU"))):
       return super().call(inputs, training=training, mask=mask)
@@ -41,12 +41,15 @@ class FusedBatchNorm(layers.BatchNormalization):
     return outputs
 
 
-def fuse_batchnorms(model):
+def fuse_batchnorms(model, replace=None):
   """A copy of functional `model` (fresh weights, the same names) whose Keras
   BatchNormalization layers are FusedBatchNorm: for networks built elsewhere, such as
   keras.applications'. Its weights are in the same order, so `set_weights` of the
-  original's fills it."""
+  original's fills it. `replace(layer)` may give any other layer a replacement with the
+  same weights (None: a copy)."""
   def clone(layer):
-    kind = FusedBatchNorm if type(layer) is layers.BatchNormalization else type(layer)
-    return kind.from_config(layer.get_config())
+    if type(layer) is layers.BatchNormalization:
+      return FusedBatchNorm.from_config(layer.get_config())
+    replacement = replace(layer) if replace else None
+    return replacement or type(layer).from_config(layer.get_config())
   return keras.models.clone_model(model, clone_function=clone)
