@@ -221,6 +221,30 @@ def test_weights_file_fills_the_backbone(make_config, tmp_path):
   assert [e["variable"] for e in record["new"]] == ["logits/kernel", "logits/bias"]
 
 
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+def test_imagenet_weights_make_the_backbone_keras_builds_for_them(name, monkeypatch, tmp_path):
+  # The "download" is a file of random weights: keras.applications builds its network as
+  # for ImageNet (EfficientNet adds a layer then) and loads it; the model's backbone,
+  # filled through --weights=imagenet, must compute what that network computes.
+  rng = np.random.default_rng(0)
+  donor = backbones.application(name, 32)
+  donor.set_weights([w * rng.uniform(0.5, 1.5, w.shape) if w.ndim == 1 else w
+                     for w in donor.get_weights()])  # Statistics and offsets off their init.
+  path = str(tmp_path / "notop.weights.h5")
+  donor.save_weights(path)
+  monkeypatch.setattr("keras.src.utils.file_utils.get_file", lambda *args, **kwargs: path)
+  imagenet = backbones.application(name, 32, weights="imagenet")
+  model = models.build(Config(model=f"{name}(input_size=32)", num_classes=3, image_size=32))
+  transfer.load_weights(model, "imagenet", f"{name}(input_size=32)")
+  x = rng.uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+  if backbones.BACKBONES[name].preprocessing is not None:
+    x = backbones.BACKBONES[name].preprocessing()(x)
+  expected = imagenet(x, training=False).numpy()
+  error = np.abs(model.get_layer("backbone")(x, training=False) - expected).max()
+  assert np.abs(expected).max() > 0 and error <= 1e-3 * np.abs(expected).max(), (
+      error / np.abs(expected).max())
+
+
 def test_imagenet_weights_offline_is_one_line_naming_the_ways_out(make_config, monkeypatch):
   def offline(*args, **kwargs):
     raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "

@@ -38,17 +38,51 @@ class CaffePreprocessing(layers.Layer):
     return inputs[..., ::-1] - keras.ops.cast(self.MEAN_BGR, inputs.dtype)
 
 
+@keras.saving.register_keras_serializable(package="research")
+class StemNormalization(layers.Normalization):
+  """EfficientNet's input normalization as Keras builds it to load ImageNet weights: by
+  the mean and variance in the layer's weights, then by a fixed factor per channel
+  (Keras' Normalization divides by the standard deviation where the original divides by
+  the variance, so Keras adds a Rescaling by 1/sqrt(std), with `weights="imagenet"`
+  only). Reads its weights at every call: Keras' layer computes with a copy taken when
+  it is built or loaded from a file, so `set_weights` and checkpoint restores, which
+  --weights and resume use, would not reach it."""
+
+  def __init__(self, factor, **kwargs):
+    super().__init__(**kwargs)
+    if self.input_mean is not None or self.invert:
+      raise ValueError("StemNormalization: for the mean and variance of its weights only")
+    self.factor = tuple(factor)
+
+  def call(self, inputs):
+    weight = lambda v: keras.ops.cast(keras.ops.reshape(v, self._broadcast_shape),
+                                      self.compute_dtype)
+    inputs = keras.ops.convert_to_tensor(inputs, self.compute_dtype)
+    std = keras.ops.maximum(keras.ops.sqrt(weight(self.adapt_variance)),
+                            keras.config.epsilon())
+    factor = keras.ops.cast(self.factor, self.compute_dtype)
+    return (inputs - weight(self.adapt_mean)) / std * factor
+
+  def get_config(self):
+    return {**super().get_config(), "factor": self.factor}
+
+
 @dataclasses.dataclass(frozen=True)
 class Backbone:
   constructor: Callable       # keras.applications class
   preprocessing: Callable     # () -> layer, or None: the application preprocesses itself
   options: dict               # more keyword arguments of the constructor
+  stem_factor: tuple = ()     # () or a StemNormalization's factor (EfficientNet's)
+
+
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)  # keras.applications' IMAGENET_STDDEV_RGB
 
 
 BACKBONES = {
     "resnet50": Backbone(keras.applications.ResNet50, CaffePreprocessing, {}),
     # These three normalize inside the application (include_preprocessing / Rescaling).
-    "efficientnet_b0": Backbone(keras.applications.EfficientNetB0, None, {}),
+    "efficientnet_b0": Backbone(keras.applications.EfficientNetB0, None, {},
+                                stem_factor=tuple(s ** -0.5 for s in IMAGENET_STD_RGB)),
     "mobilenet_v3_small": Backbone(keras.applications.MobileNetV3Small, None,
                                    {"include_preprocessing": True}),
     "convnext_tiny": Backbone(keras.applications.ConvNeXtTiny, None,
@@ -73,6 +107,17 @@ def application(name, input_size, weights=None):
                           input_shape=(input_size, input_size, 3), **spec.options)
 
 
+def _network(name, input_size):
+  """The model's backbone: the network keras.applications builds to load ImageNet weights
+  (with random weights), its BatchNorms fused."""
+  factor = BACKBONES[name].stem_factor
+  def replace(layer):
+    if factor and type(layer) is layers.Normalization:
+      return StemNormalization(factor, **layer.get_config())
+    return None
+  return fuse_batchnorms(application(name, input_size), replace)
+
+
 def _classifier(name, num_classes, image_size, input_size, dropout):
   if input_size < 32:
     raise SpecError(f"{name}: input_size must be >= 32, got {input_size}")
@@ -82,7 +127,7 @@ def _classifier(name, num_classes, image_size, input_size, dropout):
     x = layers.Resizing(input_size, input_size, name="resize")(x)
   if BACKBONES[name].preprocessing is not None:
     x = BACKBONES[name].preprocessing(name="preprocess")(x)
-  backbone = fuse_batchnorms(application(name, input_size))
+  backbone = _network(name, input_size)
   backbone.name = "backbone"
   x = backbone(x)
   if dropout:
