@@ -133,6 +133,18 @@ def test_a_backbone_runs_its_batchnorms_fused_and_computes_what_keras_builds():
   np.testing.assert_allclose(fused(x, training=False), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_batchnorms_of_nested_models_are_fused_too():
+  from research.models.batchnorm import FusedBatchNorm, fuse_batchnorms  # pylint: disable=g-import-not-at-top
+  inputs = keras.Input((4, 4, 3))
+  inner = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Conv2D(5, 1)(inputs)))
+  outer_inputs = keras.Input((4, 4, 3))
+  outer = keras.Model(outer_inputs, keras.layers.BatchNormalization()(inner(outer_inputs)))
+  fused = fuse_batchnorms(outer)
+  assert type(fused.layers[-1]) is FusedBatchNorm
+  assert type(fused.layers[1].layers[-1]) is FusedBatchNorm
+  assert [w.shape for w in fused.weights] == [w.shape for w in outer.weights]
+
+
 def test_a_run_saved_with_keras_batchnorm_still_pairs_by_position():
   # Models built before their BatchNorm became FusedBatchNorm: the same network, layer by
   # layer, though Keras named the layers after the other class.

@@ -43,7 +43,7 @@ class FusedBatchNorm(layers.BatchNormalization):
 
 def fuse_batchnorms(model, replace=None):
   """A copy of functional `model` (fresh weights, the same names) whose Keras
-  BatchNormalization layers are FusedBatchNorm: for networks built elsewhere, such as
+  BatchNormalization layers, nested models' included, are FusedBatchNorm: for networks built elsewhere, such as
   keras.applications'. Its weights are in the same order, so `set_weights` of the
   original's fills it. `replace(layer)` may give any other layer a replacement with the
   same weights (None: a copy)."""
@@ -52,4 +52,4 @@ def fuse_batchnorms(model, replace=None):
       return FusedBatchNorm.from_config(layer.get_config())
     replacement = replace(layer) if replace else None
     return replacement or type(layer).from_config(layer.get_config())
-  return keras.models.clone_model(model, clone_function=clone)
+  return keras.models.clone_model(model, clone_function=clone, recursive=True)
