@@ -43,13 +43,15 @@ class FusedBatchNorm(layers.BatchNormalization):
 
 def fuse_batchnorms(model, replace=None):
   """A copy of functional `model` (fresh weights, the same names) whose Keras
-  BatchNormalization layers, nested models' included, are FusedBatchNorm: for networks built elsewhere, such as
-  keras.applications'. Its weights are in the same order, so `set_weights` of the
-  original's fills it. `replace(layer)` may give any other layer a replacement with the
-  same weights (None: a copy)."""
+  BatchNormalization layers, nested models' included, are FusedBatchNorm: for networks
+  built elsewhere, such as keras.applications'. Its weights are in the same order, so
+  `set_weights` of the original's fills it. `replace(layer)` may give any other layer a
+  replacement with the same weights (None: a copy)."""
   def clone(layer):
     if type(layer) is layers.BatchNormalization:
       return FusedBatchNorm.from_config(layer.get_config())
     replacement = replace(layer) if replace else None
-    return replacement or type(layer).from_config(layer.get_config())
+    if replacement is not None:
+      return replacement
+    return type(layer).from_config(layer.get_config())
   return keras.models.clone_model(model, clone_function=clone, recursive=True)
