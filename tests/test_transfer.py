@@ -134,7 +134,8 @@ def test_a_backbone_runs_its_batchnorms_fused_and_computes_what_keras_builds():
 
 
 def test_batchnorms_of_nested_models_are_fused_too():
-  from research.models.batchnorm import FusedBatchNorm, fuse_batchnorms  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from research.models.batchnorm import FusedBatchNorm, fuse_batchnorms
   inputs = keras.Input((4, 4, 3))
   inner = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Conv2D(5, 1)(inputs)))
   outer_inputs = keras.Input((4, 4, 3))
