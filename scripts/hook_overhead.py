@@ -72,7 +72,8 @@ def main():
   timed_run(base.replace(model_dir=os.path.join(root, "warmup"), train_steps=20))
   baseline = timed_run(base.replace(model_dir=os.path.join(root, "none")).validate())
   print(f"{args.model}, batch {args.batch_size}, {args.steps} steps, evals every "
-        f"{args.eval_every}: no hooks {baseline:.1f} s ({1e3 * baseline / args.steps:.0f} ms/step)\n")
+        f"{args.eval_every}: no hooks {baseline:.1f} s "
+        f"({1e3 * baseline / args.steps:.0f} ms/step)\n")
   print("| hook | calls | s per call | s in hook | run s | vs no hooks |")
   print("| --- | ---: | ---: | ---: | ---: | ---: |")
   for name in names:

@@ -143,7 +143,8 @@ def format_summary(summary, top):
            "| kind | share of op time |", "| --- | ---: |"]
   for kind, ps in sorted(summary["by_kind"].items(), key=lambda item: -item[1]):
     lines.append(f"| {kind} | {ps / op_time:.1%} |")
-  lines += ["", "| op type | kind | share | calls | mean ms |", "| --- | --- | ---: | ---: | ---: |"]
+  lines += ["", "| op type | kind | share | calls | mean ms |",
+            "| --- | --- | ---: | ---: | ---: |"]
   slowest = sorted(summary["by_type"].items(), key=lambda item: -item[1][0])[:top]
   for op_type, (ps, count) in slowest:
     lines.append(f"| {op_type} | {kind_of(op_type)} | {ps / op_time:.1%} | {count} | "

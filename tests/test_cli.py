@@ -60,8 +60,8 @@ def test_help_lists_registered_names_and_startup_noise_is_hidden(tmp_path):
   assert "--model: architecture name from the model registry. Registered: airbench, " \
          "airbench_noidentity" in " ".join(result.stdout.split())
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-  trained = subprocess.run([sys.executable, "train.py", "--dataset=synthetic", "--synthetic_examples=64",
-                "--image_size=16", "--model=resnet8", "--batch_size=16",
+  trained = subprocess.run([sys.executable, "train.py", "--dataset=synthetic",
+                "--synthetic_examples=64", "--image_size=16", "--model=resnet8", "--batch_size=16",
                 "--train_steps=2", "--hooks=none", "--strategy=mirrored", "--cpu_devices=2",
                 f"--model_dir={tmp_path / 'run'}"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=300)

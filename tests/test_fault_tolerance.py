@@ -219,7 +219,8 @@ def test_rollback_before_the_first_checkpoint_restarts_from_the_initial_weights(
 def test_same_seed_same_weights_other_seed_other_weights(make_config):
   runs = {}
   for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-    config = make_config(seed=seed, deterministic=True, model_dir=f"{make_config().model_dir}_{name}")
+    config = make_config(seed=seed, deterministic=True,
+                         model_dir=f"{make_config().model_dir}_{name}")
     loop.train(config)
     runs[name] = weights(config.model_dir)
   for a, b in zip(runs["a"], runs["b"]):

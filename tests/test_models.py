@@ -25,8 +25,8 @@ def test_builds_with_float32_logits_under_bf16(name):
 
 # resnet20 and resnet56 are resnet8's builder at other depths, airbench_wide airbench's
 # at other widths, and airbench_noidentity and airbench_nowhiten airbench's without one
-# of its layers (their builds are tested above); training them here would only take minutes. The ImageNet backbones train in
-# test_transfer.
+# of its layers (their builds are tested above); training them here would only take
+# minutes. The ImageNet backbones train in test_transfer.
 @pytest.mark.parametrize("name", [n for n in models.MODELS.names()
                                   if n not in ("resnet20", "resnet56", "airbench_noidentity",
                                                "airbench_nowhiten", "airbench_wide")
@@ -41,7 +41,8 @@ def test_trains_with_falling_loss(name, make_config):
 
 
 def test_unknown_model_lists_known():
-  with pytest.raises(SpecError, match="known: airbench, airbench_noidentity, airbench_nowhiten, airbench_wide, baseline_cnn"):
+  known = "airbench, airbench_noidentity, airbench_nowhiten, airbench_wide, baseline_cnn"
+  with pytest.raises(SpecError, match=f"known: {known}"):
     models.build(Config(model="nope"))
 
 

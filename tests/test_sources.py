@@ -197,8 +197,8 @@ def _sigterm_at(config, step=5):
 def test_a_preempted_run_resumes_bitwise_from_a_record_set(record_set, make_config):
   # A streamed folder gives the in-memory batches (above), whose resume test_steps.py and
   # test_fault_tolerance.py check.
-  config = make_config(dataset="tfrecord", data_dir=record_set, val_split=0.2, batch_size=4, train_steps=12,
-                       checkpoint_every=4, eval_every=12, deterministic=True)
+  config = make_config(dataset="tfrecord", data_dir=record_set, val_split=0.2, batch_size=4,
+                       train_steps=12, checkpoint_every=4, eval_every=12, deterministic=True)
   reference = loop.train(config.replace(model_dir=config.model_dir + "_whole"))
   with pytest.raises(loop.Preempted):
     loop.train(config.replace(hooks="test_sigterm_at(step=5)"))
