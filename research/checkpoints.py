@@ -20,7 +20,11 @@ class Checkpointer:
 
   A multi-worker run's other workers take part in every save (it is collective) but
   write to a `scratch` directory of their own, removed after each save, and restore
-  from the chief's `directory`."""
+  from the chief's `directory`. The trackables named in `OPTIONAL` may be missing from
+  a checkpoint written before they were saved: it restores without them, saying so."""
+
+  OPTIONAL = {"random": "the model's random generators (Dropout's masks), so the "
+                        "resumed run's masks differ from an uninterrupted run's"}
 
   def __init__(self, directory, max_to_keep, scratch=None, **trackables):
     self.trackables, self.directory, self.scratch = trackables, directory, scratch
@@ -37,7 +41,7 @@ class Checkpointer:
     failures = []
     for path in self.candidates():
       try:
-        self.checkpoint.restore(path).assert_existing_objects_matched()
+        self.checkpoint_of(path).restore(path).assert_existing_objects_matched()
       except Exception as e:  # pylint: disable=broad-except  (torn files fail in many ways)
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         logging.warning("checkpoint %s is unreadable (%s); trying the one before", path,
@@ -52,6 +56,19 @@ class Checkpointer:
                             + ", ".join(failures) + "; move them away to start again "
                             "from step 0")
     return None
+
+  def checkpoint_of(self, path):
+    """The checkpoint object that reads `path`: without the optional trackables it
+    lacks."""
+    saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+    missing = [name for name in self.OPTIONAL if name in self.trackables
+               and name not in saved]
+    if not missing:
+      return self.checkpoint
+    for name in missing:
+      logging.warning("checkpoint %s predates saving %s", path, self.OPTIONAL[name])
+    return tf.train.Checkpoint(**{name: trackable for name, trackable
+                                  in self.trackables.items() if name not in missing})
 
   def candidates(self):
     """Checkpoint prefixes, newest first: the manager's list, plus any other
@@ -87,7 +104,8 @@ class Checkpointer:
     """Bytes of the variables a checkpoint holds."""
     variables = {}
     for trackable in self.trackables.values():
-      for v in getattr(trackable, "variables", [trackable]):
+      listed = trackable if isinstance(trackable, list) else None
+      for v in listed or getattr(trackable, "variables", [trackable]):
         variables[id(v)] = int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
     return sum(variables.values())
 

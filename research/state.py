@@ -46,7 +46,16 @@ class TrainState(tf.Module):
       items["ema"] = self.ema
     if self.accumulation is not None:
       items["accumulation"] = self.accumulation
+    random = self.random_state()
+    if random:
+      items["random"] = random
     return items
+
+  def random_state(self):
+    """The states of the model's random generators (Dropout's masks): among its
+    variables but not its weights, so a checkpoint of the model alone misses them."""
+    weights = {id(v) for v in self.model.weights}
+    return [v for v in self.model.variables if id(v) not in weights]
 
   def averaged_weights(self):
     """Inside it, the model holds the weights that are evaluated and saved (EMA or

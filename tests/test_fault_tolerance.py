@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from research import checkpoints, data, loop, steps
+from research import checkpoints, data, loop, state as state_lib, steps
 from tests.conftest import ROOT
 
 # 192 train examples / 24 = 8 steps an epoch; checkpoints every 3 steps.
@@ -139,6 +139,18 @@ def test_no_readable_checkpoint_stops_instead_of_restarting(make_config):
   # train.py turns CheckpointError into one `error:` line.
   with pytest.raises(checkpoints.CheckpointError, match="no readable checkpoint"):
     loop.train(config.replace(train_steps=9))
+
+
+def test_a_checkpoint_without_the_random_state_resumes_saying_so(make_config, monkeypatch,
+                                                                  caplog):
+  # Checkpoints written before Dropout's generator states were saved lack "random".
+  config = make_config(model="improved_cnn", train_steps=3, checkpoint_every=3)
+  with monkeypatch.context() as patch:
+    patch.setattr(state_lib.TrainState, "random_state", lambda self: [])
+    loop.train(config)
+  result = loop.train(config.replace(train_steps=6))
+  assert result.step == 6
+  assert "ckpt-3 predates saving the model's random generators" in caplog.text
 
 
 def _all_checkpoints_finite(config):

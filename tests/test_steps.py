@@ -45,6 +45,7 @@ def _weights(config, strategy=None):
     dict(augment="crop,flip,mixup(alpha=0.4)"),
     dict(augment="cutmix", step="sam(rho=0.05)"),
     dict(grad_accum_steps=2, lookahead_every=2),
+    dict(model="improved_cnn"),  # Dropout: its masks' generator state is checkpointed.
 ])
 def test_resume_is_bitwise_exact(overrides, make_config):
   # Checkpoints at 3 and 6: with --grad_accum_steps=2, in the middle of an update.
