@@ -85,6 +85,21 @@ def test_a_streamed_folder_names_or_skips_unreadable_files(tmp_path):
   assert len(source) == 9 and not any("cut.jpg" in p for p in source.paths)
 
 
+def test_a_streamed_folder_keeps_the_files_a_decoded_one_keeps(tmp_path):
+  root = make_folder(tmp_path / "images")
+  [jpeg, png] = [next(p for p in sorted((root / "cat").iterdir()) if p.suffix == suffix)
+                 for suffix in (".jpg", ".png")]
+  jpeg.write_bytes(jpeg.read_bytes() + bytes(200))  # After the end marker: still readable.
+  png.write_bytes(png.read_bytes()[:-40])  # Cut off: unreadable.
+  assert files.looks_readable(str(jpeg)) and not files.looks_readable(str(png))
+  config = Config(dataset="folder", data_dir=str(root), image_size=16,
+                  skip_bad_images=True, cache_dir=str(tmp_path / "cache"))
+  streamed, _ = data.open_folder(str(root), config.replace(data_cache="none"))
+  in_memory, _ = data.open_folder(str(root), config.replace(data_cache="memory"))
+  assert len(streamed) == len(in_memory) == 8
+  np.testing.assert_array_equal(streamed.head(8), in_memory.head(8))
+
+
 def test_a_record_set_holds_the_files_unchanged_in_balanced_shards(folder, record_set,
                                                                     tmp_path):
   metadata = records.read_metadata(record_set)

@@ -23,18 +23,34 @@ def decode_image(encoded, image_size):
 
 
 def looks_readable(path):
-  """A check that reads a few bytes and decodes nothing: an image format's signature
-  at the start and, for JPEG, its end marker near the end (a cut-off copy lacks it)."""
+  """Whether `decode_image` reads the file, decided from a few bytes where it can be:
+  an image format's signature at the start and the format's end at the end. A file
+  that does not end as its format does (a cut-off copy, or bytes after the image, as in
+  a phone's motion photo) is decoded to decide, so a folder streamed from its files
+  holds the files a decoded one does. Only damage in the middle passes; it is found
+  when the file is read (data.naming_bad_files)."""
   try:
     with open(path, "rb") as f:
       head = f.read(8)
-      if not head.startswith(SIGNATURES):
-        return False
-      if head.startswith(SIGNATURES[0]):
-        f.seek(max(0, os.fstat(f.fileno()).st_size - _JPEG_TAIL))
-        return b"\xff\xd9" in f.read()
-      return True
+      size = os.fstat(f.fileno()).st_size
+      f.seek(max(0, size - _JPEG_TAIL))
+      tail = f.read()
   except OSError:
+    return False
+  if not head.startswith(SIGNATURES):
+    return False
+  ends = (b"\xff\xd9" in tail if head.startswith(SIGNATURES[0])
+          else tail.endswith(b"IEND\xaeB`\x82") if head.startswith(SIGNATURES[1])
+          else int.from_bytes(head[2:6], "little") == size if head.startswith(b"BM")
+          else tail.endswith(b";"))  # GIF's trailer.
+  return ends or _decodes(path)
+
+
+def _decodes(path):
+  try:
+    tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return True
+  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
     return False
 
 
