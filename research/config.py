@@ -30,7 +30,8 @@ DEFAULT_HOOKS = "train_images,predictions,histograms,hparams,model_summary"
 EXCLUSIVE = (("ema_decay", "lookahead_every"), ("weights", "init_from"))
 
 # Fields that shape the checkpoint: a model dir written with other values is refused.
-CHECKPOINT_FIELDS = ("model", "num_classes", "image_size", "optimizer", "averaging")
+CHECKPOINT_FIELDS = ("model", "num_classes", "image_size", "optimizer", "averaging",
+                     "loss_scaling", "gradient_accumulation")
 
 
 class ConfigError(ValueError):
@@ -186,6 +187,17 @@ class Config:
   def averaging(self):
     """The kind of weight averaging (it shapes the checkpoint): none, ema or lookahead."""
     return "lookahead" if self.lookahead_every else "ema" if self.ema_decay else "none"
+
+  @property
+  def loss_scaling(self):
+    """mixed_float16 when the optimizer is wrapped in a LossScaleOptimizer (it shapes the
+    checkpoint), else none; of a resolved --precision."""
+    return "mixed_float16" if self.precision == "mixed_float16" else "none"
+
+  @property
+  def gradient_accumulation(self):
+    """on when gradients are summed over steps (their sums are checkpointed), else none."""
+    return "on" if self.grad_accum_steps > 1 else "none"
 
   @property
   def plugin_modules(self):

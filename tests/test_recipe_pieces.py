@@ -1,6 +1,7 @@
 """The fast recipe's pieces, each tested on its own."""
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -209,6 +210,18 @@ def test_switching_weight_averaging_is_a_checkpoint_difference(make_config):
   lookahead = make_config(lookahead_every=5)
   assert lookahead.checkpoint_differences(plain) == [
       "averaging: 'none' in the model dir, 'lookahead' now"]
+
+
+@pytest.mark.parametrize("overrides, difference", [
+    (dict(precision="mixed_float16"), "loss_scaling: 'none' in the model dir, "
+                                      "'mixed_float16' now"),
+    (dict(grad_accum_steps=2), "gradient_accumulation: 'none' in the model dir, 'on' now")])
+def test_a_change_of_the_checkpoint_structure_is_refused_by_name(overrides, difference,
+                                                                  make_config):
+  # Either change wraps or adds optimizer state: the checkpoint would not load.
+  loop.train(make_config(train_steps=3))
+  with pytest.raises(ConfigError, match=re.escape(f"holds a different run ({difference})")):
+    loop.train(make_config(train_steps=6, allow_config_change=True, **overrides))
 
 
 def test_averages_start_from_the_data_initialized_weights(make_config):
