@@ -3,6 +3,7 @@
 import json
 import os
 
+from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
@@ -74,8 +75,17 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=Non
   split_name = split
   split, folder_names = data_lib.load_folder(data_dir, config.image_size, cache_dir)
   if split_name == "validation":
+    if config.dataset != "folder":
+      raise data_lib.DataError(
+          f"the run trained on --dataset={config.dataset}, whose held-out split is not "
+          "this folder's (--split=validation re-derives a folder run's): use a folder of "
+          "held-out images with --split=all")
     if not config.val_split:
       raise data_lib.DataError("the run had no validation split (--val_split=0)")
+    if os.path.realpath(config.data_dir) != os.path.realpath(data_dir):
+      logging.warning("the run trained on %s: its held-out split is taken from %s's files "
+                      "by the same rule, so they must be the same files", config.data_dir,
+                      data_dir)
     split = data_lib.split_validation(split, config.val_split)[1]
   unknown = sorted(set(folder_names) - set(class_names))
   if unknown:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import data, hooks, loop
+from research import data, evaluation, hooks, loop
 from research.config import Config
 from research.sources import files, records
 from scripts import make_tfrecords
@@ -143,6 +143,18 @@ def test_a_record_set_trains_from_the_command_line_flags(record_set, tmp_path):
     data.load(config.replace(data_dir=str(tmp_path)))
   with pytest.raises(ValueError, match="exists and is not empty"):
     make_tfrecords.make("folder", record_set, record_set)
+
+
+def test_the_validation_split_of_a_record_set_run_is_not_taken_from_a_folder(
+    folder, record_set, make_config, tmp_path):
+  # Records are split in their shuffled order, not in the folder's sorted one.
+  config = make_config(dataset="tfrecord", data_dir=record_set, val_split=0.25,
+                       batch_size=4, train_steps=1, eval_every=1)
+  loop.train(config)
+  cache = str(tmp_path / "cache")
+  with pytest.raises(data.DataError, match="trained on --dataset=tfrecord, whose held-out"):
+    evaluation.score_folder(config.model_dir, folder, cache_dir=cache, split="validation")
+  assert evaluation.score_folder(config.model_dir, folder, cache_dir=cache)["examples"] == 21
 
 
 class CountingArrays(data.Split):
