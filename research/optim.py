@@ -272,6 +272,14 @@ def build(config, model):
   return optimizer
 
 
+def lower_loss_scale(optimizer):
+  """Halves a LossScaleOptimizer's scale after a step with non-finite gradients, as its
+  own check does; the step calls it because that check sees one replica only."""
+  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    optimizer.step_counter.assign(0)
+    optimizer.dynamic_scale.assign(optimizer.dynamic_scale * 0.5)
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(learning_rate, config):
   return keras.optimizers.SGD(learning_rate, momentum=config.momentum,

@@ -41,7 +41,7 @@ class StepSpec:
   regularizers: tuple         # of (model) -> scalar penalty
   global_batch_size: int
   grad_scales: tuple          # a multiplier per trainable variable (rules' lr_scale)
-  check_gradients: bool       # False under mixed_float16: LossScaleOptimizer checks them
+  loss_scaling: bool          # mixed_float16: gradients are of the loss times a scale
   frozen_after: tuple         # (variable index, steps): it stays fixed after `steps`
   update_scales: tuple = ()   # (variable index, multiplier of its update): lr scales
   head: tuple = ()            # indices of the head's variables (the `logits` layer)
@@ -73,7 +73,7 @@ class StepSpec:
         update_scales=tuple((i, config.backbone_lr_scale) for i in backbone
                             if config.backbone_lr_scale != 1.0),
         head=head, freeze_steps=config.freeze_steps,
-        check_gradients=config.precision != "mixed_float16",
+        loss_scaling=config.precision == "mixed_float16",
         grad_accum_steps=config.grad_accum_steps,
         tta=config.tta,
         inject_nan_step=config.inject_nan_step, jit_compile=config.jit_compile)
@@ -135,13 +135,18 @@ def make_train_loop(state, spec, strategy):
       result = spec.kind(state, passes, batch)
     grads = [g if scale == 1.0 or g is None else g * scale
              for g, scale in zip(result.grads, spec.grad_scales)]
-    finite = all_finite(result.loss, grads if spec.check_gradients else [])
+    # Checked on every replica and all-reduced: under mixed_float16 too, where the loss
+    # scale's own check would see only the first replica's un-reduced gradients. There a
+    # finite loss with non-finite gradients is the scale's overflow, not a bad step.
+    finite = all_finite(result.loss, grads)
+    overflow = ((all_finite(result.loss, []) & ~finite) if spec.loss_scaling
+                else tf.constant(False))
     if state.accumulation is not None:  # This replica's share, unless the step is skipped.
       for total, g in zip(state.accumulation.sums, grads):
         if g is not None:
           total.assign_add(tf.where(finite, g, tf.zeros_like(g)))
     tf.distribute.get_replica_context().merge_call(
-        _apply_if, args=(state, spec, grads, finite, stats))
+        _apply_if, args=(state, spec, grads, finite, overflow, stats))
     mask = tf.fill(tf.shape(result.per_example), tf.cast(finite, tf.float32))
     state.train_metrics.update(result.outputs, batch, result.per_example, mask)
 
@@ -166,10 +171,11 @@ def make_train_loop(state, spec, strategy):
   return train_loop
 
 
-def _apply_if(strategy, state, spec, grads, finite, stats):
+def _apply_if(strategy, state, spec, grads, finite, overflow, stats):
   """Applies the update only if `finite`, and keeps it only if the updated weights and
   optimizer slots are finite too; otherwise puts back the non-trainable variables
-  (`stats`: their values before the step) and counts a skipped step.
+  (`stats`: their values before the step) and counts a skipped step. The loss scale's
+  `overflow` is not counted: the scale is halved and the next step tries again.
 
   The condition runs in cross-replica context: a cond inside the replica
   function may not contain the optimizer's cross-replica synchronization.
@@ -177,11 +183,21 @@ def _apply_if(strategy, state, spec, grads, finite, stats):
   variables = state.model.trainable_variables
   accumulation = state.accumulation
 
-  def skipped():
+  first = lambda value: strategy.experimental_local_results(value)[0]
+
+  def put_back_stats():
     # Replicas held the same values before the step: the first one's are everyone's.
     for variable, value in zip(state.model.non_trainable_variables, stats):
-      variable.assign(strategy.experimental_local_results(value)[0])
+      variable.assign(first(value))
+
+  def skipped():
+    put_back_stats()
     state.skipped.assign_add(1)
+
+  def not_finite():  # A non-finite loss or gradient on some replica.
+    if spec.loss_scaling:
+      optim.lower_loss_scale(state.optimizer)
+    tf.cond(first(overflow), put_back_stats, skipped)
 
   def update(replica_grads, args=()):
     """Applies `replica_grads(*args)` of each replica (args: per-replica values)."""
@@ -190,8 +206,8 @@ def _apply_if(strategy, state, spec, grads, finite, stats):
     updated = list(variables) + list(state.optimizer.variables)
     before = [tf.identity(v) for v in updated]
     frozen = [(variables[i], steps, before[i]) for i, steps in spec.frozen_after]
-    # Keras all-reduces the gradients across replicas; LossScaleOptimizer
-    # unscales them and skips the update if any is not finite.
+    # Keras all-reduces the gradients across replicas; LossScaleOptimizer unscales
+    # them (and raises its scale after enough finite steps).
     # The head-only phase updates the head alone: not even weight decay moves the rest
     # (accumulated gradients hold zeros, not None, for it).
     training = set(spec.head) if spec.head_only else set(range(len(variables)))
@@ -237,7 +253,7 @@ def _apply_if(strategy, state, spec, grads, finite, stats):
 
     tf.cond(due, update_and_restart, lambda: None)
 
-  tf.cond(strategy.experimental_local_results(finite)[0], apply, skipped)
+  tf.cond(first(finite), apply, not_finite)
 
 
 def all_finite(loss, grads):

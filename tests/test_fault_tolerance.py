@@ -14,8 +14,8 @@ from PIL import Image
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from research import checkpoints, data, loop, state as state_lib, steps
-from tests.conftest import ROOT
+from research import checkpoints, data, distribute, loop, losses, state as state_lib, steps
+from tests.conftest import ROOT, make_runner
 
 # 192 train examples / 24 = 8 steps an epoch; checkpoints every 3 steps.
 RUN_FLAGS = ["--dataset=synthetic", "--synthetic_examples=256", "--val_split=0.25",
@@ -295,6 +295,42 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_caught():
   # A gradient whose sum overflows float32 counts as non-finite: no usable update.
   assert not bool(all_finite(loss, [tf.fill([2], 3e38)]))
 
+
+@losses.LOSSES.register("test_overflow_on_replica_1")
+def _overflow_on_replica_1():
+  """Cross-entropy, times 1e6 on the second replica only: its float16 gradients
+  overflow at the initial loss scale, the first replica's do not."""
+  cross_entropy = losses.cross_entropy()
+
+  def loss(outputs, batch):
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    return cross_entropy(outputs, batch) * tf.where(tf.equal(replica, 1), 1e6, 1.0)
+  return loss
+
+
+def test_an_overflow_on_one_replica_lowers_the_loss_scale(make_config):
+  # Keras' LossScaleOptimizer looks at the first replica's gradients only: the step
+  # checks every replica's and halves the scale itself, not counting a bad step.
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    config = make_config(precision="mixed_float16", loss="test_overflow_on_replica_1",
+                         augment="", weight_decay=0.0)
+    split = data.load(config)
+    config = config.resolve(len(split.train), len(split.class_names))
+    strategy = distribute.make_strategy("mirrored")
+    state, runner = make_runner(config, strategy)
+    batches = iter(strategy.distribute_datasets_from_function(
+        lambda ctx: data.train_dataset(split.train, config, 0, ctx)))
+    start = state.model.get_weights()
+    scale = state.loss_scale()["loss_scale"]
+    runner.train_loop(batches, tf.constant(3))
+    assert state.loss_scale()["loss_scale"] == scale / 8
+    assert int(state.skipped.numpy()) == 0  # Not a non-finite step: --on_nan ignores it.
+    assert int(state.optimizer.iterations.numpy()) == 0
+    for before, after in zip(start, state.model.get_weights()):
+      np.testing.assert_array_equal(before, after)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
 
 def _small_filesystem(path, size_bytes):
   """Mounts a tmpfs of `size_bytes` at `path`; False where mounting is not allowed."""
