@@ -238,7 +238,11 @@ class Optimizers(tf.Module):
   def apply_gradients(self, grads_and_vars):
     grads_and_vars = list(grads_and_vars)
     for optimizer, ids in zip(self.optimizers, self._variables_of):
-      optimizer.apply_gradients([(g, v) for g, v in grads_and_vars if id(v) in ids])
+      mine = [(g, v) for g, v in grads_and_vars if id(v) in ids]
+      if mine:
+        optimizer.apply_gradients(mine)
+      else:  # All its variables are frozen (--freeze_epochs): its schedule goes on.
+        optimizer.iterations.assign_add(1)
 
 
 def build(config, model):

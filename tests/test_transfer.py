@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import data, loop, models, steps, transfer
+from research import data, distribute, loop, models, steps, transfer
 from research.config import Config, ConfigError
 from research.models import backbones
 from tests.conftest import make_runner
@@ -190,6 +190,26 @@ def test_freeze_epochs_trains_the_head_alone_then_everything(make_config):
   assert all(not np.array_equal(a, b) for a, b in
              zip(frozen, _weights_of(state.model, backbone)) if a.ndim == 4)
 
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_an_optimizer_of_frozen_variables_waits_with_its_schedule_going_on(
+    strategy, make_config):
+  # The kernels' Adam holds no head variable: it has nothing to apply while they are
+  # frozen, and its step count (its schedule) goes on with the run's.
+  config = make_config(freeze_epochs=0.5, train_steps=5,
+                       param_rules="kernels(rank=4, optimizer='adam')").resolve(192, 4)
+  state, runner = make_runner(config, distribute.make_strategy(strategy))
+  kernels = [i for i, v in enumerate(state.model.trainable_variables)
+             if len(v.shape) == 4]
+  batches = _batches(runner, config)
+  frozen = _weights_of(state.model, kernels)
+  runner.train_loop(batches, tf.constant(3))
+  for before, after in zip(frozen, _weights_of(state.model, kernels)):
+    np.testing.assert_array_equal(before, after)
+  runner.train_loop(batches, tf.constant(2))
+  assert [int(o.iterations.numpy()) for o in state.optimizer.optimizers] == [5, 5]
+  assert all(not np.array_equal(a, b) for a, b in
+             zip(frozen, _weights_of(state.model, kernels)))
 
 def test_the_head_phase_survives_a_kill_and_resume_bitwise(make_config, tmp_path):
   # The phase ends at step 3 (half of a 6-step epoch); the resumed run starts inside it.
