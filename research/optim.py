@@ -276,6 +276,16 @@ def build(config, model):
   return optimizer
 
 
+def unscaled(optimizer, grads):
+  """`grads` of the loss as the step differentiates it (times the loss scale under
+  mixed_float16), as float32 gradients of the loss itself."""
+  grads = [None if g is None else tf.cast(g, tf.float32) for g in grads]
+  scale = getattr(optimizer, "dynamic_scale", None)  # mixed_float16 only.
+  if scale is None:
+    return grads
+  return [None if g is None else g / tf.cast(scale, tf.float32) for g in grads]
+
+
 def lower_loss_scale(optimizer):
   """Halves a LossScaleOptimizer's scale after a step with non-finite gradients, as its
   own check does; the step calls it because that check sees one replica only."""

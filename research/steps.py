@@ -326,12 +326,13 @@ class Runner:
 
   def gradients(self, batch):
     """The step kind's gradients of one global batch (as the step scales them, summed
-    over replicas), without applying them; model state is put back after."""
+    over replicas, without the loss scale), without applying them; model state is put
+    back after."""
     if self._gradients is None:
       passes = bind(self.state, self.spec)
 
       def replica(b):
-        grads = self.spec.kind(self.state, passes, b).grads
+        grads = optim.unscaled(self.state.optimizer, self.spec.kind(self.state, passes, b).grads)
         return tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, [g * s for g, s in zip(grads, self.spec.grad_scales)])
       self._gradients = tf.function(lambda b: self.strategy.run(replica, args=(b,)))

@@ -2,6 +2,7 @@ import glob
 import io
 import os
 
+import keras
 import numpy as np
 from PIL import Image
 import pytest
@@ -115,16 +116,23 @@ def test_histograms_of_every_weight_and_gradient(run):
   assert len(norms) == 3 and all(n > 0 and np.isfinite(n) for n in norms)
 
 
-@pytest.mark.parametrize("strategy", ["default", "mirrored"])
-def test_histogram_gradients_are_the_steps_own(strategy, make_config):
+@pytest.mark.parametrize("strategy, precision", [
+    ("default", "float32"), ("mirrored", "float32"),
+    ("default", "mixed_float16"),  # Gradients of the loss, not of the loss times its scale.
+])
+def test_histogram_gradients_are_the_steps_own(strategy, precision, make_config):
   # Plain SGD at lr 1: the step's update is exactly minus the gradient it applied,
   # with a batchnorm lr_scale rule and global-batch scaling; BatchNorm statistics are put back.
   config = make_config(optimizer="sgd", momentum=0.0, nesterov=False, weight_decay=0.0,
                        learning_rate=1.0, param_rules="batchnorm(lr_scale=4.0)",
-                       augment="crop,mixup")
+                       augment="crop,mixup", precision=precision)
   split = data.load(config)
   config = config.resolve(len(split.train), len(split.class_names))
-  state, runner = make_runner(config, distribute.make_strategy(strategy))
+  keras.mixed_precision.set_global_policy(precision)
+  try:
+    state, runner = make_runner(config, distribute.make_strategy(strategy))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
   batch = next(iter(data.train_dataset(split.train, config, 0, None)))
   before = [v.numpy() for v in state.model.variables]
   grads = runner.gradients(batch)

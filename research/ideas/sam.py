@@ -13,6 +13,7 @@ BatchNorm statistics move in both passes (as in the reference implementation).
 
 import tensorflow as tf
 
+from research import optim
 from research.steps import STEPS, Pass
 
 
@@ -33,11 +34,8 @@ def sam(rho=0.05):
   def step(state, forward_backward, batch):
     first = forward_backward(batch)
     variables = state.model.trainable_variables
-    grads = [tf.zeros_like(v, tf.float32) if g is None else tf.cast(g, tf.float32)
-             for g, v in zip(first.grads, variables)]
-    scale = getattr(state.optimizer, "dynamic_scale", None)  # mixed_float16 only.
-    if scale is not None:
-      grads = [g / tf.cast(scale, tf.float32) for g in grads]
+    grads = [tf.zeros_like(v, tf.float32) if g is None else g
+             for g, v in zip(optim.unscaled(state.optimizer, first.grads), variables)]
     replica = tf.distribute.get_replica_context()
     grads = replica.all_reduce(tf.distribute.ReduceOp.SUM, grads)  # The global gradient.
     norm = tf.linalg.global_norm(grads)
