@@ -129,7 +129,11 @@ def _rule(name, match, optimizer, lr_scale, weight_decay=None, train_steps=0,
 
 
 def _steps(config, epochs):
-  return int(round(epochs * config.steps_per_epoch)) if epochs else 0
+  """Steps of `epochs` (0: no limit), at least one: a span shorter than a step must not
+  round to 0, which means training throughout."""
+  if not epochs >= 0:
+    raise ValueError(f"epochs must be >= 0 (0: all of the run), got {epochs}")
+  return max(1, int(round(epochs * config.steps_per_epoch))) if epochs else 0
 
 
 @RULES.register("batchnorm")
@@ -160,7 +164,7 @@ def whitening_bias(config, epochs=3.0, optimizer="", lr_scale=1.0, decay=False,
   if decay and not epochs:
     raise ValueError("whitening_bias: decay=True needs epochs > 0")
   match = lambda model, v: any(v is b for b in models.whitening_biases(model))
-  steps = max(1, _steps(config, epochs)) if epochs else 0
+  steps = _steps(config, epochs)
   return _rule("whitening_bias", match, optimizer, lr_scale, weight_decay, train_steps=steps,
                schedule_steps=steps if decay else 0)
 

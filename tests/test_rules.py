@@ -62,6 +62,19 @@ def test_a_rule_with_its_own_learning_rate_gets_its_own_optimizer(make_config):
   assert int(second.iterations.numpy()) == 1
 
 
+def test_a_rule_shorter_than_a_step_trains_one_step_then_stays(make_config):
+  # 6 steps an epoch: 0.05 epochs is 0.3 steps, which must not round to "no limit".
+  state, runner, batches = _state(make_config,
+                                  param_rules="pattern(regex='logits', epochs=0.05)")
+  head = [v for v in state.model.trainable_variables if "logits" in v.path]
+  start = [v.numpy() for v in head]
+  runner.train_loop(batches, tf.constant(1))
+  after_one = [v.numpy() for v in head]
+  assert not any(np.array_equal(a, b) for a, b in zip(start, after_one))
+  runner.train_loop(batches, tf.constant(2))
+  for a, b in zip(after_one, head):
+    np.testing.assert_array_equal(a, b.numpy())
+
 def test_several_optimizers_checkpoint_and_resume(make_config):
   config = make_config(param_rules="kernels(rank=4, optimizer='adam')", train_steps=6,
                        checkpoint_every=3, deterministic=True)
@@ -99,6 +112,7 @@ def test_a_rule_with_decay_decays_batchnorm_offsets(make_config):
     ("batchnorm(lr_scale=0)", "lr_scale must be > 0"),
     ("kernels(learning_rate=-0.1)", "learning_rate must be >= 0"),
     ("whitening_bias(epochs=0, decay=True)", "decay=True needs epochs > 0"),
+    ("pattern(regex='logits', epochs=-1)", "epochs must be >= 0"),
     ("batchnorm(weight_decay='yes')", "weight_decay must be True or False, got 'yes'"),
     ("bias_only", "unknown parameter rule 'bias_only'"),
 ])
