@@ -331,12 +331,16 @@ class Config:
           "training examples; lower it or add data")
     steps_per_epoch = num_train_examples // self.batch_size
     train_steps = self.train_steps or max(1, math.ceil(self.epochs * steps_per_epoch))
+    freeze_steps = int(round(self.freeze_epochs * steps_per_epoch))
+    if self.freeze_epochs:  # At least one update, and whole ones: none mixes the phases.
+      freeze_steps = self.grad_accum_steps * max(1, math.ceil(freeze_steps /
+                                                              self.grad_accum_steps))
     return self.replace(
         num_classes=num_classes,
         steps_per_epoch=steps_per_epoch,
         train_steps=train_steps,
         warmup_steps=int(round(self.warmup_epochs * steps_per_epoch)),
-        freeze_steps=int(round(self.freeze_epochs * steps_per_epoch)),
+        freeze_steps=freeze_steps,
         eval_every=self.eval_every or steps_per_epoch,
         checkpoint_every=self.checkpoint_every or steps_per_epoch,
         model_dir=self.run_dir)

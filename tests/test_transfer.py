@@ -211,6 +211,16 @@ def test_an_optimizer_of_frozen_variables_waits_with_its_schedule_going_on(
   assert all(not np.array_equal(a, b) for a, b in
              zip(frozen, _weights_of(state.model, kernels)))
 
+@pytest.mark.parametrize("freeze_epochs, accumulate, steps", [
+    (0.5, 1, 3), (0.5, 2, 4),  # 6 steps an epoch: 3 steps, or 2 whole updates of 2.
+    (0.01, 1, 1), (0.01, 4, 4),  # Shorter than a step, or an update: one update.
+    (0.0, 2, 0),
+])
+def test_the_head_only_phase_is_whole_updates(freeze_epochs, accumulate, steps,
+                                              make_config):
+  config = make_config(freeze_epochs=freeze_epochs, grad_accum_steps=accumulate)
+  assert config.resolve(192, 4).freeze_steps == steps
+
 def test_the_head_phase_survives_a_kill_and_resume_bitwise(make_config, tmp_path):
   # The phase ends at step 3 (half of a 6-step epoch); the resumed run starts inside it.
   config = make_config(freeze_epochs=0.5, backbone_lr_scale=0.1, train_steps=6,
