@@ -71,18 +71,29 @@ def read_launches(out_dir, seed):
     return []
 
 
-def train(out_dir, seed, train_flags):
-  """Runs train.py for `seed` to its end (or resumes it); returns its launch record."""
-  command = [sys.executable, os.path.join(ROOT, "train.py"), *train_flags, f"--seed={seed}",
-             f"--model_dir={run_dir(out_dir, seed)}"]
+def train_command(out_dir, seed, train_flags):
+  return [sys.executable, os.path.join(ROOT, "train.py"), *train_flags, f"--seed={seed}",
+          f"--model_dir={run_dir(out_dir, seed)}"]
+
+
+def train(out_dir, seed, train_flags, stops):
+  """Runs train.py for `seed` to its end (or resumes it); returns its launch record.
+  A Ctrl-C or SIGTERM while it runs is added to `stops`."""
   began = time.time()
   with open(os.path.join(out_dir, f"seed_{seed}.log"), "a") as log:
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(train_command(out_dir, seed, train_flags), cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT)
+
     # Ctrl-C reaches train.py from the terminal, a SIGTERM is passed on: either way
-    # train.py saves a checkpoint and exits, and this waits for it.
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                signal.SIGTERM: signal.signal(signal.SIGTERM,
-                                              lambda *_: proc.send_signal(signal.SIGTERM))}
+    # train.py saves a checkpoint and exits, and this waits for it. If train.py was
+    # finishing anyway, it exits 0, and the stop is still the queue's.
+    def stop(number, frame):
+      del frame
+      stops.append(signal.Signals(number).name)
+      if number == signal.SIGTERM:
+        proc.send_signal(signal.SIGTERM)
+    previous = {number: signal.signal(number, stop)
+                for number in (signal.SIGINT, signal.SIGTERM)}
     try:
       # wait4, not wait: the resource usage of this child alone.
       _, status, usage = os.wait4(proc.pid, 0)
@@ -163,12 +174,16 @@ def main(argv):
       continue
     print(f"seed {seed}: training in {run_dir(args.out_dir, seed)} "
           f"(log: {args.out_dir}/seed_{seed}.log)", flush=True)
-    launch = train(args.out_dir, seed, args.train_flags)
+    stops = []
+    launch = train(args.out_dir, seed, args.train_flags, stops)
     if launch["exit_code"] != 0:
       stopped = "; rerun the same command to resume it" if launch["exit_code"] == 75 else ""
       sys.exit(f"error: seed {seed}'s train.py exited with {launch['exit_code']} after "
                f"{format_seconds(launch['seconds'])}: see {args.out_dir}/seed_{seed}.log"
                + stopped)
+    if stops:
+      sys.exit(f"error: stopped by {stops[0]} as seed {seed} finished; rerun the same "
+               "command to go on with the next seed")
   print(table(args.out_dir, args.seeds, args.marks))
 
 

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -101,3 +102,18 @@ def test_ctrl_c_and_sigterm_stop_a_seed_that_the_same_command_resumes(tmp_path):
   assert [launch["exit_code"] for launch in launches] == [75, 75, 0]
   row = next(line for line in done.stdout.splitlines() if line.startswith("| 0 |"))
   assert "(3 launches)" in row
+
+
+def test_a_stop_as_a_seed_finishes_stops_the_queue(tmp_path, monkeypatch):
+  # train.py past its loop finishes and exits 0 whatever the signal: the next seed must
+  # not start. A stand-in that ignores SIGTERM and exits 0 plays that train.py.
+  stand_in = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3)"
+  monkeypatch.setattr(seeds, "train_command", lambda *_: [sys.executable, "-c", stand_in])
+  threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+  with pytest.raises(SystemExit) as exit_info:
+    seeds.main(["--seeds=0,1", f"--out_dir={tmp_path}", "--", *TINY])
+  assert str(exit_info.value.code) == (
+      "error: stopped by SIGTERM as seed 0 finished; rerun the same command to go on "
+      "with the next seed")
+  assert json.loads((tmp_path / "seed_0.launches.json").read_text())[0]["exit_code"] == 0
+  assert not (tmp_path / "seed_1.log").exists()
