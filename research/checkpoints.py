@@ -24,7 +24,9 @@ class Checkpointer:
   a checkpoint written before they were saved: it restores without them, saying so."""
 
   OPTIONAL = {"random": "the model's random generators (Dropout's masks), so the "
-                        "resumed run's masks differ from an uninterrupted run's"}
+                        "resumed run's masks differ from an uninterrupted run's",
+              "rollbacks": "the count of --on_nan=rollback's reseedings, so the resumed "
+                           "run's data follow the first seed"}
 
   def __init__(self, directory, max_to_keep, scratch=None, **trackables):
     self.trackables, self.directory, self.scratch = trackables, directory, scratch

@@ -136,7 +136,7 @@ def _train(config, strategy, chief):
         lambda ctx: data_lib.train_dataset(data.train, config.replace(seed=seed), from_step,
                                            ctx)))
 
-  data_seed = config.seed  # Reseeded by a rollback.
+  data_seed = config.seed + 1000 * int(state.rollbacks.numpy())  # Reseeded by rollbacks.
   train_iter = batches(start, data_seed)
 
   def read_by(step, num):
@@ -156,7 +156,7 @@ def _train(config, strategy, chief):
   step, window_seconds, window_steps = start, 0.0, 0
   step_seconds = None  # Per step, from the last call; the first call also compiles.
   last_line = None  # When the last progress line was printed.
-  skipped, rollbacks = int(state.skipped.numpy()), 0
+  skipped, tries = int(state.skipped.numpy()), 0
   logged_weights = _snapshot(state.model.trainable_variables)
   agree = distribute.Agreement(strategy)  # Workers run the same calls, stop together.
   with interrupts_lib.Interrupts() as interrupts:
@@ -203,15 +203,18 @@ def _train(config, strategy, chief):
           raise NonFiniteError(f"{message}; halting (--on_nan=halt). The checkpoints "
                                f"in {config.model_dir} hold only finite weights.")
         if config.on_nan == "rollback":
-          rollbacks += 1
-          if rollbacks > config.nan_retries:
+          tries += 1
+          if tries > config.nan_retries:
             raise NonFiniteError(f"{message}; gave up after {config.nan_retries} "
                                  "rollbacks (--nan_retries)")
+          # Counted in the checkpoints from here on: a resume reads the same data.
+          rollbacks = int(state.rollbacks.numpy()) + 1
           ckpt.restore()
+          state.rollbacks.assign(rollbacks)
           step, skipped = int(state.step.numpy()), int(state.skipped.numpy())
           logging.warning("%s; rolled back to step %d%s, reseeding the data (try %d of %d)",
                           message, step, " (the initial weights)" if step == 0 else "",
-                          rollbacks, config.nan_retries)
+                          tries, config.nan_retries)
           data_seed = config.seed + 1000 * rollbacks
           train_iter = batches(step, data_seed)
           state.train_metrics.reset()

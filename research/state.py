@@ -28,6 +28,7 @@ class TrainState(tf.Module):
           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.step = counter("global_step")
       self.skipped = counter("skipped_steps")  # Non-finite steps, not applied.
+      self.rollbacks = counter("rollbacks")  # --on_nan=rollback's, each reseeding the data.
       self.input_wait = counter("input_wait", tf.float64)  # Seconds blocked on input.
       build = lambda extra=(): metrics_lib.build(config.metrics, config.num_classes,
                                                  class_names, extra)
@@ -41,7 +42,7 @@ class TrainState(tf.Module):
   def checkpointed(self):
     """The trackables a checkpoint holds, by the names checkpoints have always used."""
     items = dict(model=self.model, optimizer=self.optimizer, step=self.step,
-                 skipped=self.skipped)
+                 skipped=self.skipped, rollbacks=self.rollbacks)
     if self.ema is not None:
       items["ema"] = self.ema
     if self.accumulation is not None:

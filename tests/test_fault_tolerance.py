@@ -14,7 +14,8 @@ from PIL import Image
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from research import checkpoints, data, distribute, loop, losses, state as state_lib, steps
+from research import checkpoints, data, distribute, hooks, loop, losses, state as state_lib
+from research import steps
 from tests.conftest import ROOT, make_runner
 
 # 192 train examples / 24 = 8 steps an epoch; checkpoints every 3 steps.
@@ -195,6 +196,34 @@ def test_on_nan_rollback_restores_then_gives_up(make_config, caplog):
   assert caplog.text.count("rolled back to step 4") == 2
   assert _all_checkpoints_finite(config)
 
+
+@hooks.HOOKS.register("test_nan_weights_once_at")
+def _nan_weights_once_at(config, step=3):
+  """Makes a kernel NaN after `step` the first time this process passes it: the next
+  step is non-finite, and after a rollback the run goes on."""
+  del config
+  done = []
+
+  def poison(ctx):
+    if not done:
+      done.append(step)
+      kernel = ctx.state.model.trainable_variables[0]
+      kernel.assign(tf.fill(kernel.shape, float("nan")))
+  return hooks.Hook(at_steps=(step,), on_step=poison)
+
+
+def test_a_run_resumed_after_a_rollback_reads_the_reseeded_data(make_config, caplog):
+  config = make_config(train_steps=8, checkpoint_every=2, on_nan="rollback",
+                       hooks="test_nan_weights_once_at(step=3)", steps_per_loop=1,
+                       deterministic=True)
+  loop.train(config.replace(model_dir=config.model_dir + "_whole"))
+  assert "rolled back to step 2, reseeding the data (try 1 of 3)" in caplog.text
+  loop.train(config.replace(train_steps=6))  # Rolls back, then stops at step 6...
+  saved = tf.train.load_checkpoint(f"{config.model_dir}/checkpoints/ckpt-6")
+  assert saved.get_tensor("rollbacks/.ATTRIBUTES/VARIABLE_VALUE") == 1
+  loop.train(config)  # ...and the resumed steps 7-8 read the data of the rollback's seed.
+  for a, b in zip(weights(config.model_dir), weights(config.model_dir + "_whole")):
+    np.testing.assert_array_equal(a, b)
 
 def test_an_update_that_overflows_the_weights_is_not_applied(make_config):
   # The l1 gradient is 1e30 per weight: loss and gradients are finite, and every
