@@ -280,14 +280,17 @@ def build(config, model):
   return optimizer
 
 
+def loss_scale(optimizer):
+  """A LossScaleOptimizer's current scale as a float32 tensor (mixed_float16), or 1."""
+  scale = getattr(optimizer, "dynamic_scale", None)
+  return 1.0 if scale is None else tf.cast(scale, tf.float32)
+
+
 def unscaled(optimizer, grads):
   """`grads` of the loss as the step differentiates it (times the loss scale under
   mixed_float16), as float32 gradients of the loss itself."""
-  grads = [None if g is None else tf.cast(g, tf.float32) for g in grads]
-  scale = getattr(optimizer, "dynamic_scale", None)  # mixed_float16 only.
-  if scale is None:
-    return grads
-  return [None if g is None else g / tf.cast(scale, tf.float32) for g in grads]
+  scale = loss_scale(optimizer)
+  return [None if g is None else tf.cast(g, tf.float32) / scale for g in grads]
 
 
 def lower_loss_scale(optimizer):

@@ -142,7 +142,8 @@ def make_train_loop(state, spec, strategy):
     overflow = ((all_finite(result.loss, []) & ~finite) if spec.loss_scaling
                 else tf.constant(False))
     if state.accumulation is not None:  # This replica's share, unless the step is skipped.
-      for total, g in zip(state.accumulation.sums, grads):
+      # Unscaled: an overflow halves the loss scale between the steps of one update.
+      for total, g in zip(state.accumulation.sums, optim.unscaled(state.optimizer, grads)):
         if g is not None:
           total.assign_add(tf.where(finite, g, tf.zeros_like(g)))
     tf.distribute.get_replica_context().merge_call(
@@ -238,7 +239,9 @@ def _apply_if(strategy, state, spec, grads, finite, overflow, stats):
       return update(lambda g: g, (grads,))
 
     def mean_and_reset():  # Called per replica: its own sums, then zeros.
-      mean = [total.read_value() / spec.grad_accum_steps for total in accumulation.sums]
+      # At the current loss scale, which the optimizer divides by.
+      scale = optim.loss_scale(state.optimizer) / spec.grad_accum_steps
+      mean = [total.read_value() * scale for total in accumulation.sums]
       with tf.control_dependencies(mean):
         resets = [total.assign(tf.zeros_like(total)) for total in accumulation.sums]
       with tf.control_dependencies(resets):

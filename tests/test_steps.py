@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import data, distribute, loop, metrics, plugins, predict, regularizers, steps
+from research import data, distribute, loop, metrics, optim, plugins, predict, regularizers
+from research import steps
 from research.ideas import sam  # noqa: F401  (registers the step kind)
 from tests.conftest import make_runner
 
@@ -220,3 +221,35 @@ def test_two_accumulated_steps_are_one_step_of_twice_the_batch(strategy, make_co
   assert any(not np.allclose(a, b) for a, b in zip(weights["start"], weights[1]))
   for a, b in zip(weights[1], weights[2]):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_loss_scale_halved_inside_an_update_leaves_the_update_as_it_was(make_config):
+  # mixed_float16: an overflow between the steps of one accumulated update halves the
+  # scale; the gradients summed before it must not count twice as much as those after.
+  config = make_config(model="baseline_cnn", image_size=32, augment="", momentum=0.0,
+                       weight_decay=0.0, batch_size=16, grad_accum_steps=2,
+                       precision="mixed_float16")
+  split = data.load(config)
+  config = config.resolve(len(split.train), len(split.class_names))
+  updates = []
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    for halve in (False, True):
+      state, runner = make_runner(config)
+      if halve:
+        state.model.set_weights(start)
+      else:
+        start = state.model.get_weights()
+      batches = iter(runner.strategy.distribute_datasets_from_function(
+          lambda ctx: data.train_dataset(split.train, config, 0, ctx)))
+      runner.train_loop(batches, tf.constant(1))
+      if halve:
+        optim.lower_loss_scale(state.optimizer)
+      runner.train_loop(batches, tf.constant(1))
+      assert int(state.optimizer.iterations.numpy()) == 1
+      updates.append([w - s for w, s in zip(state.model.get_weights(), start)])
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert any(np.any(u != 0) for u in updates[0])
+  for a, b in zip(*updates):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
