@@ -10,7 +10,7 @@ from research.sources import Indexed
 
 # Leading bytes of the formats tf.io.decode_image reads.
 SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
-_JPEG_TAIL = 64  # bytes searched for the end-of-image marker (some files pad after it)
+_TAIL_BYTES = 64  # read at the end for the format's end (a JPEG may pad after its marker)
 
 
 def decode_image(encoded, image_size):
@@ -33,7 +33,7 @@ def looks_readable(path):
     with open(path, "rb") as f:
       head = f.read(8)
       size = os.fstat(f.fileno()).st_size
-      f.seek(max(0, size - _JPEG_TAIL))
+      f.seek(max(0, size - _TAIL_BYTES))
       tail = f.read()
   except OSError:
     return False
