@@ -26,7 +26,10 @@ class Checkpointer:
   OPTIONAL = {"random": "the model's random generators (Dropout's masks), so the "
                         "resumed run's masks differ from an uninterrupted run's",
               "rollbacks": "the count of --on_nan=rollback's reseedings, so the resumed "
-                           "run's data follow the first seed"}
+                           "run's data follow the first seed",
+              "accumulation_unscaled": "mixed_float16's accumulated gradients without the "
+                                       "loss scale, so the update in progress averages "
+                                       "only its steps after the resume"}
 
   def __init__(self, directory, max_to_keep, scratch=None, **trackables):
     self.trackables, self.directory, self.scratch = trackables, directory, scratch

@@ -280,10 +280,14 @@ def build(config, model):
   return optimizer
 
 
+def scales_loss(optimizer):
+  """Whether `optimizer` is mixed_float16's LossScaleOptimizer."""
+  return isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
 def loss_scale(optimizer):
   """A LossScaleOptimizer's current scale as a float32 tensor (mixed_float16), or 1."""
-  scale = getattr(optimizer, "dynamic_scale", None)
-  return 1.0 if scale is None else tf.cast(scale, tf.float32)
+  return tf.cast(optimizer.dynamic_scale, tf.float32) if scales_loss(optimizer) else 1.0
 
 
 def unscaled(optimizer, grads):
@@ -296,7 +300,7 @@ def unscaled(optimizer, grads):
 def lower_loss_scale(optimizer):
   """Halves a LossScaleOptimizer's scale after a step with non-finite gradients, as its
   own check does; the step calls it because that check sees one replica only."""
-  if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+  if scales_loss(optimizer):
     optimizer.step_counter.assign(0)
     optimizer.dynamic_scale.assign(optimizer.dynamic_scale * 0.5)
 

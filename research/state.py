@@ -46,7 +46,10 @@ class TrainState(tf.Module):
     if self.ema is not None:
       items["ema"] = self.ema
     if self.accumulation is not None:
-      items["accumulation"] = self.accumulation
+      # Under mixed_float16 its sums are of the loss without its scale, which older
+      # checkpoints' "accumulation" included: a name of their own, not misread.
+      unscaled = optim.scales_loss(self.optimizer)
+      items["accumulation_unscaled" if unscaled else "accumulation"] = self.accumulation
     random = self.random_state()
     if random:
       items["random"] = random

@@ -136,11 +136,13 @@ def make_train_loop(state, spec, strategy):
     grads = [g if scale == 1.0 or g is None else g * scale
              for g, scale in zip(result.grads, spec.grad_scales)]
     # Checked on every replica and all-reduced: under mixed_float16 too, where the loss
-    # scale's own check would see only the first replica's un-reduced gradients. There a
-    # finite loss with non-finite gradients is the scale's overflow, not a bad step.
-    finite = all_finite(result.loss, grads)
-    overflow = ((all_finite(result.loss, []) & ~finite) if spec.loss_scaling
-                else tf.constant(False))
+    # scale's own check would see only the first replica's un-reduced gradients.
+    loss_finite, finite = finiteness(result.loss, grads)
+    # There a finite loss with non-finite gradients, at a scale above 1, is the scale's
+    # overflow, not a bad step: the scale is halved and the step not counted.
+    overflow = tf.constant(False)
+    if spec.loss_scaling:
+      overflow = loss_finite & ~finite & (optim.loss_scale(state.optimizer) > 1.0)
     if state.accumulation is not None:  # This replica's share, unless the step is skipped.
       # Unscaled: an overflow halves the loss scale between the steps of one update.
       for total, g in zip(state.accumulation.sums, optim.unscaled(state.optimizer, grads)):
@@ -178,6 +180,10 @@ def _apply_if(strategy, state, spec, grads, finite, overflow, stats):
   (`stats`: their values before the step) and counts a skipped step. The loss scale's
   `overflow` is not counted: the scale is halved and the next step tries again.
 
+  With --grad_accum_steps=K, an update is applied at every K-th step, from the mean
+  gradient of those of its K steps that were finite: updates end at fixed steps, so one
+  never spans the end of the head-only phase, whichever steps were skipped.
+
   The condition runs in cross-replica context: a cond inside the replica
   function may not contain the optimizer's cross-replica synchronization.
   """
@@ -195,10 +201,9 @@ def _apply_if(strategy, state, spec, grads, finite, overflow, stats):
     put_back_stats()
     state.skipped.assign_add(1)
 
-  def not_finite():  # A non-finite loss or gradient on some replica.
-    if spec.loss_scaling:
-      optim.lower_loss_scale(state.optimizer)
-    tf.cond(first(overflow), put_back_stats, skipped)
+  def lower_scale():
+    optim.lower_loss_scale(state.optimizer)
+    put_back_stats()
 
   def update(replica_grads, args=()):
     """Applies `replica_grads(*args)` of each replica (args: per-replica values)."""
@@ -236,40 +241,48 @@ def _apply_if(strategy, state, spec, grads, finite, overflow, stats):
 
   def apply():
     if accumulation is None:
-      return update(lambda g: g, (grads,))
+      update(lambda g: g, (grads,))
+    else:
+      accumulation.count.assign_add(1)
 
-    def mean_and_reset():  # Called per replica: its own sums, then zeros.
-      # At the current loss scale, which the optimizer divides by.
-      scale = optim.loss_scale(state.optimizer) / spec.grad_accum_steps
-      mean = [total.read_value() * scale for total in accumulation.sums]
-      with tf.control_dependencies(mean):
-        resets = [total.assign(tf.zeros_like(total)) for total in accumulation.sums]
-      with tf.control_dependencies(resets):
-        return [tf.identity(m) for m in mean]
+  tf.cond(first(finite), apply, lambda: tf.cond(first(overflow), lower_scale, skipped))
+  if accumulation is None:
+    return
 
-    accumulation.count.assign_add(1)
-    due = accumulation.count >= spec.grad_accum_steps
+  def mean_and_reset():  # Called per replica: its own sums, then zeros.
+    # At the current loss scale, which the optimizer divides by.
+    scale = optim.loss_scale(state.optimizer) / tf.cast(accumulation.count, tf.float32)
+    mean = [total.read_value() * scale for total in accumulation.sums]
+    with tf.control_dependencies(mean):
+      resets = [total.assign(tf.zeros_like(total)) for total in accumulation.sums]
+    with tf.control_dependencies(resets):
+      return [tf.identity(m) for m in mean]
 
-    def update_and_restart():
-      update(mean_and_reset)
-      accumulation.count.assign(0)
+  def update_and_restart():
+    update(mean_and_reset)
+    accumulation.count.assign(0)
 
-    tf.cond(due, update_and_restart, lambda: None)
+  last = (state.step + 1) % spec.grad_accum_steps == 0  # The step this call runs.
+  tf.cond(last & (accumulation.count > 0), update_and_restart, lambda: None)
 
-  tf.cond(first(finite), apply, not_finite)
 
-
-def all_finite(loss, grads):
-  """Whether every replica's loss and `grads` are finite, the same on all replicas."""
+def finiteness(loss, grads):
+  """(loss finite, loss and `grads` finite) on every replica, the same on all replicas."""
   # A gradient's sum is NaN or infinite if any element is, or if the sum overflows
   # float32 (no usable update either): one pass over each gradient, not two.
   sums = [tf.reduce_sum(tf.cast(loss, tf.float32))]
   sums += [tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads if g is not None]
-  bad = 1.0 - tf.cast(tf.reduce_all(tf.math.is_finite(tf.stack(sums))), tf.float32)
+  finite = tf.math.is_finite(tf.stack(sums))
+  bad = tf.cast(tf.stack([~finite[0], ~tf.reduce_all(finite)]), tf.float32)
   replica = tf.distribute.get_replica_context()
-  if replica is not None and replica.num_replicas_in_sync > 1:
+  if replica is not None and replica.num_replicas_in_sync > 1:  # One all-reduce for both.
     bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, bad)
-  return bad == 0
+  return bad[0] == 0, bad[1] == 0
+
+
+def all_finite(loss, grads):
+  """Whether every replica's loss and `grads` are finite, the same on all replicas."""
+  return finiteness(loss, grads)[1]
 
 
 def eval_step(state, spec, batch):

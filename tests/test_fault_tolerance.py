@@ -337,6 +337,32 @@ def _overflow_on_replica_1():
   return loss
 
 
+@losses.LOSSES.register("test_nan_gradient")
+def _nan_gradient():
+  """Cross-entropy plus sqrt(0 * logits): a finite loss whose gradient is always NaN."""
+  cross_entropy = losses.cross_entropy()
+  return lambda outputs, batch: (cross_entropy(outputs, batch) + tf.sqrt(
+      0.0 * tf.reduce_sum(tf.abs(outputs["logits"]), axis=-1)))
+
+
+def test_a_gradient_no_loss_scale_makes_finite_counts_as_skipped(make_config):
+  # Halving the scale is the remedy for an overflow while the scale is above 1; below
+  # that a non-finite gradient is a bad step, which --on_nan must see.
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    config = make_config(precision="mixed_float16", loss="test_nan_gradient", train_steps=18)
+    split = data.load(config)
+    config = config.resolve(len(split.train), len(split.class_names))
+    state, runner = make_runner(config)
+    batches = iter(runner.strategy.distribute_datasets_from_function(
+        lambda ctx: data.train_dataset(split.train, config, 0, ctx)))
+    assert state.loss_scale()["loss_scale"] == 2.0 ** 15
+    runner.train_loop(batches, tf.constant(18))
+    assert state.loss_scale()["loss_scale"] == 1.0  # 15 halvings, then no more:
+    assert int(state.skipped.numpy()) == 3           # the 3 steps after them count.
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
 def test_an_overflow_on_one_replica_lowers_the_loss_scale(make_config):
   # Keras' LossScaleOptimizer looks at the first replica's gradients only: the step
   # checks every replica's and halves the scale itself, not counting a bad step.

@@ -247,9 +247,26 @@ def test_a_loss_scale_halved_inside_an_update_leaves_the_update_as_it_was(make_c
         optim.lower_loss_scale(state.optimizer)
       runner.train_loop(batches, tf.constant(1))
       assert int(state.optimizer.iterations.numpy()) == 1
+      # Not under the name of older checkpoints, whose sums included the scale.
+      assert "accumulation_unscaled" in state.checkpointed()
       updates.append([w - s for w, s in zip(state.model.get_weights(), start)])
   finally:
     keras.mixed_precision.set_global_policy("float32")
   assert any(np.any(u != 0) for u in updates[0])
   for a, b in zip(*updates):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_accumulated_updates_end_at_fixed_steps_whichever_steps_were_skipped(make_config):
+  # Step 1 is non-finite: the first update is still applied at step 2 (from step 2's
+  # gradients alone), the second at step 4; an update never spans a phase's end.
+  config = make_config(grad_accum_steps=2, inject_nan_step=1, train_steps=4).resolve(192, 4)
+  state, runner = make_runner(config)
+  batches = iter(runner.strategy.distribute_datasets_from_function(
+      lambda ctx: data.train_dataset(data.load(config).train, config, 0, ctx)))
+  iterations = []
+  for _ in range(4):
+    runner.train_loop(batches, tf.constant(1))
+    iterations.append(int(state.optimizer.iterations.numpy()))
+  assert iterations == [0, 1, 1, 2] and int(state.skipped.numpy()) == 1
+  assert int(state.accumulation.count.numpy()) == 0
