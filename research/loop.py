@@ -136,7 +136,8 @@ def _train(config, strategy, chief):
         lambda ctx: data_lib.train_dataset(data.train, config.replace(seed=seed), from_step,
                                            ctx)))
 
-  data_seed = config.seed + 1000 * int(state.rollbacks.numpy())  # Reseeded by rollbacks.
+  reseeded = lambda: config.seed + 1000 * int(state.rollbacks.numpy())  # By rollbacks.
+  data_seed = reseeded()
   train_iter = batches(start, data_seed)
 
   def read_by(step, num):
@@ -208,14 +209,14 @@ def _train(config, strategy, chief):
             raise NonFiniteError(f"{message}; gave up after {config.nan_retries} "
                                  "rollbacks (--nan_retries)")
           # Counted in the checkpoints from here on: a resume reads the same data.
-          rollbacks = int(state.rollbacks.numpy()) + 1
+          rollbacks = state.rollbacks.numpy() + 1
           ckpt.restore()
           state.rollbacks.assign(rollbacks)
           step, skipped = int(state.step.numpy()), int(state.skipped.numpy())
           logging.warning("%s; rolled back to step %d%s, reseeding the data (try %d of %d)",
                           message, step, " (the initial weights)" if step == 0 else "",
                           tries, config.nan_retries)
-          data_seed = config.seed + 1000 * rollbacks
+          data_seed = reseeded()
           train_iter = batches(step, data_seed)
           state.train_metrics.reset()
           window_seconds, window_steps = 0.0, 0

@@ -68,8 +68,9 @@ class TrainState(tf.Module):
 
   def loss_scale(self):
     """{"loss_scale": ...} under mixed_float16, else {}."""
-    scale = getattr(self.optimizer, "dynamic_scale", None)
-    return {} if scale is None else {"loss_scale": float(scale.numpy())}
+    if not optim.scales_loss(self.optimizer):
+      return {}
+    return {"loss_scale": float(optim.loss_scale(self.optimizer).numpy())}
 
   def learning_rate(self):
     optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
