@@ -147,7 +147,9 @@ class Config:
   batch_size: int = _field(128, "GLOBAL batch size, split across replicas")
   grad_accum_steps: int = _field(1, "average the gradients of N steps before each "
                                  "update: N x --batch_size examples per update. Steps count "
-                                 "batches; the schedule, EMA and Lookahead count updates")
+                                 "batches (--epochs rounds up to whole updates; a --train_steps "
+                                 "mid-update leaves the rest for a longer rerun); the "
+                                 "schedule, EMA and Lookahead count updates")
   eval_batch_size: int = _field(0, "global eval batch size (0: --batch_size)")
   steps_per_loop: int = _field(50, "train steps per compiled call, at most")
   loop_seconds: float = _field(5.0, "once the step time is known, calls are cut to about "
@@ -330,7 +332,11 @@ class Config:
           f"--batch_size={self.batch_size} is larger than the {num_train_examples} "
           "training examples; lower it or add data")
     steps_per_epoch = num_train_examples // self.batch_size
-    train_steps = self.train_steps or max(1, math.ceil(self.epochs * steps_per_epoch))
+    train_steps = self.train_steps
+    if not train_steps:  # Whole updates: a run ends on an applied update.
+      # Rounded first: 1.1 epochs of 90 steps are 99 steps, not 99.00000000000001 -> 100.
+      updates = math.ceil(round(self.epochs * steps_per_epoch / self.grad_accum_steps, 6))
+      train_steps = self.grad_accum_steps * max(1, updates)
     freeze_steps = int(round(self.freeze_epochs * steps_per_epoch))
     if self.freeze_epochs:  # At least one update, and whole ones: none mixes the phases.
       freeze_steps = self.grad_accum_steps * max(1, math.ceil(freeze_steps /

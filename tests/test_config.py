@@ -67,6 +67,15 @@ def test_resolve_turns_epochs_into_steps():
   assert config.eval_every == config.checkpoint_every == 10
   assert config.num_classes == 10
   assert Config(train_steps=7).resolve(1000, 10).train_steps == 7
+  assert Config(epochs=1.1, batch_size=10).resolve(900, 10).train_steps == 99
+
+
+def test_epochs_round_up_to_whole_accumulated_updates():
+  # 25 steps of batches at 2 per update: 13 updates, the last one whole and applied.
+  config = Config(epochs=2.5, batch_size=100, grad_accum_steps=2).resolve(1050, 10)
+  assert config.train_steps == 26
+  # A --train_steps mid-update is kept: the rest waits in the checkpoint for a rerun.
+  assert Config(train_steps=7, grad_accum_steps=2).resolve(1000, 10).train_steps == 7
 
 
 def test_resolve_refuses_a_batch_larger_than_the_data():
