@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from research import augment as augment_lib
+from research import files
 from research.sources import DataError
 from research.sources import files as files_source
 from research.sources import records
@@ -27,7 +28,7 @@ from research.sources import tfds as tfds_source
 from research.sources.files import decode_image
 from research.sources.memory import Arrays as Split
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 _SPLIT_SEED = 20240917  # fixed: the validation split never depends on --seed
 # --data_cache=auto decodes a folder into memory when the images take at most this
 # fraction of the memory available (the rest: the model, a second copy while caching).
@@ -238,14 +239,17 @@ def list_folder(data_dir):
   if not os.path.isdir(data_dir):
     raise DataError(f"data dir {data_dir!r} does not exist")
   names = sorted(d for d in os.listdir(data_dir)
-                 if os.path.isdir(os.path.join(data_dir, d)) and not d.startswith("."))
+                 if os.path.isdir(os.path.join(data_dir, d)) and not _hidden(d))
   if not names:
     raise DataError(f"{data_dir!r} has no class subfolders (expected DIR/<class>/<image>)")
   paths, labels = [], []
   for label, name in enumerate(names):
-    for root, _, files in sorted(os.walk(os.path.join(data_dir, name))):
-      for f in sorted(files):
-        if f.lower().endswith(IMAGE_EXTENSIONS):
+    folder = os.path.join(data_dir, name)
+    for root, _, filenames in sorted(os.walk(folder)):
+      if any(_hidden(d) for d in os.path.relpath(root, folder).split(os.sep) if d != "."):
+        continue
+      for f in sorted(filenames):
+        if f.lower().endswith(IMAGE_EXTENSIONS) and not _hidden(f):
           paths.append(os.path.join(root, f))
           labels.append(label)
   if not paths:
@@ -254,6 +258,12 @@ def list_folder(data_dir):
   if empty:
     raise DataError(f"class folder(s) without images in {data_dir!r}: {', '.join(empty)}")
   return paths, np.asarray(labels, np.int32), names
+
+
+def _hidden(name):
+  """Not the user's data: hidden files and folders (.ipynb_checkpoints, a NAS's
+  .@__thumb, macOS's ._x.jpg metadata twins) and the __MACOSX folder of a macOS zip."""
+  return name.startswith(".") or name == "__MACOSX"
 
 
 def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False):
@@ -269,10 +279,13 @@ def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False):
       images, labels, ok = f["images"], f["labels"], f["ok"]
   else:
     images, ok = decode_images(paths, image_size)
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    tmp = cache + ".tmp.npz"
-    np.savez(tmp, images=images, labels=labels, ok=ok)
-    os.replace(tmp, cache)
+    try:  # Per process: runs started together each write their own, the last one kept.
+      os.makedirs(os.path.dirname(cache), exist_ok=True)
+      with files.replacing(cache) as tmp:
+        np.savez(tmp, images=images, labels=labels, ok=ok)
+    except OSError as e:  # The cache only saves the next run's decoding.
+      logging.warning("could not cache the decoded images in %s (%s); the next run "
+                      "decodes them again", cache, e.strerror or e)
   labels = _drop_unreadable(paths, labels, names, ok, skip_bad_images)
   return Split(images if ok.all() else images[ok], labels), names
 
@@ -317,8 +330,12 @@ def decode_images(paths, image_size):
 def _cache_path(paths, image_size, cache_dir):
   digest = hashlib.sha256(f"v2|{image_size}".encode())  # Bump v on a format change.
   for p in paths:
-    st = os.stat(p)
-    digest.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    try:
+      st = os.stat(p)
+      stamp = f"{st.st_size}|{st.st_mtime_ns}"
+    except OSError:  # A broken link, or a file gone: decoding names it as unreadable.
+      stamp = "missing"
+    digest.update(f"{os.path.abspath(p)}|{stamp}\n".encode())
   root = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "research")
   return os.path.join(root, f"folder-{image_size}px-{digest.hexdigest()[:16]}.npz")
 

@@ -47,6 +47,40 @@ def test_folder_is_decoded_once_then_cached(tmp_path, monkeypatch):
   np.testing.assert_array_equal(first.images, again.images)
 
 
+def test_hidden_files_and_folders_are_not_data(tmp_path):
+  root = make_folder(tmp_path / "images")
+  pixels = np.zeros((8, 8, 3), np.uint8)
+  for copy in ("cat/.ipynb_checkpoints/0-checkpoint.png", "ant/.@__thumb/s100_0.png",
+               "__MACOSX/cat/0.png"):  # Jupyter's copies, a NAS's thumbnails, a macOS zip.
+    os.makedirs(root / os.path.dirname(copy), exist_ok=True)
+    Image.fromarray(pixels).save(root / copy)
+  (root / "cat" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # AppleDouble.
+  paths, labels, names = data.list_folder(str(root))
+  assert names == ["ant", "bee", "cat"] and len(paths) == len(labels) == 9
+  assert not any(part.startswith(".") for p in paths for part in p.split(os.sep)[-2:])
+  split, _ = data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+  assert len(split.labels) == 9
+
+
+def test_a_broken_link_is_named_like_an_unreadable_image(tmp_path):
+  root = make_folder(tmp_path / "images")
+  os.symlink(tmp_path / "moved_away.jpg", root / "bee" / "link.jpg")
+  with pytest.raises(data.DataError, match="1 image file.*link.jpg"):
+    data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+  split, _ = data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"),
+                              skip_bad_images=True)
+  assert len(split.labels) == 9
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning(tmp_path, caplog):
+  root = make_folder(tmp_path / "images")
+  (tmp_path / "cache").write_text("a file where the cache dir would be")
+  with caplog.at_level(logging.WARNING):
+    split, _ = data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+  assert len(split.labels) == 9
+  assert "could not cache the decoded images" in caplog.text
+
+
 def test_corrupt_image_is_named(tmp_path):
   root = make_folder(tmp_path / "images")
   (root / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")

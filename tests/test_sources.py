@@ -8,6 +8,7 @@ import signal
 
 import keras
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 
@@ -92,12 +93,17 @@ def test_a_streamed_folder_keeps_the_files_a_decoded_one_keeps(tmp_path):
   jpeg.write_bytes(jpeg.read_bytes() + bytes(200))  # After the end marker: still readable.
   png.write_bytes(png.read_bytes()[:-40])  # Cut off: unreadable.
   assert files.looks_readable(str(jpeg)) and not files.looks_readable(str(png))
+  # WebP, which decode_image reads, whatever the file's name says.
+  pixels = np.full((8, 8, 3), 200, np.uint8)
+  for name in ("w.webp", "webp_named.jpg"):
+    Image.fromarray(pixels).save(root / "ant" / name, "WEBP", lossless=True)
+  assert files.looks_readable(str(root / "ant" / "webp_named.jpg"))
   config = Config(dataset="folder", data_dir=str(root), image_size=16,
                   skip_bad_images=True, cache_dir=str(tmp_path / "cache"))
   streamed, _ = data.open_folder(str(root), config.replace(data_cache="none"))
   in_memory, _ = data.open_folder(str(root), config.replace(data_cache="memory"))
-  assert len(streamed) == len(in_memory) == 8
-  np.testing.assert_array_equal(streamed.head(8), in_memory.head(8))
+  assert len(streamed) == len(in_memory) == 10
+  np.testing.assert_array_equal(streamed.head(10), in_memory.head(10))
 
 
 def test_a_record_set_holds_the_files_unchanged_in_balanced_shards(folder, record_set,

@@ -8,13 +8,14 @@ import tensorflow as tf
 
 from research.sources import Indexed
 
-# Leading bytes of the formats tf.io.decode_image reads.
+# Leading bytes of the formats tf.io.decode_image reads whose end is checked here (WebP,
+# and whatever else it reads, is decoded to decide).
 SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 _TAIL_BYTES = 64  # read at the end for the format's end (a JPEG may pad after its marker)
 
 
 def decode_image(encoded, image_size):
-  """One encoded JPEG/PNG/BMP/GIF (grey, RGBA, any size) -> uint8 RGB [S, S, 3], as
+  """One encoded JPEG/PNG/BMP/GIF/WebP (grey, RGBA, any size) -> uint8 RGB [S, S, 3], as
   training saw it (exported SavedModels decode their image bytes with this too)."""
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
   image.set_shape([None, None, 3])
@@ -37,8 +38,8 @@ def looks_readable(path):
       tail = f.read()
   except OSError:
     return False
-  if not head.startswith(SIGNATURES):
-    return False
+  if not head.startswith(SIGNATURES):  # WebP, or not an image: as a decoded folder says.
+    return _decodes(path)
   ends = (b"\xff\xd9" in tail if head.startswith(SIGNATURES[0])
           else tail.endswith(b"IEND\xaeB`\x82") if head.startswith(SIGNATURES[1])
           else int.from_bytes(head[2:6], "little") == size if head.startswith(b"BM")
