@@ -91,8 +91,9 @@ class Config:
                              "workers make the training batches, each exactly the local one "
                              "but in the order they finish (not with --deterministic; "
                              "docs/SCALING.md)")
-  skip_bad_images: bool = _field(False, "train on the readable images of a folder and "
-                                 "report the others (default: stop and name them)")
+  skip_bad_images: bool = _field(False, "train and evaluate on the readable images of the "
+                                 "folders and report the others (default: stop and name "
+                                 "them)")
 
   # Model and optimization.
   model: str = _field("resnet20", "architecture name from the model registry")

@@ -93,13 +93,14 @@ def _open_tfds(config):
   return train, test, names
 
 
-def load_eval_folder(eval_dir, class_names, image_size, cache_dir="", config=None):
+def load_eval_folder(eval_dir, class_names, image_size, cache_dir="", config=None,
+                     skip_bad_images=False):
   """A folder of (some of) `class_names`' subfolders, labelled by the training classes;
-  in memory, or streamed as `config.data_cache` says."""
+  in memory, or streamed as `config.data_cache` says (and its --skip_bad_images)."""
   if config is None:
-    split, names = load_folder(eval_dir, image_size, cache_dir)
+    split, names = load_folder(eval_dir, image_size, cache_dir, skip_bad_images)
   else:
-    split, names = open_folder(eval_dir, config.replace(skip_bad_images=False))
+    split, names = open_folder(eval_dir, config)
   unknown = sorted(set(names) - set(class_names))
   if unknown:
     raise DataError(f"--eval_data_dir {eval_dir!r} has classes the training data does not: "

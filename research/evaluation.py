@@ -62,18 +62,22 @@ def restore_checkpoint_weights(model_dir, model):
 
 
 def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=None,
-                 weights="final", split="all"):
+                 weights="final", split="all", skip_bad_images=False):
   """Top-1/top-5 accuracy of the run's model on `data_dir` (class subfolders).
 
   The folder's classes are matched to the model's by name; it may hold a subset.
   `tta_mode` overrides the run's --tta; `weights="checkpoint"` scores the newest
   checkpoint's raw weights instead of model.keras (EMA weights where EMA was on);
-  `split="validation"` scores only the run's held-out split of the folder.
+  `split="validation"` scores only the run's held-out split of the folder (with the
+  run's --skip_bad_images, as it was split); `skip_bad_images` scores the readable
+  images of `split="all"` and lists the others.
   """
   config, class_names, model = load_run(model_dir, weights)
   tta_mode = tta_mode or config.tta
   split_name = split
-  split, folder_names = data_lib.load_folder(data_dir, config.image_size, cache_dir)
+  skip_bad_images = config.skip_bad_images if split_name == "validation" else skip_bad_images
+  split, folder_names = data_lib.load_folder(data_dir, config.image_size, cache_dir,
+                                             skip_bad_images)
   if split_name == "validation":
     if config.dataset != "folder":
       raise data_lib.DataError(

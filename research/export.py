@@ -287,11 +287,13 @@ def latency_ms(probabilities, images, repeats=200):
   return 1000 * float(np.median(times))
 
 
-def check_images(config, class_names, data_dir="", cache_dir=""):
+def check_images(config, class_names, data_dir="", cache_dir="", skip_bad_images=False):
   """(images, labels, training source) to check and calibrate with: the run's
-  validation split, or every image of `data_dir` (some or all of the run's classes)."""
+  validation split, or every image of `data_dir` (some or all of the run's classes;
+  its readable ones with `skip_bad_images`)."""
   if data_dir:
-    split = data_lib.load_eval_folder(data_dir, class_names, config.image_size, cache_dir)
+    split = data_lib.load_eval_folder(data_dir, class_names, config.image_size, cache_dir,
+                                      skip_bad_images=skip_bad_images)
     return split.head(len(split)), split.labels, split
   splits = data_lib.load(config)
   if splits.eval is None:
@@ -300,15 +302,24 @@ def check_images(config, class_names, data_dir="", cache_dir=""):
   return splits.eval.head(len(splits.eval)), splits.eval.labels, splits.train
 
 
+def sample(max_examples, images, labels):
+  """`max_examples` of the images and labels, drawn with a fixed seed and kept in order
+  (a split is in class order: the first ones would be one class); all if 0."""
+  if not 0 < max_examples < len(images):
+    return images, labels
+  keep = np.sort(np.random.default_rng(0).choice(len(images), max_examples, replace=False))
+  return images[keep], labels[keep]
+
+
 def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
-           latency=False):
+           latency=False, skip_bad_images=False):
   """Exports the run in `model_dir` as `fmt` to `output` and checks it; returns the
   result dict (the script's JSON line), with single-image latencies of the export and
   the Keras model if `latency`. Raises ExportError, DataError."""
   config, class_names, model = float32_model(model_dir, weights)
-  images, labels, train = check_images(config, class_names, data_dir, config.cache_dir)
-  if max_examples:
-    images, labels = images[:max_examples], labels[:max_examples]
+  images, labels, train = check_images(config, class_names, data_dir, config.cache_dir,
+                                       skip_bad_images)
+  images, labels = sample(max_examples, images, labels)
   if os.path.exists(output):
     if not os.path.exists(output + META_SUFFIX):
       raise ExportError(f"--output {output} exists and is not an export: choose another path")

@@ -26,6 +26,8 @@ flags.DEFINE_enum("weights", "final", ["final", "checkpoint"],
                   "newest checkpoint's raw weights")
 flags.DEFINE_enum("split", "all", ["all", "validation"],
                   "all: every image of --data_dir; validation: the run's held-out split of it")
+flags.DEFINE_bool("skip_bad_images", False, "score the readable images of --data_dir and "
+                  "list the others (default: stop and name them)")
 FLAGS = flags.FLAGS
 
 
@@ -37,7 +39,8 @@ def main(argv):
   try:
     result = evaluation.score_folder(FLAGS.model_dir, FLAGS.data_dir, FLAGS.batch_size,
                                      FLAGS.cache_dir, tta_mode=FLAGS.tta,
-                                     weights=FLAGS.weights, split=FLAGS.split)
+                                     weights=FLAGS.weights, split=FLAGS.split,
+                                     skip_bad_images=FLAGS.skip_bad_images)
   except data.DataError as e:
     sys.exit(f"error: {e}")
   print(f"top-1 accuracy {result['accuracy']:.4f} (top-5 {result['top5']:.4f}) "

@@ -25,7 +25,10 @@ flags.DEFINE_enum("format", None, FORMATS, "what to export to", required=True)
 flags.DEFINE_string("output", None, "file or directory to write", required=True)
 flags.DEFINE_string("data_dir", "", "folder of (some of) the run's classes to check on "
                     "(default: the run's validation split)")
-flags.DEFINE_integer("max_examples", 0, "check on the first N images only (0: all)")
+flags.DEFINE_integer("max_examples", 0, "check on N of the images only, drawn at random "
+                     "with a fixed seed (0: all)")
+flags.DEFINE_bool("skip_bad_images", False, "check on the readable images of --data_dir "
+                  "and list the others (default: stop and name them)")
 flags.DEFINE_enum("weights", "final", ["final", "checkpoint"],
                   "final: model.keras; checkpoint: the newest checkpoint's raw weights")
 flags.DEFINE_bool("latency", False, "also time single-image calls of the export and of "
@@ -38,7 +41,8 @@ def main(argv):
   from research import data, export  # pylint: disable=g-import-not-at-top
   try:
     result = export.export(FLAGS.model_dir, FLAGS.format, FLAGS.output, FLAGS.data_dir,
-                           FLAGS.max_examples, FLAGS.weights, FLAGS.latency)
+                           FLAGS.max_examples, FLAGS.weights, FLAGS.latency,
+                           FLAGS.skip_bad_images)
   except (export.ExportError, data.DataError) as e:
     sys.exit(f"error: {e}")
   print(f"{result['format']}: {result['path']} ({result['bytes'] / 1e6:.2f} MB)")

@@ -112,6 +112,16 @@ def test_tfjs_without_its_environment_says_how_to_make_it(run_dir, tmp_path, mon
   assert not os.path.exists(tmp_path / "tfjs")
 
 
+def test_max_examples_checks_a_sample_of_every_class(run_dir, tmp_path):
+  labels = np.repeat(np.arange(4), 16)  # A split's class order.
+  images, sampled = export.sample(8, np.arange(64), labels)
+  assert len(sampled) == 8 and len(set(sampled)) > 1 and list(images) == sorted(images)
+  np.testing.assert_array_equal(export.sample(8, np.arange(64), labels)[0], images)
+  assert len(export.sample(0, np.arange(64), labels)[1]) == 64
+  result = export.export(run_dir, "keras", str(tmp_path / "model.keras"), max_examples=8)
+  assert result["examples"] == 8
+
+
 def test_an_existing_path_that_is_not_an_export_is_kept(run_dir, tmp_path):
   output = tmp_path / "notes.keras"
   output.write_text("mine")

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 
 import keras
@@ -161,6 +162,29 @@ def test_the_validation_split_of_a_record_set_run_is_not_taken_from_a_folder(
   with pytest.raises(data.DataError, match="trained on --dataset=tfrecord, whose held-out"):
     evaluation.score_folder(config.model_dir, folder, cache_dir=cache, split="validation")
   assert evaluation.score_folder(config.model_dir, folder, cache_dir=cache)["examples"] == 21
+
+
+def test_skip_bad_images_holds_for_eval_folders_and_for_scoring_the_run(folder, make_config,
+                                                                        tmp_path):
+  root = tmp_path / "images"
+  shutil.copytree(folder, root)
+  (root / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+  cache = str(tmp_path / "cache")
+  config = make_config(dataset="folder", data_dir=str(root), val_split=0.25, batch_size=4,
+                       train_steps=1, eval_every=1, skip_bad_images=True, cache_dir=cache)
+  held_out = loop.train(config).final_eval["examples"]
+  # The run's held-out split, re-derived as the run split it: without the broken file.
+  assert evaluation.score_folder(config.model_dir, str(root), cache_dir=cache,
+                                 split="validation")["examples"] == held_out
+  with pytest.raises(data.DataError, match="broken.jpg"):
+    evaluation.score_folder(config.model_dir, str(root), cache_dir=cache)
+  assert evaluation.score_folder(config.model_dir, str(root), cache_dir=cache,
+                                 skip_bad_images=True)["examples"] == 21
+  # A last run on every image, evaluated on a folder with a broken file of its own.
+  whole = config.replace(val_split=0.0, eval_data_dir=str(root))
+  assert len(data.load(whole).eval) == 21
+  with pytest.raises(data.DataError, match="broken.jpg"):
+    data.load(whole.replace(skip_bad_images=False))
 
 
 class CountingArrays(data.Split):
