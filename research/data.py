@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import re
 
 from absl import logging
 import numpy as np
@@ -136,10 +137,19 @@ def naming_bad_files(source, payloads, during):
   """Turns TensorFlow's error for a streamed image file that cannot be read or decoded,
   which names no file, into a DataError that does: the files of `source` among
   `payloads()` (example ids) are then decoded again, each on its own (`decode_images`).
-  `during`: what was running."""
+  `during`: what was running. A record set's damage (a cut-off or vanished shard, a
+  record that does not decode) becomes a DataError with TensorFlow's reason."""
   try:
     yield
-  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+          tf.errors.DataLossError) as e:
+    if isinstance(source, records.Records):
+      # The reason alone, without the traceback of the graph's ops and their names.
+      reason = " ".join(re.sub(r"\{\{function_node [^}]*\}\}|\[\[\{\{node [^]]*\]\]|"
+                               r"\[Op:[^]]*\]", "", e.message.split("\n\n")[-1]).split())
+      raise DataError(f"the record set could not be read {during}: {reason}. Write it "
+                      "again from readable images (scripts/make_tfrecords.py) and rerun the "
+                      "same command (a run resumes from its last checkpoint)") from None
     if not isinstance(source, files_source.Files):
       raise
     paths = source.paths[np.unique(payloads())].astype(str)
@@ -176,13 +186,20 @@ def available_memory():
 def open_records(directory, image_size):
   """(Records, class names) of a record set written by scripts/make_tfrecords.py."""
   try:
-    return records.Records.open(directory, image_size)
+    source, names = records.Records.open(directory, image_size)
   except FileNotFoundError as e:
     raise DataError(f"{directory!r} is not a record set (no {records.METADATA}); write one "
                     "with scripts/make_tfrecords.py --data_dir=FOLDER --output=DIR") from e
   except (OSError, ValueError, KeyError) as e:
     raise DataError(f"{directory!r}/{records.METADATA} is unreadable ({e}); write the "
                     "record set again") from e
+  missing = [os.path.basename(p) for p in source.paths if not os.path.isfile(p)]
+  if missing:
+    raise DataError(f"{directory!r} lacks {len(missing)} of the {len(source.paths)} shards "
+                    f"its {records.METADATA} lists: {', '.join(missing[:5])}"
+                    f"{' ...' if len(missing) > 5 else ''}; copy them too, or write the "
+                    "record set again")
+  return source, names
 
 
 def split_validation(split, fraction):

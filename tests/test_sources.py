@@ -187,6 +187,23 @@ def test_skip_bad_images_holds_for_eval_folders_and_for_scoring_the_run(folder, 
     data.load(whole.replace(skip_bad_images=False))
 
 
+def test_a_damaged_record_set_stops_with_an_error_naming_what_is_wrong(record_set, make_config,
+                                                                      tmp_path):
+  damaged = tmp_path / "set"
+  shutil.copytree(record_set, damaged)
+  shard = damaged / "train-00001-of-00003.tfrecord"
+  shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])  # A cut-off copy.
+  config = make_config(dataset="tfrecord", data_dir=str(damaged), val_split=0.0,
+                       batch_size=4, train_steps=6, eval_every=6)
+  with pytest.raises(data.DataError, match="record set could not be read in training.*"
+                                           "truncated record.*make_tfrecords"):
+    loop.train(config)
+  shard.unlink()
+  with pytest.raises(data.DataError, match="lacks 1 of the 3 shards its metadata.json "
+                                           "lists: train-00001-of-00003.tfrecord"):
+    data.load(config)
+
+
 class CountingArrays(data.Split):
   """Arrays that record how many examples each traced `read` asks for."""
 
