@@ -43,7 +43,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (flags start with --, in "
+             "a flagfile too)")
   # Set on the command line or in a flagfile: the model's training defaults fill the rest.
   explicit = {name for name, *_ in config_lib.fields() if FLAGS[name].present}
   try:
@@ -89,6 +90,15 @@ def main(argv):
     sys.exit(f"error: {e}")
 
 
+def parse_flags(argv):
+  """absl's parsing, its errors (an unknown flag, a bad value, a missing flagfile) as
+  one error line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:  # A missing flagfile's message starts "ERROR:: ".
+    sys.exit(f"error: {str(e).removeprefix('ERROR:: ')} (--helpshort lists the flags)")
+
+
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -251,6 +251,7 @@ class Config:
     if self.lookahead_every and self.ema_decay:
       raise ConfigError("--lookahead_every and --ema_decay are two kinds of weight "
                         "averaging: choose one")
+    _at_least("seed", self.seed, 0)
     _at_least("nan_retries", self.nan_retries, 0)
     _at_least("inject_nan_step", self.inject_nan_step, 0)
     _at_least("batch_size", self.batch_size, 1)

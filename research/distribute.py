@@ -9,6 +9,8 @@ import re
 
 import tensorflow as tf
 
+from research.config import ConfigError
+
 CLUSTER_RESOLVERS = ("tf_config", "slurm")
 
 
@@ -38,7 +40,10 @@ def make_strategy(name, cpu_devices=0, cluster_resolver="tf_config", port_base=8
   """
   split_cpu(cpu_devices)
   if name == "multi_worker":  # Must come before anything initializes the runtime.
-    resolver = slurm_resolver(port_base) if cluster_resolver == "slurm" else None
+    try:
+      resolver = slurm_resolver(port_base) if cluster_resolver == "slurm" else None
+    except RuntimeError as e:  # Not in a Slurm job step.
+      raise ConfigError(f"--cluster_resolver=slurm: {e}") from None
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
   gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
   cpus = [d.name for d in tf.config.list_logical_devices("CPU")]

@@ -325,7 +325,10 @@ def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
       raise ExportError(f"--output {output} exists and is not an export: choose another path")
     _remove(output)  # An earlier export of ours: replaced.
   parent = os.path.dirname(os.path.abspath(output))
-  os.makedirs(parent, exist_ok=True)
+  try:
+    os.makedirs(parent, exist_ok=True)
+  except OSError as e:
+    raise ExportError(f"--output {output}: cannot make its directory ({e.strerror})") from None
   rng = np.random.default_rng(0)
   representative = None
   if fmt == "litert_int8":

@@ -175,7 +175,10 @@ def pattern(config, regex="", optimizer="", lr_scale=1.0, weight_decay=None, epo
   """Variables whose path matches `regex` (re.search), e.g. 'dense|logits'."""
   if not regex:
     raise ValueError("pattern: needs regex='...'")
-  compiled = re.compile(regex)
+  try:
+    compiled = re.compile(regex)
+  except re.error as e:
+    raise ValueError(f"pattern: regex={regex!r} is not a regular expression ({e})") from None
   return _rule(f"pattern({regex!r})", lambda model, v: bool(compiled.search(v.path)),
                optimizer, lr_scale, weight_decay, _steps(config, epochs), learning_rate)
 

@@ -70,7 +70,7 @@ def registries():
 def _REGISTRIES():  # pylint: disable=invalid-name
   """{flag: (registry, takes a list, how validation builds an item)}: a function of the
   config giving the builder's code-supplied arguments, or None where building is
-  costly (models) or needs the data (metrics: class names)."""
+  costly (models). Metrics are built with placeholder classes: the data's come later."""
   from research import augment, hooks, losses, metrics, models, optim  # pylint: disable=g-import-not-at-top
   from research import regularizers, steps  # pylint: disable=g-import-not-at-top
   settings_only = lambda config: ()
@@ -81,9 +81,14 @@ def _REGISTRIES():  # pylint: disable=invalid-name
           "schedule": (optim.SCHEDULES, False, None),
           "step": (steps.STEPS, False, settings_only),
           "augment": (augment.AUGMENTATIONS, True, settings_only),
-          "metrics": (metrics.METRICS, True, None),
+          "metrics": (metrics.METRICS, True, _placeholder_classes),
           "regularizers": (regularizers.REGULARIZERS, True, settings_only),
           "hooks": (hooks.HOOKS, True, lambda config: (config,))}
+
+
+def _placeholder_classes(config):
+  count = max(2, config.num_classes)
+  return count, [f"class_{i}" for i in range(count)]
 
 
 def validate(config):

@@ -80,6 +80,8 @@ def main(argv=None):
     paths = plot_runs(args.runs, out_dir, args.examples, not args.no_predictions)
   except data.DataError as e:
     sys.exit(f"error: {e}")
+  except OSError as e:  # --out_dir is a file, or not writable.
+    sys.exit(f"error: cannot write the plots in {out_dir}: {e.strerror}")
   print("\n".join(paths))
 
 

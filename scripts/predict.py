@@ -46,6 +46,8 @@ def main(argv):
   except (export.ExportError, data.DataError) as e:
     sys.exit(f"error: {e}")
   files = image_files(argv[1:])
+  if not files:
+    sys.exit(f"error: no files in {', '.join(argv[1:])}")
   readable = [path for path, error in files if error is None]
   images, ok = data.decode_images(readable, model.image_size) if readable else ([], [])
   decoded = {path: i for i, path in enumerate(readable) if ok[i]}

@@ -167,7 +167,10 @@ def table(out_dir, seeds, marks):
 
 def main(argv):
   args = parse_args(argv)
-  os.makedirs(args.out_dir, exist_ok=True)
+  try:
+    os.makedirs(args.out_dir, exist_ok=True)
+  except OSError as e:
+    sys.exit(f"error: --out_dir={args.out_dir}: {e.strerror}")
   for seed in [] if args.table_only else args.seeds:
     if finished(args.out_dir, seed):
       print(f"seed {seed}: finished before, in {run_dir(args.out_dir, seed)}", flush=True)

@@ -23,6 +23,9 @@ def test_defaults_validate():
     (dict(augment="crop(padding=two)"), "is not a Python literal"),
     (dict(step="sam(rho=0)"), "--step: sam: rho must be > 0"),
     (dict(metrics="ece(bins=1.5)"), "--metrics: metric ece(bins=1.5): expected a int"),
+    (dict(metrics="ece(bins=0)"), "--metrics: ece: bins must be >= 1, got 0"),
+    (dict(param_rules="pattern(regex='[')"), "--param_rules: pattern: regex='[' is not a "
+                                               "regular expression"),
     (dict(hooks="profile(start=5,stop=2)"), "--hooks: profile: needs 0 <= start < stop"),
     (dict(plugins="no_such_module_xyz"), "--plugins: cannot import 'no_such_module_xyz'"),
     (dict(precision="float8"), "--precision"),

@@ -128,6 +128,8 @@ def test_an_existing_path_that_is_not_an_export_is_kept(run_dir, tmp_path):
   with pytest.raises(export.ExportError, match="exists and is not an export"):
     export.export(run_dir, "keras", str(output))
   assert output.read_text() == "mine"
+  with pytest.raises(export.ExportError, match="cannot make its directory"):
+    export.export(run_dir, "keras", str(output / "model.keras"))
 
 
 def _script(name, *args):
@@ -159,6 +161,9 @@ def test_export_and_predict_scripts_end_in_json(run_dir, tmp_path):
   assert all(len(e["top"]) == 2 for e in entries[:2])
   assert "cannot be decoded" in entries[2]["error"] and entries[3]["error"] == "no such file"
   assert err.count("error:") == 2
+  (tmp_path / "empty").mkdir()
+  code, _, err = _script("predict.py", f"--model={output}", str(tmp_path / "empty"))
+  assert code == 1 and "error: no files in" in err
 
 
 def test_predict_refuses_a_model_it_cannot_open(tmp_path):

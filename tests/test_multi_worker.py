@@ -20,6 +20,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.conftest import ROOT
@@ -166,3 +167,12 @@ def _a_lost_worker_ends_the_other_and_every_rerun_resumes_exactly(tmp_path, refe
   assert ours.keys() == theirs.keys()
   for key, value in theirs.items():
     np.testing.assert_array_equal(ours[key], value, err_msg=key)
+
+
+def test_slurm_outside_a_job_step_is_a_config_error(monkeypatch):
+  from research import distribute  # pylint: disable=g-import-not-at-top
+  from research.config import ConfigError  # pylint: disable=g-import-not-at-top
+  for name in [n for n in os.environ if n.startswith("SLURM_")]:
+    monkeypatch.delenv(name)
+  with pytest.raises(ConfigError, match="--cluster_resolver=slurm: SLURM_PROCID not found"):
+    distribute.make_strategy("multi_worker", cluster_resolver="slurm")

@@ -68,6 +68,12 @@ def test_bad_arguments_are_one_error(capsys, args, message):
   assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_an_out_dir_that_cannot_be_made_is_one_error(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(SystemExit, match="error: --out_dir=.*a_file/seeds: Not a directory"):
+    seeds.main([f"--out_dir={tmp_path}/a_file/seeds", "--", "--dataset=synthetic"])
+
+
 def test_ctrl_c_and_sigterm_stop_a_seed_that_the_same_command_resumes(tmp_path):
   """Ctrl-C at a terminal (SIGINT to the whole process group) and a SIGTERM to the script
   alone both reach train.py, which saves a checkpoint; the script reports it and the same
