@@ -266,7 +266,10 @@ def build(config, model):
   groups = {key: members for key, members in groups.items() if members}
   optimizers = []
   for (item, peak, steps), members in groups.items():
-    optimizer = OPTIMIZERS.build(item, schedule(config, peak, steps), config)
+    try:  # Built here, not in plugins.validate: a variable would start the runtime.
+      optimizer = OPTIMIZERS.build(item, schedule(config, peak, steps), config)
+    except ValueError as e:  # The builder's own checks of its settings.
+      raise ConfigError(f"optimizer {item}: {e}") from None
     if config.weight_decay:
       optimizer.exclude_from_weight_decay(
           var_list=[v for v, rule in members if not decays(v, rule)])

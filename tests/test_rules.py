@@ -115,6 +115,8 @@ def test_a_rule_with_decay_decays_batchnorm_offsets(make_config):
     ("pattern(regex='logits', epochs=-1)", "epochs must be >= 0"),
     ("batchnorm(weight_decay='yes')", "weight_decay must be True or False, got 'yes'"),
     ("bias_only", "unknown parameter rule 'bias_only'"),
+    ("kernels(optimizer='muon(ns_steps=0)')", "optimizer muon(ns_steps=0): needs ns_steps >= 1"),
+    ("kernels(optimizer='lion(beta_2=5)')", "optimizer lion(beta_2=5): beta_2 must be in [0, 1)"),
 ])
 def test_bad_rules_are_one_clear_error(rules, message, make_config):
   with pytest.raises(ConfigError, match=None) as error:

@@ -16,9 +16,15 @@ from keras import ops
 from research.optim import OPTIMIZERS
 
 
+def _fraction(name, value):
+  if not 0 <= value < 1:
+    raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
 @OPTIMIZERS.register("lion")
 def lion(learning_rate, config, beta_2=0.99):
   """Lion (Chen et al., 2023): the sign of interpolated momenta; use a smaller lr."""
+  _fraction("beta_2", beta_2)
   return keras.optimizers.Lion(learning_rate, beta_1=config.momentum, beta_2=beta_2,
                                weight_decay=config.weight_decay or None)
 
@@ -26,6 +32,7 @@ def lion(learning_rate, config, beta_2=0.99):
 @OPTIMIZERS.register("lamb")
 def lamb(learning_rate, config, beta_2=0.999):
   """LAMB (You et al., 2020): Adam with a per-layer trust ratio, for large batches."""
+  _fraction("beta_2", beta_2)
   return keras.optimizers.Lamb(learning_rate, beta_1=config.momentum, beta_2=beta_2,
                                weight_decay=config.weight_decay or None)
 
@@ -81,6 +88,10 @@ def muon(learning_rate, config, momentum=0.0, ns_steps=5, nesterov=True, adam_lr
   airbench94_muon, whose rate is then that of an orthogonal update);
   `normalize_weights` keeps each kernel at norm sqrt(filters) instead of decaying it.
   """
+  _fraction("momentum", momentum)
+  if ns_steps < 1 or adam_lr_ratio < 0 or rms_rate < 0:
+    raise ValueError(f"needs ns_steps >= 1, adam_lr_ratio >= 0 and rms_rate >= 0, got "
+                     f"{ns_steps}, {adam_lr_ratio} and {rms_rate}")
   return Muon(
       learning_rate, momentum=momentum or config.momentum, ns_steps=ns_steps,
       nesterov=nesterov, adam_lr_ratio=adam_lr_ratio, rms_rate=rms_rate or None,
