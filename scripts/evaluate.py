@@ -32,7 +32,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+  from research import startup  # pylint: disable=g-import-not-at-top
+  startup.import_tensorflow()  # Without its start-up noise before our lines.
   from research import data, evaluation  # pylint: disable=g-import-not-at-top
   if FLAGS.batch_size < 1:
     sys.exit("error: --batch_size must be >= 1")

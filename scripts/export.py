@@ -37,7 +37,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+  from research import startup  # pylint: disable=g-import-not-at-top
+  startup.import_tensorflow()  # Without its start-up noise before our lines.
   from research import data, export  # pylint: disable=g-import-not-at-top
   try:
     result = export.export(FLAGS.model_dir, FLAGS.format, FLAGS.output, FLAGS.data_dir,

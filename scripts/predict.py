@@ -36,6 +36,8 @@ def image_files(paths):
 
 
 def main(argv):
+  from research import startup  # pylint: disable=g-import-not-at-top
+  startup.import_tensorflow()  # Without its start-up noise before our lines.
   from research import data, export  # pylint: disable=g-import-not-at-top
   if len(argv) < 2:
     sys.exit("error: name at least one image or directory: predict.py --model=PATH IMAGE ...")

@@ -137,3 +137,16 @@ def test_evaluate_loads_custom_layers_of_the_fast_recipe(tmp_path):
                f"--cache_dir={tmp_path / 'cache'}")
   assert scored.returncode == 0, scored.stderr[-2000:]
   assert json.loads(scored.stdout.strip().splitlines()[-1])["examples"] == 12
+
+
+def test_script_errors_are_one_line_without_tensorflows_start_up_noise():
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  for args in (["evaluate.py", "--model_dir=/no/run", "--data_dir=/no/images"],
+               ["export.py", "--model_dir=/no/run", "--format=keras", "--output=/tmp/x.keras",
+                "stray"]):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", args[0]),
+                             *args[1:]], cwd=ROOT, capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ")
