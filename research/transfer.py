@@ -9,6 +9,7 @@ means every other variable, as --freeze_epochs and --backbone_lr_scale use it.
 """
 
 import os
+import warnings
 
 from absl import logging
 import numpy as np
@@ -71,11 +72,16 @@ def load_weights(model, weights, model_name):
     source = model if target is None else backbones.application(
         backbones.imagenet_backbone(model_name), target.input_shape[1])
     try:
-      source.load_weights(weights)
+      with warnings.catch_warnings():  # A mismatch warns once per layer, then raises.
+        warnings.simplefilter("ignore")
+        source.load_weights(weights)
     except Exception as e:  # pylint: disable=broad-except  (h5py, shape and name errors)
+      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+      reason = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (
+          lines or [type(e).__name__])[0]
       raise ConfigError(f"--weights={weights}: cannot load it into "
                         f"{'the model' if target is None else 'the backbone'} "
-                        f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+                        f"({reason})") from None
     if target is None:
       target = model
     else:

@@ -337,6 +337,20 @@ def test_weights_file_fills_a_model_without_a_backbone(make_config, tmp_path):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
+def test_weights_of_another_model_are_one_error_with_its_reason(make_config, tmp_path, recwarn):
+  config = make_config(model="baseline_cnn", image_size=32).resolve(192, 4)
+  donor, _ = make_runner(config)
+  path = str(tmp_path / "baseline_cnn.weights.h5")
+  donor.model.save_weights(path)
+  state, _ = make_runner(config.replace(model="improved_cnn"))
+  with pytest.raises(ConfigError, match="cannot load it into the model .*objects could not "
+                                        "be loaded.*: Layer '.*' expected"):
+    transfer.initialize(state.model, config.replace(model="improved_cnn", weights=path),
+                        list("abcd"), write=False)
+  assert not [w for w in recwarn if "could not be loaded" in str(w.message) or "Skipping"
+              in str(w.message)]
+
+
 def test_the_head_only_phase_moves_nothing_else_with_accumulation_and_decay(make_config):
   config = make_config(freeze_epochs=1.0, grad_accum_steps=2, weight_decay=0.1,
                        train_steps=4).resolve(192, 4)
