@@ -57,3 +57,9 @@ def test_several_runs_overlay_and_prefix_their_predictions(two_runs, tmp_path):
 def test_missing_run_is_refused(tmp_path):
   with pytest.raises(SystemExit, match="no TensorBoard events"):
     plot_run.main([str(tmp_path / "nothing")])
+
+
+def test_an_out_dir_that_cannot_be_written_is_one_error(two_runs, tmp_path):
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(SystemExit, match="error: cannot write the plots in .*a_file"):
+    plot_run.main([two_runs[0][0], f"--out_dir={tmp_path / 'a_file'}", "--no_predictions"])
