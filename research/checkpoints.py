@@ -9,6 +9,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from research.config import reason
 
 
 class CheckpointError(Exception):
@@ -48,10 +49,9 @@ class Checkpointer:
       try:
         self.checkpoint_of(path).restore(path).assert_existing_objects_matched()
       except Exception as e:  # pylint: disable=broad-except  (torn files fail in many ways)
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
         logging.warning("checkpoint %s is unreadable (%s); trying the one before", path,
-                        reason)
-        failures.append(f"{path} ({reason})")
+                        reason(e))
+        failures.append(f"{path} ({reason(e)})")
         continue
       if failures:
         logging.warning("resumed from %s after skipping %s", path, ", ".join(failures))
@@ -97,10 +97,10 @@ class Checkpointer:
       for path in glob.glob(os.path.join(directory, f"ckpt-{step}[._]*")):
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
       kept = self.manager.latest_checkpoint
-      reason = getattr(e, "message", None) or e.strerror or str(e)
+      cause = getattr(e, "message", None) or e.strerror or str(e)
       raise CheckpointError(
           f"saving the checkpoint of step {step} in {directory} failed: "
-          f"{reason.splitlines()[0]} (a checkpoint takes about {megabytes(self.size())}, "
+          f"{cause.splitlines()[0]} (a checkpoint takes about {megabytes(self.size())}, "
           f"{megabytes(free_bytes(directory))} are free); "
           + (f"{os.path.basename(kept)} is kept: free some space and rerun the same "
              "command to resume from it" if kept else "no checkpoint is kept")) from None

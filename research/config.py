@@ -38,6 +38,16 @@ class ConfigError(ValueError):
   """A configuration that cannot run; the message says which value and why."""
 
 
+def reason(error):
+  """An exception's message in one line, for an `error:` line that names the cause: its
+  first non-blank line (with the next when that one ends in a colon, as Keras' and
+  h5py's often do), or the exception's type when it has no message."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+
+
 def _field(default, help_text):
   return dataclasses.field(default=default, metadata={"help": help_text})
 

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from research import data as data_lib, models, plugins, predict
-from research.config import Config
+from research.config import Config, reason
 
 
 def load_run(model_dir, weights="final"):
@@ -40,9 +40,8 @@ def load_run(model_dir, weights="final"):
   try:
     model = keras.models.load_model(path)
   except Exception as e:  # pylint: disable=broad-except  (a torn zip fails in many ways)
-    reason = (str(e).splitlines() or [type(e).__name__])[0]
     raise data_lib.DataError(
-        f"{path} is damaged ({reason}). Rerun the run's training command, which saves it "
+        f"{path} is damaged ({reason(e)}). Rerun the run's training command, which saves it "
         "again from the last checkpoint, or pass --weights=checkpoint") from None
   return config, class_names, model
 
@@ -57,7 +56,7 @@ def restore_checkpoint_weights(model_dir, model):
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
   except (tf.errors.OpError, ValueError) as e:
     raise data_lib.DataError(f"checkpoint {path} is unreadable "
-                             f"({str(e).splitlines()[0]})") from None
+                             f"({reason(e)})") from None
   return path
 
 

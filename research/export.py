@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from research import data as data_lib, evaluation, models, predict
+from research.config import reason
 
 FORMATS = ("saved_model", "keras", "litert", "litert_int8", "onnx", "tfjs")
 
@@ -203,7 +204,7 @@ def open_export(path):
     raise
   except Exception as e:  # pylint: disable=broad-except  (each runtime fails its own way)
     raise ExportError(f"{path} cannot be loaded as {fmt} "
-                      f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+                      f"({reason(e)})") from None
   return Exported(fmt, meta["classes"], meta["image_size"], runner)
 
 

@@ -15,7 +15,7 @@ from absl import logging
 import numpy as np
 
 from research import files
-from research.config import ConfigError
+from research.config import ConfigError, reason
 
 HEAD_LAYER = "logits"
 RECORD_FILE = "initialization.json"
@@ -61,7 +61,7 @@ def load_weights(model, weights, model_name):
     except Exception as e:  # pylint: disable=broad-except  (URL errors take many forms)
       raise ConfigError(
           f"--weights=imagenet: cannot get the ImageNet weights of {name} "
-          f"({(str(e).splitlines() or [type(e).__name__])[0]}). Without internet, pass "
+          f"({reason(e)}). Without internet, pass "
           "--weights=PATH (a Keras weights file of the backbone, downloaded elsewhere) or "
           "--init_from=RUN_DIR (a run of yours)") from None
     target.set_weights(source.get_weights())
@@ -76,12 +76,9 @@ def load_weights(model, weights, model_name):
         warnings.simplefilter("ignore")
         source.load_weights(weights)
     except Exception as e:  # pylint: disable=broad-except  (h5py, shape and name errors)
-      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-      reason = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (
-          lines or [type(e).__name__])[0]
       raise ConfigError(f"--weights={weights}: cannot load it into "
                         f"{'the model' if target is None else 'the backbone'} "
-                        f"({reason})") from None
+                        f"({reason(e)})") from None
     if target is None:
       target = model
     else:

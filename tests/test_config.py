@@ -130,3 +130,14 @@ def test_every_model_default_is_valid_and_matches_its_flagfile():
   # The Muon recipe is a flagfile only; its rules and optimizer item must parse and build.
   muon = config_lib.from_flagfile(os.path.join(ROOT, "configs", "cifar10_muon.flags"))
   plugins.validate(muon.replace(dataset="synthetic").validate())
+
+
+@pytest.mark.parametrize("error, expected", [
+    (ValueError("first\nsecond"), "first"),
+    (ValueError("\n  Layer 'conv' expected 2 variables:\n  received 0\n"),
+     "Layer 'conv' expected 2 variables: received 0"),
+    (KeyError(), "KeyError"),
+    (OSError(""), "OSError"),
+])
+def test_reason_is_one_line_naming_the_cause(error, expected):
+  assert config_lib.reason(error) == expected

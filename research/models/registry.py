@@ -4,7 +4,7 @@ import keras
 from keras import layers
 import numpy as np
 
-from research.config import ConfigError, fields
+from research.config import ConfigError, fields, reason
 from research.registry import Registry, SpecError
 
 MODELS = Registry("model")
@@ -42,7 +42,7 @@ def build(config):
     raise ConfigError(f"--model={config.model}: {e}") from None
   except ValueError as e:  # Keras' shape checks: the images too small for the network.
     raise ConfigError(f"--model={config.model} cannot be built for --image_size="
-                      f"{config.image_size}: {str(e).splitlines()[0]}") from None
+                      f"{config.image_size}: {reason(e)}") from None
 
 
 def standardized_input(image_size, name="images"):
