@@ -17,6 +17,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from research import startup  # noqa: E402
+
+if __name__ == "__main__":
+  startup.import_tensorflow()  # Without its start-up noise before the script's lines.
+
 from research import data, evaluation, events, plots, tensorboard_hooks  # noqa: E402
 
 

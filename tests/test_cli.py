@@ -143,7 +143,8 @@ def test_script_errors_are_one_line_without_tensorflows_start_up_noise():
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   for args in (["evaluate.py", "--model_dir=/no/run", "--data_dir=/no/images"],
                ["export.py", "--model_dir=/no/run", "--format=keras", "--output=/tmp/x.keras",
-                "stray"]):
+                "stray"],
+               ["plot_run.py", "/no/run"]):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", args[0]),
                              *args[1:]], cwd=ROOT, capture_output=True, text=True, env=env,
                             timeout=300)
