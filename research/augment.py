@@ -83,6 +83,13 @@ def sharded(op):
   return op
 
 
+def needs_size(op, pixels):
+  """Marks `op` as needing images of at least `pixels` a side, which its settings alone
+  cannot know: flag validation refuses a smaller --image_size."""
+  op.min_image_size = pixels
+  return op
+
+
 def on_images(fn):
   """Lifts `fn(images, seed) -> images` to a batch op that leaves labels alone."""
   def op(batch, seed, context):
@@ -144,7 +151,7 @@ def crop(padding=4):
     out = tf.gather(padded, rows, axis=1, batch_dims=1)
     return tf.gather(out, cols, axis=2, batch_dims=1)
 
-  return on_examples(fn)
+  return needs_size(on_examples(fn), padding + 1)  # Reflection repeats no edge pixel.
 
 
 def _boxes(centre, height, width, box_height, box_width):
@@ -170,7 +177,7 @@ def cutout(size=8):
     hole = _boxes(centre, images.shape[1], images.shape[2], size, size)
     return tf.where(hole, 127.5, images)
 
-  return on_examples(fn)
+  return needs_size(on_examples(fn), size)
 
 
 @AUGMENTATIONS.register("tutorial")

@@ -103,7 +103,11 @@ def validate(config):
       specs = registry.parse_list(getattr(config, flag)) if many else [
           registry.parse(getattr(config, flag))]
       for spec in specs if arguments else ():
-        registry.build(spec, *arguments(config))  # Builders raise ValueError on bad values.
+        item = registry.build(spec, *arguments(config))  # ValueError on bad values.
+        smallest = getattr(item, "min_image_size", 0)
+        if config.image_size < smallest:
+          raise ValueError(f"{spec} needs images of at least {smallest} pixels a side; "
+                           f"--image_size is {config.image_size}")
     except (SpecError, ValueError) as e:
       raise ConfigError(f"--{flag}: {e}") from None
   if config.weights == "imagenet":  # Refused before any data is read, not after.

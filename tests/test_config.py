@@ -12,6 +12,10 @@ def test_defaults_validate():
   plugins.validate(Config().validate())
 
 
+def test_augmentations_as_large_as_the_images_validate():
+  plugins.validate(Config(augment="crop(padding=31),cutout(size=32)").validate())
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(strategy="tpu"), "--strategy='tpu' is not one of"),
     (dict(model="vgg99"), "--model: unknown model 'vgg99'; known: airbench"),
@@ -21,6 +25,9 @@ def test_defaults_validate():
     (dict(augment="crop(padding='two')"), "crop(padding='two'): expected a int"),
     (dict(augment="crop(padding=-1)"), "--augment: crop: padding must be >= 0"),
     (dict(augment="crop(padding=two)"), "is not a Python literal"),
+    (dict(augment="crop(padding=32)"), "--augment: crop(padding=32) needs images of at least "
+                                       "33 pixels a side; --image_size is 32"),
+    (dict(augment="flip,cutout(size=24)", image_size=16), "cutout(size=24) needs images"),
     (dict(step="sam(rho=0)"), "--step: sam: rho must be > 0"),
     (dict(metrics="ece(bins=1.5)"), "--metrics: metric ece(bins=1.5): expected a int"),
     (dict(metrics="ece(bins=0)"), "--metrics: ece: bins must be >= 1, got 0"),
