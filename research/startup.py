@@ -1,5 +1,6 @@
-"""What train.py does before and while the slow imports: quick offline checks, and
-TensorFlow imported quietly, its start-up chatter hidden unless --verbose.
+"""What train.py and the scripts do before and while the slow imports: quick offline
+checks, argument errors in one line, and TensorFlow imported quietly, its start-up
+chatter hidden unless --verbose.
 
 On a CPU-only machine TensorFlow prints, before its logging is set up (so
 TF_CPP_MIN_LOG_LEVEL cannot hide them), lines such as `Could not find cuda drivers`
@@ -11,6 +12,7 @@ process's stderr while TensorFlow imports and finds its devices, and passes on e
 line that is not such noise.
 """
 
+import argparse
 import contextlib
 import logging
 import os
@@ -29,6 +31,14 @@ NOISE = re.compile("|".join((
     r"^To enable the following instructions",
     r"rebuild TensorFlow with the appropriate compiler flags",
 )))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the scripts that use it, whose errors are one `error:` line (exit 1)
+  like train.py's, not a usage line and then the error."""
+
+  def error(self, message):
+    sys.exit(f"error: {message} (--help lists the arguments)")
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ so the table gives seconds per call as well as the run's wall time against the
 baseline. Prints a markdown table (the one in docs/TENSORBOARD.md).
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -17,7 +16,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from research import hooks, loop, plugins  # noqa: E402
+from research import hooks, loop, plugins, startup  # noqa: E402
 from research.registry import split_list  # noqa: E402
 from research.config import Config  # noqa: E402
 
@@ -51,7 +50,7 @@ def timed_run(config):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = startup.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--model", default="resnet20")
   parser.add_argument("--batch_size", type=int, default=32)

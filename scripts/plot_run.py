@@ -10,7 +10,6 @@ the first --examples examples (default: all) of its validation (or test) data, w
 the run's test-time augmentation, as the run's logged evaluation scored them.
 """
 
-import argparse
 import os
 import sys
 
@@ -26,7 +25,7 @@ from research import data, evaluation, events, plots, tensorboard_hooks  # noqa:
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = startup.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("runs", nargs="+", metavar="RUN", help="model dirs of training runs")
   parser.add_argument("--out_dir", default="",
                       help="where the PNGs go (default: RUN/plots for one run, else ./plots)")

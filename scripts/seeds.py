@@ -24,9 +24,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from research import startup  # noqa: E402  (no TensorFlow: it runs train.py per seed)
+
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(
+  parser = startup.ArgumentParser(
       description=__doc__.split("\n")[0],
       usage="%(prog)s [--seeds=0,1,2] --out_dir=DIR [--marks=85,90] -- TRAIN_FLAGS...")
   parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, run in order")
@@ -46,7 +48,9 @@ def parse_args(argv):
     parser.error("--seeds and --marks are comma-separated numbers")
   owned = [f for f in args.train_flags if f.split("=")[0] in ("--seed", "--model_dir")]
   if owned:
-    parser.error(f"{owned[0].split('=')[0]} is this script's to set (--seeds, --out_dir)")
+    flag = owned[0].split("=")[0]
+    parser.error(f"{flag} is this script's to set: use "
+                 f"{'--seeds' if flag == '--seed' else '--out_dir'}")
   return args
 
 

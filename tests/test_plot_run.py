@@ -54,9 +54,12 @@ def test_several_runs_overlay_and_prefix_their_predictions(two_runs, tmp_path):
     assert f.read() != one  # the second run's lines are drawn too
 
 
-def test_missing_run_is_refused(tmp_path):
+def test_missing_run_is_refused(tmp_path, capsys):
   with pytest.raises(SystemExit, match="no TensorBoard events"):
     plot_run.main([str(tmp_path / "nothing")])
+  with pytest.raises(SystemExit, match="^error: the following arguments are required: RUN"):
+    plot_run.main([])
+  assert not capsys.readouterr().err
 
 
 def test_an_out_dir_that_cannot_be_written_is_one_error(two_runs, tmp_path):

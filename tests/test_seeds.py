@@ -61,11 +61,14 @@ def test_a_failing_seed_stops_the_queue_with_its_log_named(tmp_path):
     (["--out_dir=x", "--", "--seed=3"], "--seed is this script's to set"),
     (["--out_dir=x", "--", "--model_dir=y"], "--model_dir is this script's to set"),
     (["--out_dir=x", "--seeds=0,a"], "comma-separated numbers"),
+    (["--seeds=0"], "the following arguments are required: --out_dir"),
 ])
 def test_bad_arguments_are_one_error(capsys, args, message):
   with pytest.raises(SystemExit) as exit_info:
     seeds.parse_args(args)
-  assert exit_info.value.code == 2 and message in capsys.readouterr().err
+  error = exit_info.value.code  # sys.exit's message: printed, and the exit status is 1.
+  assert error.startswith("error: ") and message in error and "\n" not in error
+  assert not capsys.readouterr().err  # No usage line before it.
 
 
 def test_an_out_dir_that_cannot_be_made_is_one_error(tmp_path):
