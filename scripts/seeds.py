@@ -120,7 +120,8 @@ def format_seconds(seconds):
 
 def seed_row(out_dir, seed, marks):
   """The table's cells for a finished seed, and its final accuracy (%)."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Not train.py's: only for this read.
+  if "tensorflow" not in sys.modules:  # Read here only, without its start-up noise.
+    startup.import_tensorflow(init_devices=False)
   from research import events  # pylint: disable=g-import-not-at-top
   path = run_dir(out_dir, seed)
   with open(os.path.join(path, "config.json")) as f:
