@@ -25,7 +25,10 @@ def load_run(model_dir, weights="final"):
   if not os.path.exists(config_path):
     raise data_lib.DataError(f"{model_dir!r} holds no training run (no config.json)")
   config = Config.load(config_path)
-  plugins.load(config.plugin_modules)  # Custom layers of the run's models and plugins.
+  try:
+    plugins.load(config.plugin_modules)  # Custom layers of the run's models and plugins.
+  except plugins.PluginError as e:  # Moved, renamed or broken since the run.
+    raise data_lib.DataError(f"{model_dir}: {e} (the run was trained with it)") from None
   with open(os.path.join(model_dir, "classes.json")) as f:
     class_names = json.load(f)
   if weights == "checkpoint":

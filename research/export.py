@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from research import data as data_lib, evaluation, models, predict
-from research.config import reason
+from research.config import TTA, reason
 
 FORMATS = ("saved_model", "keras", "litert", "litert_int8", "onnx", "tfjs")
 
@@ -56,10 +56,11 @@ def float32_model(model_dir, weights="final"):
   return config, class_names, model
 
 
-def probabilities_fn(model, dtype=tf.uint8):
-  """images [N, H, W, 3] of `dtype`, raw pixels -> float32 probabilities [N, K]."""
+def probabilities_fn(model, dtype=tf.uint8, tta="none"):
+  """images [N, H, W, 3] of `dtype`, raw pixels -> float32 probabilities [N, K], under
+  test-time augmentation `tta` (its views are part of the exported graph)."""
   def probabilities(images):
-    return tf.nn.softmax(predict.outputs(model, tf.cast(images, tf.float32))["logits"])
+    return tf.nn.softmax(predict.predict(model, tf.cast(images, tf.float32), tta)["logits"])
   size = model.input_shape[1]
   return tf.function(probabilities, input_signature=[
       tf.TensorSpec([None, size, size, 3], dtype, name="images")])
@@ -69,22 +70,20 @@ def probabilities_fn(model, dtype=tf.uint8):
 
 
 def _export_keras(model, output, **_):
-  if not output.endswith(".keras"):
-    raise ExportError(f"--format=keras writes a .keras file; got --output={output}")
   model.save(output)
 
 
-def _export_saved_model(model, output, class_names, **_):
+def _export_saved_model(model, output, class_names, tta, **_):
   """Signatures `serving_default`/`serve` (uint8 images) and `serve_bytes` (encoded
   JPEG/PNG, as serving systems send them), each -> probabilities and class name."""
-  _saved_model(model, output, class_names)
+  _saved_model(model, output, class_names, tta=tta)
 
 
-def _saved_model(model, output, class_names=None, dtype=tf.uint8):
+def _saved_model(model, output, class_names=None, dtype=tf.uint8, tta="none"):
   """The SavedModel of `_export_saved_model`; without class names, only `serve`, of
   images of `dtype`, returning only the probabilities: what the converters take."""
   size = model.input_shape[1]
-  probabilities = probabilities_fn(model, dtype)
+  probabilities = probabilities_fn(model, dtype, tta)
   names = tf.constant(class_names or [""])
 
   def outputs(images):
@@ -113,18 +112,18 @@ def _saved_model(model, output, class_names=None, dtype=tf.uint8):
 
 
 @contextlib.contextmanager
-def _converter_input(model, dtype=tf.uint8):
+def _converter_input(model, tta, dtype=tf.uint8):
   """A temporary SavedModel of the probabilities alone: the converters' documented
   input (Keras 3 models traced directly leave variables and constants unfrozen)."""
   with tempfile.TemporaryDirectory() as tmp:
-    _saved_model(model, tmp, dtype=dtype)
+    _saved_model(model, tmp, dtype=dtype, tta=tta)
     yield tmp
 
 
-def _export_litert(model, output, representative=None, **_):
+def _export_litert(model, output, tta, representative=None, **_):
   """A .tflite flatbuffer; with `representative` images, full-integer quantized."""
   int8 = representative is not None
-  with _converter_input(model, tf.float32 if int8 else tf.uint8) as saved:
+  with _converter_input(model, tta, tf.float32 if int8 else tf.uint8) as saved:
     converter = tf.lite.TFLiteConverter.from_saved_model(saved)
     if int8:  # uint8 in and out: the input quantization is the identity on raw pixels.
       converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -138,10 +137,10 @@ def _export_litert(model, output, representative=None, **_):
     f.write(flatbuffer)
 
 
-def _export_onnx(model, output, **_):
+def _export_onnx(model, output, tta, **_):
   _optional("tf2onnx", "onnx")
   _optional("onnxruntime", "onnx")  # Needed for the check: fail before converting.
-  with _converter_input(model) as saved:
+  with _converter_input(model, tta) as saved:
     done = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved,
                            "--signature_def", "serving_default", "--opset", "17",
                            "--output", output], capture_output=True, text=True, check=False)
@@ -150,9 +149,9 @@ def _export_onnx(model, output, **_):
     raise ExportError(f"tf2onnx failed: {errors[-1].strip()}")
 
 
-def _export_tfjs(model, output, **_):
+def _export_tfjs(model, output, tta, **_):
   from research import tfjs  # pylint: disable=g-import-not-at-top
-  tfjs.convert(lambda path: _saved_model(model, path), output)
+  tfjs.convert(lambda path: _saved_model(model, path, tta=tta), output)
 
 
 EXPORTERS = {"saved_model": _export_saved_model, "keras": _export_keras,
@@ -184,7 +183,8 @@ def open_export(path):
   """Any export (by its .meta.json) or a run dir, as `Exported`."""
   if os.path.isfile(os.path.join(path, "config.json")):
     config, class_names, model = evaluation.load_run(path)
-    return Exported("run", class_names, config.image_size, _keras_runner(model))
+    return Exported("run", class_names, config.image_size,
+                    _keras_runner(model, config.tta))  # Scored as the run scored it.
   meta_path = path.rstrip("/") + META_SUFFIX
   if not os.path.exists(path):
     raise ExportError(f"{path} does not exist")
@@ -213,8 +213,8 @@ def _batched(fn, batch_size=256):
                                         for i in range(0, len(images), batch_size)])
 
 
-def _keras_runner(model):
-  fn = probabilities_fn(model)
+def _keras_runner(model, tta="none"):
+  fn = probabilities_fn(model, tta=tta)
   return _batched(lambda x: fn(tf.constant(x, tf.uint8)).numpy())
 
 
@@ -255,6 +255,9 @@ def _onnx_runner(path):
 
 def _tfjs_runner(path):
   from research import tfjs  # pylint: disable=g-import-not-at-top
+  missing = tfjs.missing()
+  if missing:  # Found when the export is opened, not at its first prediction.
+    raise ExportError(f"{path} is a TF.js export: {missing}")
   return _batched(lambda x: tfjs.predict(path, x), batch_size=1000)
 
 
@@ -288,43 +291,65 @@ def latency_ms(probabilities, images, repeats=200):
   return 1000 * float(np.median(times))
 
 
-def check_images(config, class_names, data_dir="", cache_dir="", skip_bad_images=False):
-  """(images, labels, training source) to check and calibrate with: the run's
-  validation split, or every image of `data_dir` (some or all of the run's classes;
-  its readable ones with `skip_bad_images`)."""
+def check_splits(config, class_names, data_dir="", cache_dir="", skip_bad_images=False):
+  """(split to check on, split to calibrate with): the run's validation and training
+  splits, or every image of `data_dir` (some or all of the run's classes; its readable
+  ones with `skip_bad_images`) for both."""
   if data_dir:
     split = data_lib.load_eval_folder(data_dir, class_names, config.image_size, cache_dir,
                                       skip_bad_images=skip_bad_images)
-    return split.head(len(split)), split.labels, split
+    return split, split
   splits = data_lib.load(config)
   if splits.eval is None:
     raise data_lib.DataError("the run has no validation split (--val_split=0): pass "
                              "--data_dir=DIR, a folder of the run's classes, to check on")
-  return splits.eval.head(len(splits.eval)), splits.eval.labels, splits.train
+  return splits.eval, splits.train
 
 
-def sample(max_examples, images, labels):
-  """`max_examples` of the images and labels, drawn with a fixed seed and kept in order
-  (a split is in class order: the first ones would be one class); all if 0."""
-  if not 0 < max_examples < len(images):
-    return images, labels
-  keep = np.sort(np.random.default_rng(0).choice(len(images), max_examples, replace=False))
-  return images[keep], labels[keep]
+def sample(max_examples, split):
+  """(images, labels) of `max_examples` examples of `split`, drawn with a fixed seed and
+  kept in order (a split is in class order: the first ones would be one class), or of
+  all of it if 0. Only those are read: a streamed split is not decoded whole."""
+  if 0 < max_examples < len(split):
+    keep = np.random.default_rng(0).choice(len(split), max_examples, replace=False)
+    split = split.subset(np.sort(keep))
+  return split.head(len(split)), split.labels
+
+
+def _check_arguments(fmt, output, tta, latency):
+  """Refuses what cannot be exported before anything is loaded or replaced."""
+  if fmt not in EXPORTERS:
+    raise ExportError(f"unknown format {fmt!r}; known: {', '.join(EXPORTERS)}")
+  if fmt == "keras" and not output.endswith(".keras"):
+    raise ExportError(f"--format=keras writes a .keras file; got --output={output}")
+  if fmt == "keras" and tta != "none":
+    raise ExportError("--format=keras saves the network alone: its test-time augmentation "
+                      "cannot go in it (--tta=none, or another format)")
+  if tta not in TTA:
+    raise ExportError(f"--tta={tta!r} is not one of: run, {', '.join(TTA)}")
+  if latency and fmt == "tfjs":
+    raise ExportError("--latency: a TF.js call here starts Node; time it in the browser")
 
 
 def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
-           latency=False, skip_bad_images=False):
+           latency=False, skip_bad_images=False, tta="none"):
   """Exports the run in `model_dir` as `fmt` to `output` and checks it; returns the
   result dict (the script's JSON line), with single-image latencies of the export and
-  the Keras model if `latency`. Raises ExportError, DataError."""
+  the Keras model if `latency`. `tta`: the test-time augmentation built into the export
+  (and into the Keras reference it is checked against), or "run" for the run's --tta.
+  Raises ExportError, DataError."""
+  output = output.rstrip("/") or output
   config, class_names, model = float32_model(model_dir, weights)
-  images, labels, train = check_images(config, class_names, data_dir, config.cache_dir,
-                                       skip_bad_images)
-  images, labels = sample(max_examples, images, labels)
+  tta = config.tta if tta == "run" else tta
+  _check_arguments(fmt, output, tta, latency)
+  checked, calibration = check_splits(config, class_names, data_dir, config.cache_dir,
+                                      skip_bad_images)
+  images, labels = sample(max_examples, checked)
   if os.path.exists(output):
     if not os.path.exists(output + META_SUFFIX):
       raise ExportError(f"--output {output} exists and is not an export: choose another path")
-    _remove(output)  # An earlier export of ours: replaced.
+    _remove(output)  # An earlier export of ours, and its metadata: replaced.
+    _remove(output + META_SUFFIX)
   parent = os.path.dirname(os.path.abspath(output))
   try:
     os.makedirs(parent, exist_ok=True)
@@ -333,25 +358,28 @@ def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
   rng = np.random.default_rng(0)
   representative = None
   if fmt == "litert_int8":
-    chosen = rng.choice(len(train), min(REPRESENTATIVE_IMAGES, len(train)), replace=False)
-    representative = train.subset(np.sort(chosen)).head(len(chosen))
+    chosen = rng.choice(len(calibration), min(REPRESENTATIVE_IMAGES, len(calibration)),
+                        replace=False)
+    representative = calibration.subset(np.sort(chosen)).head(len(chosen))
   try:
-    EXPORTERS[fmt](model, output, class_names=class_names, representative=representative)
+    EXPORTERS[fmt](model, output, class_names=class_names, representative=representative,
+                   tta=tta)
   except BaseException:
     _remove(output)  # No half-written export left to be mistaken for one.
     raise
   meta = {"format": fmt, "classes": list(class_names), "image_size": config.image_size,
           "input": f"uint8 [N, {config.image_size}, {config.image_size}, 3], raw pixels",
-          "output": "float32 probabilities [N, classes]", "run": os.path.abspath(model_dir)}
+          "output": "float32 probabilities [N, classes]", "tta": tta, "weights": weights,
+          "run": os.path.abspath(model_dir)}
   with open(output + META_SUFFIX, "w") as f:
     json.dump(meta, f, indent=2)
-  reference, exported = _keras_runner(model), open_export(output).probabilities
-  result = {"format": fmt, "path": output, "bytes": size_in_bytes(output),
+  reference, exported = _keras_runner(model, tta), open_export(output).probabilities
+  result = {"format": fmt, "path": output, "bytes": size_in_bytes(output), "tta": tta,
             **check(reference, exported, images, labels),
             "min_agreement": MIN_AGREEMENT[fmt]}
+  if fmt == "litert_int8" and data_dir:
+    result["calibrated_on"] = "the checked images (--data_dir)"
   if latency:
-    if fmt == "tfjs":
-      raise ExportError("--latency: a TF.js call here starts Node; time it in the browser")
     result.update(latency_ms_export=latency_ms(exported, images),
                   latency_ms_keras=latency_ms(reference, images))
   with open(output + META_SUFFIX, "w") as f:

@@ -31,6 +31,9 @@ flags.DEFINE_bool("skip_bad_images", False, "check on the readable images of --d
                   "and list the others (default: stop and name them)")
 flags.DEFINE_enum("weights", "final", ["final", "checkpoint"],
                   "final: model.keras; checkpoint: the newest checkpoint's raw weights")
+flags.DEFINE_enum("tta", "none", ["none", "flip", "flip_translate", "run"],
+                  "test-time augmentation built into the export (run: the run's --tta, as "
+                  "its evaluations scored it; each view is another forward pass)")
 flags.DEFINE_bool("latency", False, "also time single-image calls of the export and of "
                   "the Keras model (median of 200)")
 FLAGS = flags.FLAGS
@@ -45,11 +48,11 @@ def main(argv):
   try:
     result = export.export(FLAGS.model_dir, FLAGS.format, FLAGS.output, FLAGS.data_dir,
                            FLAGS.max_examples, FLAGS.weights, FLAGS.latency,
-                           FLAGS.skip_bad_images)
+                           FLAGS.skip_bad_images, FLAGS.tta)
   except (export.ExportError, data.DataError) as e:
     sys.exit(f"error: {e}")
   print(f"{result['format']}: {result['path']} ({result['bytes'] / 1e6:.2f} MB)")
-  print(f"on {result['examples']} images: top-1 agreement {result['agreement']:.4f}, "
+  print(f"on {result['examples']} images (tta {result['tta']}): top-1 agreement {result['agreement']:.4f}, "
         f"accuracy {result['accuracy_export']:.4f} (Keras {result['accuracy_keras']:.4f}), "
         f"largest probability difference {result['max_probability_difference']:.2e}")
   if FLAGS.latency:

@@ -53,7 +53,10 @@ def main(argv):
   readable = [path for path, error in files if error is None]
   images, ok = data.decode_images(readable, model.image_size) if readable else ([], [])
   decoded = {path: i for i, path in enumerate(readable) if ok[i]}
-  probabilities = model.probabilities(images[ok]) if decoded else []
+  try:
+    probabilities = model.probabilities(images[ok]) if decoded else []
+  except export.ExportError as e:  # A runtime failing on these images (Node for TF.js).
+    sys.exit(f"error: {e}")
   row = {path: n for n, path in enumerate(p for p in readable if p in decoded)}
   entries = []
   for path, error in files:

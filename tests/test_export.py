@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,8 +15,10 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from research import export, loop, models, tfjs
+from research import export, loop, models, predict, tfjs
 from research.config import Config
+from research.sources import DataError
+from research.sources.memory import Arrays
 from tests.conftest import ROOT, tiny_config
 
 SUFFIX = {"keras": ".keras", "litert": ".tflite", "litert_int8": ".tflite", "onnx": ".onnx"}
@@ -112,14 +115,80 @@ def test_tfjs_without_its_environment_says_how_to_make_it(run_dir, tmp_path, mon
   assert not os.path.exists(tmp_path / "tfjs")
 
 
-def test_max_examples_checks_a_sample_of_every_class(run_dir, tmp_path):
-  labels = np.repeat(np.arange(4), 16)  # A split's class order.
-  images, sampled = export.sample(8, np.arange(64), labels)
-  assert len(sampled) == 8 and len(set(sampled)) > 1 and list(images) == sorted(images)
-  np.testing.assert_array_equal(export.sample(8, np.arange(64), labels)[0], images)
-  assert len(export.sample(0, np.arange(64), labels)[1]) == 64
+class _CountedReads(Arrays):
+  """A split that records how many images were read from it."""
+  read_counts = []
+
+  def subset(self, indices):
+    return _CountedReads(self.images[indices], self.labels[indices])
+
+  def head(self, count):
+    self.read_counts.append(count)
+    return super().head(count)
+
+
+def test_max_examples_checks_a_sample_of_every_class_and_reads_only_it(run_dir, tmp_path):
+  ids = np.broadcast_to(np.arange(64, dtype=np.uint8)[:, None, None, None], (64, 1, 1, 3))
+  split = _CountedReads(ids, np.repeat(np.arange(4), 16))  # A split's class order.
+  images, labels = export.sample(8, split)
+  assert _CountedReads.read_counts == [8]  # Not the whole split, then a sample of it.
+  order = images[:, 0, 0, 0]
+  assert len(labels) == 8 and len(set(labels)) > 1 and list(order) == sorted(order)
+  np.testing.assert_array_equal(labels, split.labels[order])
+  np.testing.assert_array_equal(export.sample(8, split)[0], images)
+  assert len(export.sample(0, split)[1]) == 64
   result = export.export(run_dir, "keras", str(tmp_path / "model.keras"), max_examples=8)
   assert result["examples"] == 8
+
+
+def test_test_time_augmentation_is_built_into_the_export(run_dir, tmp_path):
+  output = str(tmp_path / "model.tflite")
+  result = export.export(run_dir, "litert", output, tta="flip_translate")
+  assert result["tta"] == "flip_translate"
+  assert result["agreement"] >= export.MIN_AGREEMENT["litert"], result
+  assert json.load(open(output + export.META_SUFFIX))["tta"] == "flip_translate"
+  _, _, model = export.float32_model(run_dir)
+  images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+  np.testing.assert_allclose(export.open_export(output).probabilities(images),
+                             predict.probabilities(model, images, "flip_translate"),
+                             atol=1e-4)
+  # The run dir itself predicts as the run scored it: with its --tta.
+  run_tta = Config.load(os.path.join(run_dir, "config.json")).tta
+  np.testing.assert_allclose(export.open_export(run_dir).probabilities(images),
+                             predict.probabilities(model, images, run_tta), atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt, output, kwargs, message", [
+    ("keras", "model.keras", dict(tta="flip"), "its test-time augmentation cannot go in"),
+    ("keras", "model.tflite", {}, "--format=keras writes a .keras file"),
+    ("tfjs", "tfjs", dict(latency=True), "--latency: a TF.js call"),
+])
+def test_arguments_that_cannot_export_are_refused_before_an_earlier_export_is_replaced(
+    run_dir, tmp_path, fmt, output, kwargs, message):
+  earlier = str(tmp_path / "model.tflite")
+  export.export(run_dir, "litert", earlier, max_examples=4)
+  with pytest.raises(export.ExportError, match=message):
+    export.export(run_dir, fmt, str(tmp_path / output), **kwargs)
+  assert os.path.exists(earlier) and os.path.exists(earlier + export.META_SUFFIX)
+  assert not os.path.exists(tmp_path / "model.keras") and not os.path.exists(tmp_path / "tfjs")
+
+
+def test_a_directory_output_with_a_trailing_slash_keeps_its_metadata_beside_it(run_dir,
+                                                                              tmp_path):
+  export.export(run_dir, "saved_model", str(tmp_path / "sm") + "/", max_examples=4)
+  assert os.path.exists(tmp_path / "sm.meta.json")
+  assert not os.path.exists(tmp_path / "sm" / ".meta.json")
+  for path in (str(tmp_path / "sm"), str(tmp_path / "sm") + "/"):
+    assert export.open_export(path).format == "saved_model"
+
+
+def test_a_run_whose_plugin_is_gone_is_one_error(run_dir, tmp_path):
+  moved = tmp_path / "run"
+  shutil.copytree(run_dir, moved)
+  config = Config.load(str(moved / "config.json"))
+  config.replace(plugins=str(tmp_path / "my_augment.py")).save(str(moved / "config.json"))
+  with pytest.raises(DataError, match=r"cannot import .*my_augment.py.*trained with it"):
+    export.open_export(str(moved))
 
 
 def test_an_existing_path_that_is_not_an_export_is_kept(run_dir, tmp_path):
