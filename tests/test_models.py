@@ -81,3 +81,27 @@ def test_a_refused_model_setting_is_one_line_naming_the_setting(model, reason):
   with pytest.raises(ConfigError) as error:
     models.build(Config(model=model, num_classes=10))
   assert str(error.value) == f"--model={model}: {reason}"  # Not the image size's fault.
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 3), (2, 3)])  # The fused op, and Keras' path.
+def test_batchnorm_statistics_stay_the_same_on_every_replica(shape):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from research import distribute  # pylint: disable=g-import-not-at-top
+  from research.models.batchnorm import FusedBatchNorm  # pylint: disable=g-import-not-at-top
+  strategy = distribute.make_strategy("mirrored")
+  assert strategy.num_replicas_in_sync == 2
+  with strategy.scope():
+    layer = FusedBatchNorm(momentum=0.0)
+    layer.build((None, *shape[1:]))
+
+  @tf.function
+  def step():
+    def on_replica():
+      replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+      layer(tf.fill(shape, 4.0 * tf.cast(replica, tf.float32)), training=True)
+    strategy.run(on_replica)
+
+  step()
+  # Replica 0 saw 0s and replica 1 saw 4s: both keep the mean, 2 (not 0 and 4).
+  for mean in strategy.experimental_local_results(layer.moving_mean.value):
+    np.testing.assert_allclose(mean.numpy(), 2.0)

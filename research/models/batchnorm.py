@@ -17,7 +17,17 @@ class FusedBatchNorm(layers.BatchNormalization):
 
   One difference: the moving variance is fed the batch variance with Bessel's
   correction, n / (n - 1), as in PyTorch.
+
+  The moving statistics are averaged over replicas as each replica updates them (TF
+  Keras did so; Keras 3 creates them with no aggregation, so under `mirrored` each
+  replica kept its own, from its share of the batches, and evaluation scored each
+  share with other statistics than the saved model's).
   """
+
+  def add_weight(self, *args, **kwargs):
+    if kwargs.get("name") in ("moving_mean", "moving_variance"):
+      kwargs.setdefault("aggregation", "mean")
+    return super().add_weight(*args, **kwargs)
 
   def call(self, inputs, training=None, mask=None):
     if (mask is not None or self.renorm or self.synchronized or len(inputs.shape) != 4

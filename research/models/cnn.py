@@ -42,7 +42,7 @@ def improved_cnn(num_classes, image_size):
     x = layers.Dropout(dropout)(x)
   x = layers.Flatten()(x)
   x = layers.Dense(128, activation="relu", kernel_initializer="he_uniform")(x)
-  x = layers.BatchNormalization()(x)  # 2-D: the fused op is for feature maps.
+  x = FusedBatchNorm()(x)  # 2-D: Keras' path (the fused op is for feature maps).
   x = layers.Dropout(0.5)(x)
   return keras.Model(inputs, logits(x, num_classes), name="improved_cnn")
 
