@@ -342,8 +342,9 @@ class Runner:
 
   def gradients(self, batch):
     """The step kind's gradients of one global batch (as the step scales them, summed
-    over replicas, without the loss scale), without applying them; model state is put
-    back after."""
+    over replicas, without the loss scale), without applying them; every model variable
+    is put back after, bit for bit (BatchNorm statistics and generator states move in a
+    forward pass; SAM's w + e - e rounds)."""
     if self._gradients is None:
       passes = bind(self.state, self.spec)
 
@@ -353,11 +354,11 @@ class Runner:
             tf.distribute.ReduceOp.SUM, [g * s for g, s in zip(grads, self.spec.grad_scales)])
       self._gradients = tf.function(lambda b: self.strategy.run(replica, args=(b,)))
     model = self.state.model
-    saved = [tf.identity(v) for v in model.non_trainable_variables]
+    saved = [tf.identity(v) for v in model.variables]
     dataset = self.strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors(batch))
     grads = self.strategy.experimental_local_results(self._gradients(next(iter(dataset))))[0]
-    for variable, value in zip(model.non_trainable_variables, saved):
+    for variable, value in zip(model.variables, saved):
       variable.assign(value)
     return grads
 
