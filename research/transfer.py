@@ -107,18 +107,32 @@ def init_from(model, run_dir, class_names):
   """Copies the weights of another run's saved model into `model` where they fit.
 
   Layers are paired by position when both models have the same layer types in the same
-  order (the same architecture, whatever Keras numbered its layers), else by name; then
-  the weights of a pair are copied in order where the shapes agree. The head is new
-  unless the source run had exactly these classes.
+  order, nested models' included (the same architecture, whatever Keras numbered its
+  layers), else by name; then the weights of a pair are copied in order where the shapes
+  agree, except between nested models of different architectures (two backbones), which
+  share nothing. The head is new unless the source run had exactly these classes.
   """
   from research import evaluation  # pylint: disable=g-import-not-at-top  (imports data)
   _, source_classes, source = evaluation.load_run(run_dir)
-  same_classes = list(source_classes) == list(class_names)
+  matched_by, loaded, new = copy_weights(model, source,
+                                         list(source_classes) == list(class_names))
+  return {"source": f"--init_from={run_dir}", "matched_by": matched_by,
+          "loaded": loaded, "new": new}
+
+
+def copy_weights(model, source, same_classes):
+  """Copies `source`'s weights into `model` as `init_from` says; returns (how layers
+  were paired, ["variable <- source variable"], [{"variable", "reason"} left as built])."""
   pairs, matched_by = pair_layers(model, source)
   loaded, new = [], []
   for layer, source_layer in pairs:
     if layer.name == HEAD_LAYER and not same_classes:
       new += [{"variable": v.path, "reason": "the classes differ"} for v in layer.weights]
+      continue
+    if (hasattr(layer, "layers") and source_layer is not None
+        and _kinds([layer]) != _kinds([source_layer])):  # Two networks share no order.
+      new += [{"variable": v.path, "reason": f"{source_layer.name} is another network in "
+               "the source"} for v in layer.weights]
       continue
     source_weights = source_layer.weights if source_layer is not None else []
     for i, variable in enumerate(layer.weights):
@@ -131,18 +145,23 @@ def init_from(model, run_dir, class_names):
       else:
         variable.assign(np.asarray(match.numpy(), variable.dtype))
         loaded.append(f"{variable.path} <- {match.path}")
-  return {"source": f"--init_from={run_dir}", "matched_by": matched_by,
-          "loaded": loaded, "new": new}
+  return matched_by, loaded, new
+
+
+def _kinds(layers):
+  """The layer types of `layers` in order, nested models' spelled out. A model saved
+  before its BatchNorm became the fused one has the same kinds."""
+  import keras  # pylint: disable=g-import-not-at-top
+  return [("BatchNormalization" if isinstance(layer, keras.layers.BatchNormalization)
+           else type(layer).__name__,
+           _kinds(layer.layers) if isinstance(layer, keras.Model) else None)
+          for layer in layers]
 
 
 def pair_layers(model, source):
   """([(layer, source layer or None)] of `model`'s layers with weights, "position" or
   "name")."""
-  import keras  # pylint: disable=g-import-not-at-top
-  # A model saved before its BatchNorm became the fused one still pairs by position.
-  kinds = lambda m: ["BatchNormalization" if isinstance(layer, keras.layers.BatchNormalization)
-                     else type(layer).__name__ for layer in m.layers]
-  if kinds(model) == kinds(source):
+  if _kinds(model.layers) == _kinds(source.layers):
     pairs = list(zip(model.layers, source.layers))
     matched_by = "position"
   else:

@@ -159,6 +159,31 @@ def test_a_run_saved_with_keras_batchnorm_still_pairs_by_position():
   assert matched_by == "position" and pairs[1] == (model.layers[2], source.layers[2])
 
 
+def test_backbones_of_other_architectures_share_nothing():
+  # Same top-level layers, and a first convolution of the same shape in each backbone:
+  # pairing by position, or copying a backbone's weights by order, would load it.
+  def net(*backbone_layers):
+    inputs = keras.Input((8, 8, 3))
+    x = inputs
+    for layer in backbone_layers:
+      x = layer(x)
+    backbone = keras.Model(inputs, x, name="backbone")
+    outer = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone(outer))
+    return keras.Model(outer, keras.layers.Dense(2, name="logits")(pooled))
+  model = net(keras.layers.Conv2D(4, 3), keras.layers.Conv2D(4, 1))
+  source = net(keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization())
+  matched_by, loaded, new = transfer.copy_weights(model, source, same_classes=True)
+  assert matched_by == "name"
+  assert [e["variable"] for e in new if "backbone" in e["reason"]] == [
+      v.path for v in model.get_layer("backbone").weights]
+  assert len(loaded) == 2  # The head alone: logits/kernel and logits/bias.
+  # The same backbone in both still copies all of it.
+  twin = net(keras.layers.Conv2D(4, 3), keras.layers.Conv2D(4, 1))
+  matched_by, loaded, new = transfer.copy_weights(twin, model, same_classes=True)
+  assert matched_by == "position" and not new and len(loaded) == len(twin.weights)
+
+
 def _batches(runner, config):
   split = data.load(config)
   return iter(runner.strategy.distribute_datasets_from_function(
