@@ -19,7 +19,7 @@ from tensorflow.python.framework import config as _tf_config  # pylint: disable=
 
 from research import checkpoints, data as data_lib, distribute, files, hooks as hooks_lib
 from research import interrupts as interrupts_lib
-from research import model_dir as model_dir_lib, models
+from research import model_dir as model_dir_lib, models, optim
 from research import plugins, steps, transfer
 from research import precision as precision_lib
 from research import summaries
@@ -120,6 +120,11 @@ def _train(config, strategy, chief):
                  "scripts/evaluate.py")
   if changes:
     logging.info("config changed since the model dir's last run: %s", "; ".join(changes))
+    if start:
+      jump = model_dir_lib.schedule_jump(config, start // config.grad_accum_steps,
+                                         lambda c, update: float(optim.schedule(c)(update)))
+      if jump:
+        logging.warning(jump)
   if chief:
     model_dir_lib.record(config, start)
     files.write_json(os.path.join(config.model_dir, "classes.json"), data.class_names)

@@ -132,6 +132,22 @@ def check_config(config):
   return [describe(n) for n in changed if n in RUN_FIELDS or config.allow_config_change]
 
 
+def schedule_jump(config, update, rate):
+  """A warning when a resume changes the run's length under a decaying schedule (it
+  decays over the whole run, so the rate jumps), or None; before `record`. `rate(config,
+  update)` is the learning rate of a config's schedule at an update."""
+  saved = Config.load(os.path.join(config.model_dir, "config.json"))
+  if saved.train_steps == config.train_steps:
+    return None
+  before, after = rate(saved, update), rate(config, update)
+  if abs(before - after) <= 1e-6 * max(abs(before), abs(after)):
+    return None
+  return (f"--train_steps {saved.train_steps} -> {config.train_steps}: the {config.schedule} "
+          f"schedule decays over the whole run, so its learning rate jumps from "
+          f"{before:.4g} to {after:.4g} here, and the rest is neither run's (a fresh "
+          "--model_dir trains the new length as one schedule)")
+
+
 def record(config, step):
   """Saves `config` as the dir's config.json and appends it to the history."""
   config.save(os.path.join(config.model_dir, "config.json"))

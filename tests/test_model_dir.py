@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def test_unusable_model_dirs_are_one_line(tmp_path):
 
 
 def test_resuming_with_another_experiment_is_refused_unless_allowed(make_config, caplog):
-  config = make_config(train_steps=3, checkpoint_every=3)
+  config = make_config(train_steps=3, checkpoint_every=3, schedule="cosine")
   loop.train(config)
   with pytest.raises(ConfigError, match=r"batch_size: 32 in the model dir, 16 now.*"
                                         r"--allow_config_change"):
@@ -77,6 +78,9 @@ def test_resuming_with_another_experiment_is_refused_unless_allowed(make_config,
   with caplog.at_level(logging.INFO):
     loop.train(config.replace(train_steps=6))
   assert "train_steps: 3 in the model dir, 6 now" in caplog.text
+  # The cosine schedule ended at 0 at step 3 of 3; at step 3 of 6 it is half the peak.
+  assert re.search(r"--train_steps 3 -> 6: the cosine schedule decays over the whole run, "
+                   r"so its learning rate jumps from 0 to 0\.025 here", caplog.text)
   loop.train(config.replace(batch_size=16, train_steps=9, allow_config_change=True))
   with open(os.path.join(config.model_dir, model_dir.HISTORY_FILE)) as f:
     history = [json.loads(line) for line in f]
