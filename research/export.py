@@ -317,7 +317,8 @@ def sample(max_examples, split):
 
 
 def _check_arguments(fmt, output, tta, latency):
-  """Refuses what cannot be exported before anything is loaded or replaced."""
+  """Refuses what cannot be exported before any data is read or an earlier export is
+  replaced (the run's config is read first: --tta=run names its --tta)."""
   if fmt not in EXPORTERS:
     raise ExportError(f"unknown format {fmt!r}; known: {', '.join(EXPORTERS)}")
   if fmt == "keras" and not output.endswith(".keras"):
