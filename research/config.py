@@ -415,8 +415,17 @@ def define_flags(flag_values, registered=None):
 
 
 def from_flags(flag_values):
-  """The Config of parsed `flag_values` (defined by `define_flags`)."""
-  return Config(**{name: flag_values[name].value for name, *_ in fields()})
+  """The Config of parsed `flag_values` (defined by `define_flags`), its --plugins files
+  made absolute: scripts/evaluate.py imports a run's plugins from any directory."""
+  config = Config(**{name: flag_values[name].value for name, *_ in fields()})
+  return config.replace(plugins=",".join(
+      os.path.abspath(os.path.expanduser(p)) if is_plugin_file(p) else p
+      for p in config.plugin_modules))
+
+
+def is_plugin_file(entry):
+  """Whether a --plugins entry is a .py file's path (else a module name)."""
+  return entry.endswith(".py") or os.sep in entry
 
 
 def from_flagfile(path, **overrides):

@@ -227,14 +227,14 @@ def _load_keras_cifar(name):
     raise DataError(
         f"could not download {name} ({type(e).__name__}: {e}). Offline, point at a "
         f"folder of class subfolders instead: --dataset=folder --data_dir=DIR") from e
-  names = (CIFAR10_CLASSES if name == "cifar10"
-           else [f"class_{i:03d}" for i in range(100)])
+  names = CIFAR10_CLASSES if name == "cifar10" else CIFAR100_CLASSES
   return (Split(x_train, y_train.reshape(-1).astype(np.int32)),
           Split(x_test, y_test.reshape(-1).astype(np.int32)), names)
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
+CIFAR100_CLASSES = [f"class_{i:03d}" for i in range(100)]
 
 
 def synthetic(num_examples, image_size, num_classes, seed=0):
@@ -252,12 +252,36 @@ def synthetic(num_examples, image_size, num_classes, seed=0):
 # --- image folders ------------------------------------------------------------
 
 
+def class_names_of(config):
+  """The class names of `config.dataset` where they are known without reading an image
+  (None for TFDS, or data that cannot be read: loading it will say why)."""
+  try:
+    if config.dataset == "cifar10":
+      return CIFAR10_CLASSES
+    if config.dataset == "cifar100":
+      return CIFAR100_CLASSES
+    if config.dataset == "folder":
+      return class_folders(config.data_dir)
+    if config.dataset == "tfrecord":
+      return records.read_metadata(config.data_dir)["class_names"]
+    if config.dataset == "synthetic":
+      return [f"class_{i}" for i in range(config.num_classes or 10)]
+  except (OSError, ValueError, KeyError):
+    pass
+  return None
+
+
+def class_folders(data_dir):
+  """The sorted class subfolders of `data_dir`, its hidden ones left out."""
+  return sorted(d for d in os.listdir(data_dir)
+                if os.path.isdir(os.path.join(data_dir, d)) and not _hidden(d))
+
+
 def list_folder(data_dir):
   """(paths, labels, class_names) of a folder of class subfolders, sorted."""
   if not os.path.isdir(data_dir):
     raise DataError(f"data dir {data_dir!r} does not exist")
-  names = sorted(d for d in os.listdir(data_dir)
-                 if os.path.isdir(os.path.join(data_dir, d)) and not _hidden(d))
+  names = class_folders(data_dir)
   if not names:
     raise DataError(f"{data_dir!r} has no class subfolders (expected DIR/<class>/<image>)")
   paths, labels = [], []

@@ -5,11 +5,12 @@ and returns a `Hook`; the loop calls its callbacks
 with a `HookContext` (step, config, state with model and optimizer, runner, data, writers,
 latest metrics). Callbacks run in Python between compiled calls, never inside them.
 
-    @HOOKS.register("weight_norm")
-    def weight_norm(config, every=100):
+    @HOOKS.register("kernel_norms")
+    def kernel_norms(config, every=100):
       def log(ctx):
-        norm = tf.linalg.global_norm(ctx.state.model.trainable_variables)
-        ctx.writers.scalars(ctx.writers.train, ctx.step, {"weight_norm": norm})
+        norms = {f"kernel_norm/{v.path}": tf.norm(v)
+                 for v in ctx.state.model.trainable_variables if v.name == "kernel"}
+        ctx.writers.scalars(ctx.writers.train, ctx.step, norms)
       return Hook(every=every, on_step=log)
 """
 

@@ -12,7 +12,7 @@ import os
 import pkgutil
 import sys
 
-from research.config import ConfigError
+from research.config import ConfigError, is_plugin_file
 from research.registry import SpecError
 
 # Importing each fills its registries; `registries()` maps flags to them. Every module
@@ -41,7 +41,7 @@ def load(plugins=()):
 def _import(plugin):
   path = os.path.expanduser(plugin)
   try:
-    if path.endswith(".py") or os.sep in path:
+    if is_plugin_file(path):
       name = "research_plugin_" + os.path.splitext(os.path.basename(path))[0]
       if name in sys.modules:
         return sys.modules[name]
@@ -70,7 +70,8 @@ def registries():
 def _REGISTRIES():  # pylint: disable=invalid-name
   """{flag: (registry, takes a list, how validation builds an item)}: a function of the
   config giving the builder's code-supplied arguments, or None where building is
-  costly (models). Metrics are built with placeholder classes: the data's come later."""
+  costly (models). Metrics get the data's classes where they are known without reading
+  it (research.data.class_names_of)."""
   from research import augment, hooks, losses, metrics, models, optim  # pylint: disable=g-import-not-at-top
   from research import regularizers, steps  # pylint: disable=g-import-not-at-top
   settings_only = lambda config: ()
@@ -81,14 +82,17 @@ def _REGISTRIES():  # pylint: disable=invalid-name
           "schedule": (optim.SCHEDULES, False, None),
           "step": (steps.STEPS, False, settings_only),
           "augment": (augment.AUGMENTATIONS, True, settings_only),
-          "metrics": (metrics.METRICS, True, _placeholder_classes),
+          "metrics": (metrics.METRICS, True, _classes),
           "regularizers": (regularizers.REGULARIZERS, True, settings_only),
           "hooks": (hooks.HOOKS, True, lambda config: (config,))}
 
 
-def _placeholder_classes(config):
-  count = max(2, config.num_classes)
-  return count, [f"class_{i}" for i in range(count)]
+def _classes(config):
+  """(count, names) of the data's classes where known before reading it; else two
+  placeholders."""
+  from research import data  # pylint: disable=g-import-not-at-top
+  names = data.class_names_of(config) or ["class_0", "class_1"]
+  return len(names), names
 
 
 def validate(config):
@@ -110,10 +114,29 @@ def validate(config):
                            f"--image_size is {config.image_size}")
     except (SpecError, ValueError) as e:
       raise ConfigError(f"--{flag}: {e}") from None
+  _build_optimizers(config)
   if config.weights == "imagenet":  # Refused before any data is read, not after.
     from research.models import backbones  # pylint: disable=g-import-not-at-top
     backbones.imagenet_backbone(config.model)
   return config
+
+
+def _build_optimizers(config):
+  """Builds --optimizer and every rule's own optimizer once, at a constant rate, so that
+  the builders' checks of their settings run before any data is read. Not under
+  multi_worker: the optimizer's variable would start the runtime before the strategy."""
+  if config.strategy == "multi_worker":
+    return
+  from research import optim  # pylint: disable=g-import-not-at-top
+  items = {config.optimizer: "optimizer"}
+  for spec in optim.rule_specs(config):
+    items.setdefault(optim.RULES.build(spec, config).optimizer or config.optimizer,
+                     "param_rules")
+  for item, flag in items.items():
+    try:
+      optim.OPTIMIZERS.build(item, config.learning_rate, config)
+    except ValueError as e:
+      raise ConfigError(f"--{flag}: optimizer {item}: {e}") from None
 
 
 def listing(flag=None):

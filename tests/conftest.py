@@ -17,8 +17,22 @@ from research.config import Config  # noqa: E402
 startup.import_tensorflow(cpu_devices=2)
 
 from research import plugins  # noqa: E402
+from research.registry import split_list  # noqa: E402
 
-plugins.load()  # Every registered item, ideas included, for the parametrized tests.
+
+def pytest_addoption(parser):
+  parser.addoption("--plugins", default="", help="comma-separated modules or .py files, "
+                   "as train.py's --plugins: the tests run on every registered item "
+                   "(augmentations, models) run on theirs too")
+
+
+def pytest_configure(config):
+  """Every registered item, ideas and --plugins included, before the tests that run on
+  each of them are collected."""
+  try:
+    plugins.load(split_list(config.getoption("--plugins")))
+  except plugins.PluginError as e:
+    raise pytest.UsageError(str(e)) from None
 
 
 def tiny_config(tmp_path, **overrides):

@@ -29,6 +29,11 @@ def test_augmentations_as_large_as_the_images_validate():
                                        "33 pixels a side; --image_size is 32"),
     (dict(augment="flip,cutout(size=24)", image_size=16), "cutout(size=24) needs images"),
     (dict(step="sam(rho=0)"), "--step: sam: rho must be > 0"),
+    # Optimizers' own checks, before any data is read.
+    (dict(optimizer="lion(beta_2=5)"), "--optimizer: optimizer lion(beta_2=5): beta_2 must "
+                                       "be in [0, 1)"),
+    (dict(param_rules="kernels(optimizer='muon(ns_steps=0)')"),
+     "--param_rules: optimizer muon(ns_steps=0): needs ns_steps >= 1"),
     (dict(metrics="ece(bins=1.5)"), "--metrics: metric ece(bins=1.5): expected a int"),
     (dict(metrics="ece(bins=0)"), "--metrics: ece: bins must be >= 1, got 0"),
     (dict(param_rules="pattern(regex='[')"), "--param_rules: pattern: regex='[' is not a "
@@ -148,3 +153,14 @@ def test_every_model_default_is_valid_and_matches_its_flagfile():
 ])
 def test_reason_is_one_line_naming_the_cause(error, expected):
   assert config_lib.reason(error) == expected
+
+
+def test_plugin_files_are_kept_as_absolute_paths(tmp_path, monkeypatch):
+  """config.json names them so that scripts/evaluate.py finds them from anywhere."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  values = flags.FlagValues()
+  config_lib.define_flags(values)
+  values(["train.py", "--plugins=ideas/mine.py,my_package.ideas"])
+  config = config_lib.from_flags(values)
+  assert config.plugins == f"{tmp_path / 'ideas' / 'mine.py'},my_package.ideas"

@@ -5,8 +5,10 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from research import augment, loop, plugins
+from research.config import ConfigError
 from tests.conftest import ROOT
 from tests.test_cli import run
 
@@ -66,3 +68,39 @@ def test_no_import_cycle_and_no_registration_by_import_order():
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == str(["research", "research.config", "research.files",
                                        "research.hooks", "research.registry"])
+
+
+def test_the_tests_of_every_registered_item_run_on_a_plugins_items(tmp_path):
+  path = tmp_path / "my_idea3.py"
+  path.write_text(textwrap.dedent(PLUGIN).replace("invert_some", "invert_tested"))
+  result = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--plugins={path}",
+       "-k", "invert_tested", "tests/test_augment.py"], cwd=ROOT, capture_output=True,
+      text=True, check=False)
+  assert result.returncode == 0, result.stdout[-2000:]
+  # Three tests run on every augmentation; the sharding one skips ops like this one.
+  assert "2 passed, 1 skipped" in result.stdout
+
+
+METRIC_PLUGIN = '''
+from research.metrics import METRICS, Metric
+
+@METRICS.register("top_k_checked")
+def top_k_checked(num_classes, class_names, k=2):
+  if not 1 <= k <= num_classes:
+    raise ValueError(f"top_k_checked: k must be in [1, {num_classes}], got {k}")
+  return METRICS.build("top5", num_classes, class_names)
+'''
+
+
+def test_metrics_are_checked_against_the_folders_classes(tmp_path, make_config):
+  path = tmp_path / "top_k_checked.py"
+  path.write_text(textwrap.dedent(METRIC_PLUGIN))
+  folder = tmp_path / "images"
+  for name in ("cat", "dog", "owl", ".ipynb_checkpoints"):
+    (folder / name).mkdir(parents=True)
+  make = lambda k: make_config(plugins=str(path), dataset="folder", data_dir=str(folder),
+                               metrics=f"top_k_checked(k={k})")
+  make(3)  # Three classes: before, two placeholder classes refused k=3.
+  with pytest.raises(ConfigError, match=r"k must be in \[1, 3\], got 4"):
+    make(4)
