@@ -310,9 +310,8 @@ def sample(max_examples, split):
   """(images, labels) of `max_examples` examples of `split`, drawn with a fixed seed and
   kept in order (a split is in class order: the first ones would be one class), or of
   all of it if 0. Only those are read: a streamed split is not decoded whole."""
-  if 0 < max_examples < len(split):
-    keep = np.random.default_rng(0).choice(len(split), max_examples, replace=False)
-    split = split.subset(np.sort(keep))
+  if max_examples:
+    split = split.sample(max_examples)
   return split.head(len(split)), split.labels
 
 
@@ -356,12 +355,10 @@ def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
     os.makedirs(parent, exist_ok=True)
   except OSError as e:
     raise ExportError(f"--output {output}: cannot make its directory ({e.strerror})") from None
-  rng = np.random.default_rng(0)
   representative = None
   if fmt == "litert_int8":
-    chosen = rng.choice(len(calibration), min(REPRESENTATIVE_IMAGES, len(calibration)),
-                        replace=False)
-    representative = calibration.subset(np.sort(chosen)).head(len(chosen))
+    chosen = calibration.sample(REPRESENTATIVE_IMAGES)
+    representative = chosen.head(len(chosen))
   try:
     EXPORTERS[fmt](model, output, class_names=class_names, representative=representative,
                    tta=tta)

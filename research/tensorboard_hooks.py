@@ -53,12 +53,12 @@ def train_images(config, every=1000):
 
 def prediction_figures(model, split, class_names, count=0, tta="none", matrix=None,
                        compiled=None):
-  """{name: Figure}: prediction grid, confusion matrix, confident mistakes of the first
-  `count` examples of `split` (0: all), predicted with TTA `tta` (through `compiled`, a
-  predict.compiled_probabilities, if given). `matrix`, when given, is the confusion
-  matrix of the whole split (an evaluation's), drawn instead."""
-  count = count or len(split)
-  images, labels = split.head(count), split.labels[:count]
+  """{name: Figure}: prediction grid, confusion matrix, confident mistakes of `count`
+  examples of `split` (0: all) spread over its classes, predicted with TTA `tta` (through
+  `compiled`, a predict.compiled_probabilities, if given). `matrix`, when given, is the
+  confusion matrix of the whole split (an evaluation's), drawn instead."""
+  part = split.sample(count or len(split))
+  images, labels = part.head(len(part)), part.labels
   probs = predict.probabilities(model, images, tta, compiled=compiled)
   guesses = probs.argmax(-1)
   wrong = np.flatnonzero(guesses != labels)

@@ -124,6 +124,25 @@ def test_a_record_set_holds_the_files_unchanged_in_balanced_shards(folder, recor
   np.testing.assert_array_equal(source.head(21), streamed.head(21)[matched])
 
 
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_a_sample_of_a_folder_spans_its_classes(folder, record_set, tmp_path, cache):
+  """What the data-dependent initialization (airbench's whitening) and the figures read:
+  a folder is in class order, so its first examples are one class."""
+  source = _open(folder, cache, tmp_path)
+  assert set(source.labels[:6]) == {0}
+  sample = source.sample(6)
+  assert len(sample) == 6 and len(set(sample.labels)) > 1
+  chosen = [int(np.flatnonzero((source.head(21) == image).all(axis=(1, 2, 3)))[0])
+            for image in sample.head(6)]
+  assert chosen == sorted(chosen)  # In order: a record set's reading stays sequential.
+  np.testing.assert_array_equal(source.labels[chosen], sample.labels)
+  assert source.sample(21) is source
+  # A record set is dealt over its shards when written: its first examples are a sample.
+  records_source, _ = data.open_records(record_set, 16)
+  np.testing.assert_array_equal(records_source.sample(6).head(6), records_source.head(6))
+  assert len(set(records_source.sample(6).labels)) > 1
+
+
 def test_records_resume_at_any_step_exactly_and_visit_each_example_once(record_set):
   source, _ = data.open_records(record_set, 16)
   train, val = data.split_validation(source, 0.2)

@@ -14,6 +14,7 @@ example id for arrays in memory, a path for files, encoded bytes for records.
     source.encoded(payloads)         string [b]: the images encoded (records/write)
     source.subset(indices)           the same kind of source over those examples
     source.head(count)               numpy uint8 [count, S, S, 3]: the first images
+    source.sample(count)             a source of `count` examples spread over this one
 
 An epoch's order is a function of (seed, epoch) alone and `skip` costs at most one
 block's reading, so a run resumed at any step sees exactly the batches it would have.
@@ -60,6 +61,13 @@ class Source:
       with tf.init_scope():
         setattr(self, name, tf.constant(value))
     return getattr(self, name)
+
+  def sample(self, count):
+    """`count` of the examples (all if fewer), drawn with a fixed seed and kept in
+    order: a folder's examples are in class order, so its first ones are one class."""
+    if count >= len(self):
+      return self
+    return self.subset(np.sort(np.random.default_rng(0).choice(len(self), count, replace=False)))
 
   def head(self, count):
     """The first `count` images (all if fewer), as numpy."""
