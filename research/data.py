@@ -286,20 +286,42 @@ def list_folder(data_dir):
     raise DataError(f"{data_dir!r} has no class subfolders (expected DIR/<class>/<image>)")
   paths, labels = [], []
   for label, name in enumerate(names):
-    folder = os.path.join(data_dir, name)
-    for root, _, filenames in sorted(os.walk(folder)):
-      if any(_hidden(d) for d in os.path.relpath(root, folder).split(os.sep) if d != "."):
-        continue
+    for root, filenames in sorted(_walk(os.path.join(data_dir, name))):
       for f in sorted(filenames):
         if f.lower().endswith(IMAGE_EXTENSIONS) and not _hidden(f):
           paths.append(os.path.join(root, f))
           labels.append(label)
   if not paths:
     raise DataError(f"{data_dir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+  unnamed = [p for p in paths if not _utf8(p)]
+  if unnamed:  # TensorFlow takes a path as UTF-8 (an unzipped Windows archive's are not).
+    raise DataError(f"{len(unnamed)} file name(s) in {data_dir!r} are not UTF-8: "
+                    f"{', '.join(map(repr, unnamed[:5]))}; rename them (convmv -f latin1 -t "
+                    "utf8 -r --notest DIR)")
   empty = sorted(set(names) - {names[l] for l in labels})
   if empty:
     raise DataError(f"class folder(s) without images in {data_dir!r}: {', '.join(empty)}")
   return paths, np.asarray(labels, np.int32), names
+
+
+def _walk(folder):
+  """(folder, file names) of `folder` and every folder under it, linked ones too (each
+  real folder once: a link up the tree would loop), hidden ones left out."""
+  seen = set()
+  for root, dirs, filenames in os.walk(folder, followlinks=True):
+    real = os.path.realpath(root)
+    dirs[:] = [] if real in seen else [d for d in dirs if not _hidden(d)]
+    if real not in seen:
+      seen.add(real)
+      yield root, filenames
+
+
+def _utf8(path):
+  try:
+    path.encode("utf-8")
+    return True
+  except UnicodeEncodeError:
+    return False
 
 
 def _hidden(name):

@@ -62,6 +62,25 @@ def test_hidden_files_and_folders_are_not_data(tmp_path):
   assert len(split.labels) == 9
 
 
+def test_linked_folders_are_read_once_and_links_up_the_tree_do_not_loop(tmp_path):
+  root = make_folder(tmp_path / "images")
+  more = make_folder(tmp_path / "more")
+  os.symlink(more / "cat", root / "cat" / "more")  # scripts/subset_folder.py makes these.
+  os.symlink(root / "cat", root / "cat" / "more_again")  # Back up: read once, no loop.
+  paths, labels, _ = data.list_folder(str(root))
+  assert len(paths) == 12 and list(labels).count(2) == 6
+  assert sum("/cat/more/" in p for p in paths) == 3
+
+
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
+  root = make_folder(tmp_path / "images")
+  latin1 = os.path.join(os.fsencode(root / "bee"), b"caf\xe9.jpg")  # As unzip leaves it.
+  os.rename(os.fsencode(root / "bee" / "0.jpg"), latin1)
+  with pytest.raises(data.DataError, match=r"1 file name\(s\) in .* are not UTF-8: "
+                                           r".*caf\\udce9\.jpg.*rename them"):
+    data.list_folder(str(root))
+
+
 def test_a_broken_link_is_named_like_an_unreadable_image(tmp_path):
   root = make_folder(tmp_path / "images")
   os.symlink(tmp_path / "moved_away.jpg", root / "bee" / "link.jpg")

@@ -8,9 +8,10 @@ import tensorflow as tf
 
 from research.sources import Indexed
 
-# Leading bytes of the formats tf.io.decode_image reads whose end is checked here (WebP,
-# and whatever else it reads, is decoded to decide).
-SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+# Leading bytes of the formats tf.io.decode_image reads whose end is checked here
+# (whatever else it reads is decoded to decide).
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"RIFF")
+_HEAD_BYTES = 34  # a BMP's header up to its compression field
 _TAIL_BYTES = 64  # read at the end for the format's end (a JPEG may pad after its marker)
 
 
@@ -32,17 +33,23 @@ def looks_readable(path):
   when the file is read (data.naming_bad_files)."""
   try:
     with open(path, "rb") as f:
-      head = f.read(8)
+      head = f.read(_HEAD_BYTES)
       size = os.fstat(f.fileno()).st_size
       f.seek(max(0, size - _TAIL_BYTES))
       tail = f.read()
   except OSError:
     return False
-  if not head.startswith(SIGNATURES):  # WebP, or not an image: as a decoded folder says.
+  if not head.startswith(SIGNATURES):  # Not an image, or another kind: as decoding says.
     return _decodes(path)
+  number = lambda start, stop: int.from_bytes(head[start:stop], "little")
   ends = (b"\xff\xd9" in tail if head.startswith(SIGNATURES[0])
           else tail.endswith(b"IEND\xaeB`\x82") if head.startswith(SIGNATURES[1])
-          else int.from_bytes(head[2:6], "little") == size if head.startswith(b"BM")
+          # A BMP's size field; and only the 24- and 32-bit kinds TensorFlow always reads
+          # (a 1-bit one fails to decode; an 8-bit one is decoded to decide).
+          else number(2, 6) == size and number(28, 30) in (24, 32) and number(30, 34) in (0, 3)
+          if head.startswith(b"BM")
+          # A RIFF container of WebP, its size field counting all but 8 bytes.
+          else head[8:12] == b"WEBP" and number(4, 8) + 8 == size if head.startswith(b"RIFF")
           else tail.endswith(b";"))  # GIF's trailer.
   return ends or _decodes(path)
 
