@@ -3,7 +3,8 @@
   python scripts/subset_folder.py --data_dir=DIR --output=OUT --classes=cat,dog \
       [--skip=0] [--count=500]
 
-Per class, the files are taken in sorted order: `--skip` first ones left out, then
+Per class, the images are taken in the order training reads them (sorted, subfolders
+included, hidden files and non-images left out): `--skip` first ones left out, then
 `--count` of them (0: all the rest). The same command always picks the same images, so
 two calls with `--skip` and `--count` that do not overlap make disjoint train and test
 folders. Files are symbolic links: nothing is copied. The last line is JSON:
@@ -14,7 +15,10 @@ import json
 import os
 import sys
 
-from absl import app, flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -30,26 +34,28 @@ def _define_flags():
 
 
 def subset(data_dir, output, classes, skip=0, count=0):
-  """Links the chosen files of `classes` into `output`; returns the number of images."""
-  available = sorted(e.name for e in os.scandir(data_dir) if e.is_dir())
-  missing = [c for c in classes if c not in available]
+  """Links the chosen images of `classes` into `output`; returns how many. Every pick is
+  checked before anything is made."""
+  from research import data  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  paths, labels, names = data.list_folder(str(data_dir))  # The images training reads.
+  missing = [c for c in classes if c not in names]
   if missing:
     raise ValueError(f"no class folder {', '.join(missing)} in {data_dir} "
-                     f"(it has: {', '.join(available)})")
+                     f"(it has: {', '.join(names)})")
   if os.path.exists(output) and os.listdir(output):
     raise ValueError(f"--output {output} exists and is not empty")
-  total = 0
-  for name in classes or available:
-    source = os.path.join(os.path.abspath(data_dir), name)
-    chosen = sorted(f for f in os.listdir(source) if not f.startswith("."))[skip:]
-    chosen = chosen[:count] if count else chosen
-    if not chosen:
-      raise ValueError(f"class {name} has no files left after --skip={skip}")
-    os.makedirs(os.path.join(output, name))
-    for filename in chosen:
-      os.symlink(os.path.join(source, filename), os.path.join(output, name, filename))
-    total += len(chosen)
-  return total
+  chosen = {}
+  for name in classes or names:
+    images = [p for p, label in zip(paths, labels) if names[label] == name][skip:]
+    chosen[name] = images[:count] if count else images
+    if not chosen[name]:
+      raise ValueError(f"class {name} has no images left after --skip={skip}")
+  for name, images in chosen.items():
+    for path in images:  # Kept at its place under the class folder: names stay unique.
+      link = os.path.join(output, name, os.path.relpath(path, os.path.join(data_dir, name)))
+      os.makedirs(os.path.dirname(link), exist_ok=True)
+      os.symlink(os.path.abspath(path), link)
+  return sum(map(len, chosen.values()))
 
 
 def main(argv):
