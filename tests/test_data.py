@@ -230,3 +230,12 @@ def test_per_replica_slicing():
   for key in ("image", "label", "target", "index"):
     np.testing.assert_array_equal(
         np.concatenate([per_replica[0][key], per_replica[1][key]]), whole[0][key])
+
+
+def test_arrays_are_resized_in_chunks_as_they_would_be_whole():
+  split, _ = data.synthetic(10, 16, 3)
+  whole = data._resize_split(split, 24, chunk=len(split.images))  # pylint: disable=protected-access
+  chunked = data._resize_split(split, 24, chunk=3)  # pylint: disable=protected-access
+  assert chunked.images.shape == (10, 24, 24, 3) and chunked.images.dtype == np.uint8
+  np.testing.assert_array_equal(chunked.images, whole.images)
+  np.testing.assert_array_equal(chunked.labels, split.labels)
