@@ -301,7 +301,9 @@ class Config:
         raise ConfigError(f"--dataset={self.dataset} needs --data_dir=DIR ("
                           + ("class subfolders)" if self.dataset == "folder" else
                              "a record set of scripts/make_tfrecords.py)"))
-      if not os.path.isdir(self.data_dir):
+      # A record set may be on a file system TensorFlow reads (gs://...): checked there.
+      remote = self.dataset == "tfrecord" and "://" in self.data_dir
+      if not remote and not os.path.isdir(self.data_dir):
         raise ConfigError(f"--data_dir {self.data_dir!r} is not a directory")
     if self.eval_data_dir:
       if self.dataset not in ("folder", "tfrecord") or self.val_split:

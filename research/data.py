@@ -193,7 +193,7 @@ def open_records(directory, image_size):
   except (OSError, ValueError, KeyError) as e:
     raise DataError(f"{directory!r}/{records.METADATA} is unreadable ({e}); write the "
                     "record set again") from e
-  missing = [os.path.basename(p) for p in source.paths if not os.path.isfile(p)]
+  missing = [os.path.basename(p) for p in source.paths if not tf.io.gfile.exists(p)]
   if missing:
     raise DataError(f"{directory!r} lacks {len(missing)} of the {len(source.paths)} shards "
                     f"its {records.METADATA} lists: {', '.join(missing[:5])}"

@@ -44,6 +44,9 @@ def make(dataset, data_dir, output, shards=0, split="train", image_size=32,
   from research.config import Config  # pylint: disable=g-import-not-at-top
   from research.sources import records  # pylint: disable=g-import-not-at-top
   from research.sources import tfds as tfds_source  # pylint: disable=g-import-not-at-top
+  if "://" in output:  # Shards are written beside their final names, then renamed.
+    raise ValueError(f"--output {output}: write the record set to a local directory, then "
+                     "copy it (gsutil -m cp -r DIR gs://...); training reads it there")
   if os.path.exists(output) and os.listdir(output):
     raise ValueError(f"--output {output} exists and is not empty")
   if dataset.startswith(tfds_source.PREFIX):

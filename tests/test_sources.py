@@ -354,3 +354,20 @@ def test_a_streamed_file_that_fails_mid_run_is_named(split, during, unsaved, tmp
   saved = tf.train.get_checkpoint_state(os.path.join(config.model_dir, "checkpoints"))
   assert (saved.model_checkpoint_path.endswith(f"ckpt-{last_due}") if last_due
           else saved is None)
+
+
+def test_a_record_set_trains_from_a_file_system_tensorflow_reads(record_set, make_config):
+  """gs:// or s3:// as TensorFlow's in-memory ram:// stands in for them here."""
+  remote = "ram://sets/train_set"
+  tf.io.gfile.makedirs(remote)
+  for name in os.listdir(record_set):
+    tf.io.gfile.copy(os.path.join(record_set, name), f"{remote}/{name}", overwrite=True)
+  config = make_config(dataset="tfrecord", data_dir=remote, val_split=0.25, batch_size=4,
+                       train_steps=3, eval_every=3)
+  source, names = data.open_records(remote, 16)
+  local, _ = data.open_records(record_set, 16)
+  assert names == ["ant", "bee", "cat"]
+  np.testing.assert_array_equal(source.head(21), local.head(21))
+  assert np.isfinite(loop.train(config).train_history[-1][1]["loss"])
+  with pytest.raises(ValueError, match="write the record set to a local directory"):
+    make_tfrecords.make("folder", record_set, "ram://sets/new")

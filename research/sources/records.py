@@ -31,9 +31,16 @@ _WRITE_SEED = 20241201  # fixed: a record set's order never depends on --seed
 
 
 def read_metadata(directory):
-  """The parsed metadata.json of a record set; OSError or ValueError if unreadable."""
-  with open(os.path.join(directory, METADATA)) as f:
-    metadata = json.load(f)
+  """The parsed metadata.json of a record set, on any file system TensorFlow reads
+  (gs://, s3://, ...); OSError (FileNotFoundError if missing) or ValueError if not."""
+  path = os.path.join(directory, METADATA)
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      metadata = json.load(f)
+  except tf.errors.NotFoundError:
+    raise FileNotFoundError(f"no {path}") from None
+  except tf.errors.OpError as e:
+    raise OSError(e.message) from None
   for shard in metadata["shards"]:
     if len(shard["labels"]) != shard["count"]:
       raise ValueError(f"shard {shard['file']} lists {len(shard['labels'])} labels for "
