@@ -86,4 +86,5 @@ class Files(Indexed):
     return Files(self.paths[indices], self.labels[indices], self.image_size)
 
   def _paths_of(self, payloads):
-    return tf.gather(self.constant("_paths", self.paths.astype(str)), payloads)
+    # From a list: a fixed-width numpy copy would give every path the longest one's room.
+    return tf.gather(self.constant("_paths", self.paths.tolist()), payloads)
