@@ -241,6 +241,10 @@ def _train(config, strategy, chief):
                   "update_norm": float(tf.linalg.global_norm(
                       [v - w for v, w in zip(state.model.trainable_variables, logged_weights)]))}
         logged_weights = _snapshot(state.model.trainable_variables)
+        if runner.spec.regularizers:  # Added to the loss the step differentiates, not to
+          # the logged `loss`: here at the current weights.
+          timing["regularization"] = float(tf.add_n(
+              [penalty(state.model) for penalty in runner.spec.regularizers]))
         images_per_second = None  # Unknown while only the compiling call has run.
         if window_steps:
           images_per_second = window_steps * config.batch_size / window_seconds

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import data, distribute, loop, metrics, optim, plugins, predict, regularizers
+from research import data, distribute, events, loop, metrics, optim, plugins, predict, regularizers
 from research import steps
 from research.ideas import sam  # noqa: F401  (registers the step kind)
 from tests.conftest import make_runner
@@ -141,6 +141,13 @@ def test_a_regularizer_shrinks_the_weights(make_config):
     norms[name] = float(tf.linalg.global_norm(
         [w for w in model.trainable_weights if w.name == "kernel"]))
   assert norms["l2(scale=0.05)"] < norms[""]
+  # The penalty is logged beside the loss (which does not include it), at the weights of
+  # each logged step: at the last one, the saved model's.
+  logged = events.scalars(f"{config.model_dir}/train")
+  assert "regularization" not in events.scalars(f"{make_config().model_dir}/train")
+  steps_logged, values = logged["regularization"]
+  assert steps_logged[-1] == 6
+  np.testing.assert_allclose(values[-1], 0.05 * norms["l2(scale=0.05)"] ** 2, rtol=1e-4)
 
 
 def test_core_metrics_are_always_on_and_extra_ones_follow():
