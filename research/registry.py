@@ -50,8 +50,12 @@ class Registry:
 
   def get(self, name):
     if name not in self._entries:
-      raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+      raise KeyError(self._unknown(name))
     return self._entries[name]
+
+  def _unknown(self, name):
+    return (f"unknown {self.kind} {name!r}; known: {', '.join(self.names())} "
+            f"(an idea in its own file is added with --plugins=FILE.py)")
 
   def names(self):
     return sorted(self._entries)
@@ -71,7 +75,7 @@ class Registry:
     """The checked Spec of `text`; SpecError names the item and what is wrong."""
     spec = parse_spec(text, self.kind)
     if spec.name not in self._entries:
-      raise SpecError(f"unknown {self.kind} {spec.name!r}; known: {', '.join(self.names())}")
+      raise SpecError(self._unknown(spec.name))
     known = self.parameters(spec.name)
     for key, value in spec.kwargs.items():
       if key not in known:
