@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import os
 import pkgutil
+import re
 import sys
 
 from research.config import ConfigError, is_plugin_file
@@ -115,6 +116,7 @@ def validate(config):
     except (SpecError, ValueError) as e:
       raise ConfigError(f"--{flag}: {e}") from None
   _build_optimizers(config)
+  _run_augmentations(config)
   if config.weights == "imagenet":  # Refused before any data is read, not after.
     from research.models import backbones  # pylint: disable=g-import-not-at-top
     backbones.imagenet_backbone(config.model)
@@ -137,6 +139,48 @@ def _build_optimizers(config):
       optim.OPTIMIZERS.build(item, config.learning_rate, config)
     except ValueError as e:
       raise ConfigError(f"--{flag}: optimizer {item}: {e}") from None
+
+
+def _run_augmentations(config):
+  """Runs --augment once on two blank images as training runs it (in a tf.data map),
+  so that an op that cannot run (a plugin's bug) is one error line before any data is
+  read, not a traceback after it. Not under multi_worker (see _build_optimizers)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from research import augment  # pylint: disable=g-import-not-at-top
+  size, count = config.image_size, _classes(config)[0]
+  key = (config.augment, config.seed, size, count)
+  if config.strategy == "multi_worker" or not config.augment or key in _RAN:
+    return
+  ops = augment.pipeline(config.augment, config.seed)
+  blank = {"image": tf.zeros([2, size, size, 3]), "label": tf.zeros([2], tf.int32),
+           "target": tf.one_hot([0, 0], count), "index": tf.range(2)}
+  step = tf.constant(0, tf.int64)
+  run = lambda batch: ops(batch, tf.constant([config.seed, 0], tf.int64),
+                          ops.context(step, step, 2))
+  try:
+    images = tf.data.Dataset.from_tensors(blank).map(run).get_single_element()["image"]
+  except Exception as e:  # pylint: disable=broad-except  (any error of an op's code)
+    raise ConfigError(f"--augment: {config.augment} fails on 2 blank {size}x{size} "
+                      f"images ({_one_line(e)})") from None
+  if images.shape != (2, size, size, 3) or images.dtype != tf.float32:
+    raise ConfigError(f"--augment: {config.augment} turns float32 images of shape "
+                      f"(2, {size}, {size}, 3) into {images.dtype.name} of shape "
+                      f"{tuple(images.shape)}; the model takes the former")
+  _RAN.add(key)
+
+
+_RAN = set()  # The augmentations that ran: validate runs more than once per start.
+
+
+def _one_line(error):
+  """`error` in one line. A graph's error while tracing is "in user code:", the stack
+  and at its end the error itself: then the error and the innermost user file's line."""
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  if not lines or lines[0] != "in user code:":
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+  where = [match.groups() for match in map(re.compile(r'File "(.+)", line (\d+)').match, lines)
+           if match]
+  return lines[-1] + (" at {}:{}".format(*where[-1]) if where else "")
 
 
 def listing(flag=None):

@@ -104,3 +104,32 @@ def test_metrics_are_checked_against_the_folders_classes(tmp_path, make_config):
   make(3)  # Three classes: before, two placeholder classes refused k=3.
   with pytest.raises(ConfigError, match=r"k must be in \[1, 3\], got 4"):
     make(4)
+
+
+BUGGY_AUGMENTATIONS = '''
+import tensorflow as tf
+from research.augment import AUGMENTATIONS, on_images
+
+@AUGMENTATIONS.register("wrong_axis")
+def wrong_axis():
+  return on_images(lambda images, seed: tf.reverse(images, axis=[4]))
+
+@AUGMENTATIONS.register("shrinks")
+def shrinks():
+  return on_images(lambda images, seed: images[:, 1:, 1:])
+'''
+
+
+@pytest.mark.parametrize("augment, message", [
+    ("wrong_axis", r"--augment: crop,wrong_axis fails on 2 blank 16x16 images \(ValueError: "
+                   r"'axis'\[0\] = 4 is out of valid range.* at .*buggy.py:7\)"),
+    ("shrinks", r"turns float32 images of shape \(2, 16, 16, 3\) into float32 of shape "
+                r"\(2, 15, 15, 3\)"),
+])
+def test_an_augmentation_that_cannot_run_is_refused_before_the_data(
+    tmp_path, make_config, augment, message):
+  path = tmp_path / "buggy.py"
+  path.write_text(textwrap.dedent(BUGGY_AUGMENTATIONS))
+  with pytest.raises(ConfigError, match=message):
+    make_config(plugins=str(path), augment=f"crop,{augment}")
+  make_config(plugins=str(path), augment="crop")  # The plugin's other items are fine.
