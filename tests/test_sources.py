@@ -284,15 +284,18 @@ def test_tfds_by_name_from_its_mock_data_and_unprepared_offline(tmp_path):
     data.load(config.replace(data_dir=str(tmp_path / "nothing")))
 
 
-def test_a_data_service_makes_every_batch_exactly_once():
+@pytest.mark.parametrize("block", [data.SERVED_BLOCK, 2])
+def test_a_data_service_makes_every_batch_exactly_once(monkeypatch, block):
+  # Block 2: 5 steps an epoch in blocks of 2, 2 and 1; the run starts inside a block.
+  monkeypatch.setattr(data, "SERVED_BLOCK", block)
   service = tf.data.experimental.service
   dispatcher = service.DispatchServer()
   address = dispatcher.target.split("://")[1]
   workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address))
              for _ in range(2)]
   split, _ = data.synthetic(40, 8, 3)
-  local = _train(split, 12, start=2)
-  served = _train(split, 12, start=2, data_service=dispatcher.target)
+  local = _train(split, 12, start=3)
+  served = _train(split, 12, start=3, data_service=dispatcher.target)
   # The workers race, so the order may differ; each batch is exactly the local one.
   key = lambda batch: batch["index"].tobytes()
   _assert_same(sorted(served, key=key), sorted(local, key=key))

@@ -82,18 +82,19 @@ class Indexed(Source):
   set `labels` and define `read` (ids -> images)."""
 
   def epoch(self, seed, epoch, skip=0):
-    order = self._order(seed, epoch)
-    return tf.data.Dataset.from_tensor_slices(self._examples(order)).skip(skip)
+    return tf.data.Dataset.from_tensor_slices(self.examples(self.order(seed, epoch))).skip(skip)
 
   def examples_at(self, seed, epoch, start, count):
     """The examples `start` to `start + count` of the epoch's order, as one batch."""
-    return self._examples(self._order(seed, epoch)[start:start + count])
+    return self.examples(self.order(seed, epoch)[start:start + count])
 
   def in_order(self):
-    return tf.data.Dataset.from_tensor_slices(self._examples(tf.range(len(self))))
+    return tf.data.Dataset.from_tensor_slices(self.examples(tf.range(len(self))))
 
-  def _order(self, seed, epoch):
+  def order(self, seed, epoch):
+    """The epoch's permutation of the example ids (a sort of N keys: O(N log N))."""
     return tf.argsort(tf.random.stateless_uniform([len(self)], seed=[seed, epoch]))
 
-  def _examples(self, index):
+  def examples(self, index):
+    """The examples of ids `index`, as one batch."""
     return {"index": index, "label": tf.gather(self.labels, index), "payload": index}
