@@ -13,7 +13,7 @@ import pkgutil
 import re
 import sys
 
-from research.config import ConfigError, is_plugin_file
+from research.config import ConfigError, is_plugin_file, reason
 from research.registry import SpecError
 
 # Importing each fills its registries; `registries()` maps flags to them. Every module
@@ -175,9 +175,9 @@ _RAN = set()  # The augmentations that ran: validate runs more than once per sta
 def _one_line(error):
   """`error` in one line. A graph's error while tracing is "in user code:", the stack
   and at its end the error itself: then the error and the innermost user file's line."""
-  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   if not lines or lines[0] != "in user code:":
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return f"{type(error).__name__}: {reason(error)}"
   where = [match.groups() for match in map(re.compile(r'File "(.+)", line (\d+)').match, lines)
            if match]
   return lines[-1] + (" at {}:{}".format(*where[-1]) if where else "")
