@@ -59,13 +59,19 @@ def main(argv):
   from research import checkpoints, data, distribute, interrupts, loop, models, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
   try:
     plugins.validate(config)  # Every registry item the flags name, before any data.
-    config = config.with_model_defaults(models.defaults_of(config.model), explicit)
+    defaults = models.defaults_of(config.model)
+    config = config.with_model_defaults(defaults, explicit)
     plugins.validate(config.validate())
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
   if config.model_defaults and not FLAGS.list:
     logging.info("--model=%s trains with its defaults where no flag is set: %s",
                  config.model, config.model_defaults)
+    untuned = config.untuned_model_defaults(defaults, explicit)
+    if untuned:
+      logging.warning("--optimizer=%s with %s, which --model=%s tuned for --optimizer=%s: "
+                      "set them for %s if they do not suit it", config.optimizer,
+                      " ".join(untuned), config.model, defaults["optimizer"], config.optimizer)
   if FLAGS.list:
     known = plugins.registries()
     if FLAGS.list != "all" and FLAGS.list not in known:

@@ -28,6 +28,8 @@ DEFAULT_HOOKS = "train_images,predictions,histograms,hparams,model_summary"
 # Fields of which a run sets one at most: a model's default for one of them is not taken
 # when a flag sets another (research/models: training defaults).
 EXCLUSIVE = (("ema_decay", "lookahead_every"), ("weights", "init_from"))
+# A model's defaults for these were tuned with its own --optimizer.
+OPTIMIZER_TUNED = ("learning_rate", "momentum", "nesterov", "weight_decay")
 
 # Fields that shape the checkpoint: a model dir written with other values is refused.
 CHECKPOINT_FIELDS = ("model", "num_classes", "image_size", "optimizer", "averaging",
@@ -229,6 +231,15 @@ class Config:
     taken = {name: value for name, value in sorted(defaults.items()) if name not in kept}
     return self.replace(**taken, model_defaults=" ".join(
         f"--{name}={value}" for name, value in taken.items()))
+
+  def untuned_model_defaults(self, defaults, explicit):
+    """The model defaults (as flags) this run took that were tuned for another optimizer
+    than its --optimizer: baseline_cnn's Adam rate of 1e-3 under --optimizer=sgd."""
+    own = defaults.get("optimizer")
+    if own is None or own.split("(")[0].strip() == self.optimizer.split("(")[0].strip():
+      return []
+    return [f"--{name}={defaults[name]}" for name in OPTIMIZER_TUNED
+            if name in defaults and name not in explicit]
 
   def validate(self):
     """Raises ConfigError on the first core value that cannot run. Writes nothing.

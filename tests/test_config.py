@@ -128,6 +128,16 @@ def test_model_defaults_fill_only_what_no_flag_set():
   assert config.model_defaults == "--optimizer=adam"
 
 
+def test_model_defaults_tuned_for_another_optimizer_are_named():
+  defaults = {"optimizer": "adam", "learning_rate": 1e-3, "momentum": 0.9, "epochs": 20.0}
+  def untuned(**flags):
+    return Config(**flags).with_model_defaults(defaults, set(flags)).untuned_model_defaults(
+        defaults, set(flags))
+  assert untuned(optimizer="sgd") == ["--learning_rate=0.001", "--momentum=0.9"]
+  assert untuned(optimizer="sgd", learning_rate=0.05) == ["--momentum=0.9"]
+  assert untuned(optimizer="adam(epsilon=1e-7)") == untuned() == []
+
+
 def test_every_model_default_is_valid_and_matches_its_flagfile():
   from research import models  # pylint: disable=g-import-not-at-top
   for name, defaults in models.TRAINING_DEFAULTS.items():
