@@ -127,6 +127,19 @@ def test_whole_webp_and_bmp_files_are_vouched_for_by_their_headers(tmp_path, mon
   assert not files.looks_readable(webp)
 
 
+def test_an_8_bit_bmp_decodes_to_its_colours_not_its_palette_indices(tmp_path):
+  pixels = np.zeros((6, 6, 3), np.uint8)
+  pixels[:2], pixels[2:4], pixels[4:], pixels[:, 5] = (250, 10, 0), (0, 120, 30), (5, 5, 255), 77
+  Image.fromarray(pixels).convert("P", palette=Image.ADAPTIVE).save(tmp_path / "palette.bmp")
+  Image.fromarray(pixels[..., 1]).save(tmp_path / "grey.bmp")  # 8-bit too, a grey table
+  Image.fromarray(pixels).save(tmp_path / "rgb.bmp")  # 24-bit: no table
+  # At the images' own size: no resampling.
+  decode = lambda name: files.decode_image(tf.io.read_file(str(tmp_path / name)), 6).numpy()
+  np.testing.assert_array_equal(decode("palette.bmp"), pixels)
+  np.testing.assert_array_equal(decode("grey.bmp")[..., 0], pixels[..., 1])
+  np.testing.assert_array_equal(decode("rgb.bmp"), pixels)
+
+
 def test_a_record_set_holds_the_files_unchanged_in_balanced_shards(folder, record_set,
                                                                     tmp_path):
   metadata = records.read_metadata(record_set)

@@ -18,10 +18,39 @@ _TAIL_BYTES = 64  # read at the end for the format's end (a JPEG may pad after i
 def decode_image(encoded, image_size):
   """One encoded JPEG/PNG/BMP/GIF/WebP (grey, RGBA, any size) -> uint8 RGB [S, S, 3], as
   training saw it (exported SavedModels decode their image bytes with this too)."""
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  decode = lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image = tf.cond(tf.strings.substr(encoded, 0, 2) == b"BM", lambda: tf.cond(
+      _is_palette_bmp(encoded), lambda: _palette_bmp(encoded), decode), decode)
   image.set_shape([None, None, 3])
   image = tf.image.resize(image, [image_size, image_size], antialias=True)
   return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)
+
+
+def _header_number(encoded, start, length):
+  """The little-endian unsigned number at bytes [start, start + length) of `encoded`."""
+  raw = tf.cast(tf.io.decode_raw(tf.strings.substr(encoded, start, length), tf.uint8), tf.int32)
+  return tf.reduce_sum(raw * 256 ** tf.range(length))
+
+
+def _is_palette_bmp(encoded):
+  """Whether a BMP is an uncompressed 8-bit one, whose pixels are indices into its colour
+  table (TensorFlow decodes the indices as grey levels): bits per pixel at byte 28 and
+  compression at 30 of the headers of 40 bytes or more (size at byte 14) that every
+  writer since Windows 3 makes."""
+  return tf.reduce_all([_header_number(encoded, 14, 4) >= 40, _header_number(encoded, 28, 2) == 8,
+                        _header_number(encoded, 30, 4) == 0])
+
+
+def _palette_bmp(encoded):
+  """An 8-bit BMP's indices looked up in its colour table: the table's entries (blue, green,
+  red, 0) follow the header, whose size is at byte 14; its length, at byte 46, is 256 if 0."""
+  indices = tf.cast(tf.io.decode_bmp(encoded, channels=0)[..., 0], tf.int32)
+  colours = _header_number(encoded, 46, 4)
+  colours = tf.where(colours == 0, 256, tf.minimum(colours, 256))
+  table = tf.io.decode_raw(tf.strings.substr(encoded, 14 + _header_number(encoded, 14, 4),
+                                             4 * colours), tf.uint8)
+  rgb = tf.reverse(tf.reshape(table, [-1, 4])[:, :3], axis=[1])
+  return tf.gather(rgb, tf.minimum(indices, tf.shape(rgb)[0] - 1))
 
 
 def looks_readable(path):
