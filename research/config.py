@@ -40,6 +40,11 @@ class ConfigError(ValueError):
   """A configuration that cannot run; the message says which value and why."""
 
 
+def item_name(item):
+  """A registry item's name without its parameters: resnet50(input_size=64) -> resnet50."""
+  return item.split("(")[0].strip()
+
+
 def reason(error):
   """An exception's message in one line, for an `error:` line that names the cause: its
   first non-blank line (with the next when that one ends in a colon, as Keras' and
@@ -236,7 +241,7 @@ class Config:
     """The model defaults (as flags) this run took that were tuned for another optimizer
     than its --optimizer: baseline_cnn's Adam rate of 1e-3 under --optimizer=sgd."""
     own = defaults.get("optimizer")
-    if own is None or own.split("(")[0].strip() == self.optimizer.split("(")[0].strip():
+    if own is None or item_name(own) == item_name(self.optimizer):
       return []
     return [f"--{name}={defaults[name]}" for name in OPTIMIZER_TUNED
             if name in defaults and name not in explicit]
@@ -379,7 +384,7 @@ class Config:
   @property
   def run_dir(self):
     """--model_dir, or its default."""
-    model = self.model.split("(")[0].strip()  # resnet50(input_size=64): resnet50.
+    model = item_name(self.model)
     dataset = self.dataset.replace("tfds:", "tfds_").replace("/", "_")
     return self.model_dir or os.path.join("runs", f"{model}_{dataset}")
 

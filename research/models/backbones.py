@@ -19,7 +19,7 @@ from typing import Callable
 import keras
 from keras import layers
 
-from research.config import ConfigError
+from research.config import ConfigError, item_name
 from research.models.batchnorm import fuse_batchnorms
 from research.models.registry import MODELS, logits, training_defaults
 from research.registry import SpecError
@@ -93,7 +93,7 @@ BACKBONES = {
 def imagenet_backbone(model):
   """The backbone name of --model=`model` (a spec), or ConfigError if it has no ImageNet
   weights."""
-  name = model.split("(")[0].strip()
+  name = item_name(model)
   if name not in BACKBONES:
     raise ConfigError(f"--weights=imagenet: --model={model} has no ImageNet weights "
                       f"(the backbones that do: {', '.join(BACKBONES)})")
