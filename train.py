@@ -1,7 +1,7 @@
 """Trains an image classifier: flags -> validated Config -> research.loop.train.
 
   python train.py --strategy=mirrored --dataset=folder --data_dir=DIR --model=improved_cnn
-  python train.py --flagfile=configs/cifar10_fast.flags --data_dir=DIR
+  python train.py --flagfile=configs/cifar10_fast.flags --dataset=folder --data_dir=DIR
   python train.py --list=augment       # registered augmentations and their parameters
 
 Every flag is a field of research.config.Config (`--helpfull` lists them).

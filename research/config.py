@@ -432,13 +432,25 @@ def define_flags(flag_values, registered=None):
     define[kind](name, default, help_text, flag_values=flag_values)
 
 
+# Paths a run records absolute: it resumes, and the scripts read its data, from any directory.
+PATH_FIELDS = ("data_dir", "eval_data_dir")
+
+
 def from_flags(flag_values):
   """The Config of parsed `flag_values` (defined by `define_flags`), its --plugins files
-  made absolute: scripts/evaluate.py imports a run's plugins from any directory."""
+  and local data paths made absolute: scripts/evaluate.py imports a run's plugins, and a
+  resume finds its data, from any directory."""
   config = Config(**{name: flag_values[name].value for name, *_ in fields()})
   return config.replace(plugins=",".join(
-      os.path.abspath(os.path.expanduser(p)) if is_plugin_file(p) else p
-      for p in config.plugin_modules))
+      local_path(p) if is_plugin_file(p) else p for p in config.plugin_modules),
+                        **{name: local_path(getattr(config, name)) for name in PATH_FIELDS})
+
+
+def local_path(path):
+  """`path` absolute, `~` expanded; a URL (gs://...) or "" as it is."""
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path))
 
 
 def is_plugin_file(entry):

@@ -71,12 +71,18 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=Non
   `tta_mode` overrides the run's --tta; `weights="checkpoint"` scores the newest
   checkpoint's raw weights instead of model.keras (EMA weights where EMA was on);
   `split="validation"` scores only the run's held-out split of the folder (with the
-  run's --skip_bad_images, as it was split); `skip_bad_images` scores the readable
+  run's --skip_bad_images, as it was split; no `data_dir`: the run's own folder); `skip_bad_images` scores the readable
   images of `split="all"` and lists the others.
   """
   config, class_names, model = load_run(model_dir, weights)
   tta_mode = tta_mode or config.tta
   split_name = split
+  if not data_dir:
+    if split_name != "validation" or config.dataset != "folder":
+      raise data_lib.DataError("--data_dir=DIR is needed: a folder of the run's classes to "
+                               "score (--split=validation alone scores a folder run's "
+                               "held-out split of its own folder)")
+    data_dir = config.data_dir
   skip_bad_images = config.skip_bad_images if split_name == "validation" else skip_bad_images
   split, folder_names = data_lib.load_folder(data_dir, config.image_size, cache_dir,
                                              skip_bad_images)
@@ -103,4 +109,4 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=Non
   top5 = np.argsort(-probs, axis=-1)[:, :min(5, probs.shape[-1])]
   return {"accuracy": float(np.mean(probs.argmax(-1) == labels)),
           "top5": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
-          "examples": len(split)}
+          "examples": len(split), "data_dir": data_dir}

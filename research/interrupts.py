@@ -36,6 +36,10 @@ class Interrupts:
     end = None if expected_seconds is None else time.monotonic() + expected_seconds
     self._block = (end_step, num_steps, end)
 
+  def finishing(self, step):
+    """The call has returned: its step's logs, evaluation, hooks and save run now."""
+    self._block = (step, 0, None)
+
   def saved(self, step):
     self.saved_step = step
 
@@ -77,13 +81,18 @@ class Interrupts:
             if self.saved_step is not None else "no checkpoint has been saved yet")
     if len(self.received) == 1:
       end_step, num_steps, end = self._block
-      left = ("it includes compiling" if end is None else
-              f"about {max(0.0, end - time.monotonic()):.0f} s more")
-      logging.warning("%s: stopping after the current block of %d step(s) (%s), then "
-                      "saving a checkpoint of step %d; send it again (Ctrl-C) to stop now "
-                      "without saving (%s)", sig.name, num_steps, left, end_step, kept)
+      if num_steps:
+        left = ("it includes compiling" if end is None else
+                f"about {max(0.0, end - time.monotonic()):.0f} s more")
+        doing = f"after the current block of {num_steps} step(s) ({left}), then saving"
+      else:
+        doing = (f"once step {end_step}'s logging, evaluation and hooks are done, "
+                 "then saving")
+      logging.warning("%s: stopping %s a checkpoint of step %d; send it again (Ctrl-C) "
+                      "to stop now without saving (%s)", sig.name, doing, end_step, kept)
       return
     logging.warning("%s again: stopping now without saving; %s. Rerun the same command "
-                    "to resume", sig.name, kept)
+                    "to %s", sig.name, kept,
+                    "resume from it" if self.saved_step is not None else "start again")
     logging.flush()
     os._exit(INTERRUPTED_EXIT_CODE)  # pylint: disable=protected-access

@@ -114,6 +114,10 @@ def _train(config, strategy, chief):
                config.strategy, strategy.num_replicas_in_sync, len(data.train),
                "no evaluation" if data.eval is None else f"{len(data.eval)} {data.eval_name}",
                f"resumed at step {start} from {restored}" if restored else "from scratch")
+  if restored and start >= config.train_steps:
+    logging.info("the run is already finished (step %d of %d): its final model is written "
+                 "again; a longer --epochs or --train_steps trains on", start,
+                 config.train_steps)
   if data.eval is None:
     logging.info("no evaluation: --val_split=0 trains on every image and no "
                  "--eval_data_dir was given; the final model is saved for "
@@ -184,6 +188,7 @@ def _train(config, strategy, chief):
                                      f"in training after step {step}"):
         runner.train_loop(train_iter, tf.constant(num))
         before, step = step, int(state.step.numpy())  # Reading waits for the call.
+      interrupts.finishing(step)
       elapsed = time.perf_counter() - began
       if step_seconds is None:
         logging.info("compiled the train loop and ran step %d in %s", step,

@@ -16,7 +16,7 @@ import socket
 
 from absl import logging
 
-from research.config import CHECKPOINT_FIELDS, Config, ConfigError
+from research.config import CHECKPOINT_FIELDS, PATH_FIELDS, Config, ConfigError, local_path
 
 LOCK_FILE = "lock"
 HISTORY_FILE = "config_history.jsonl"
@@ -116,7 +116,7 @@ def check_config(config):
     return []
   saved = Config.load(path)
   changed = [f.name for f in dataclasses.fields(Config)
-             if getattr(saved, f.name) != getattr(config, f.name)]
+             if not _same(f.name, getattr(saved, f.name), getattr(config, f.name))]
   describe = lambda name: (f"{name}: {getattr(saved, name)!r} in the model dir, "
                            f"{getattr(config, name)!r} now")
   unloadable = config.checkpoint_differences(saved)
@@ -130,6 +130,16 @@ def check_config(config):
                       + "; ".join(experiment) + "); resuming would change the experiment. "
                       "Use another --model_dir, or --allow_config_change to go on")
   return [describe(n) for n in changed if n in RUN_FIELDS or config.allow_config_change]
+
+
+def _same(name, saved, now):
+  """Equal values; paths equal when they name the same directory (a run recorded before
+  paths were made absolute kept them as typed, relative to where it was started)."""
+  if saved == now:
+    return True
+  if name not in PATH_FIELDS or not saved or not now or "://" in saved + now:
+    return False
+  return os.path.realpath(local_path(saved)) == os.path.realpath(local_path(now))
 
 
 def schedule_jump(config, update, rate):

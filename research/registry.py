@@ -15,6 +15,7 @@ Builders may also take leading positional arguments that the code supplies (a mo
 
 import ast
 import dataclasses
+import difflib
 import inspect
 
 
@@ -54,7 +55,9 @@ class Registry:
     return self._entries[name]
 
   def _unknown(self, name):
-    return (f"unknown {self.kind} {name!r}; known: {', '.join(self.names())} "
+    close = difflib.get_close_matches(name, self.names(), n=1)
+    return (f"unknown {self.kind} {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; known: {', '.join(self.names())} "
             f"(an idea in its own file is added with --plugins=FILE.py)")
 
   def names(self):
@@ -84,8 +87,10 @@ class Registry:
                         f"its parameters: {listed}")
       default = known[key]
       if default is not None and not _same_kind(value, default):
-        raise SpecError(f"{self.kind} {spec.name}({key}={value!r}): expected a "
-                        f"{type(default).__name__} like the default {default!r}")
+        kind = type(default).__name__
+        raise SpecError(f"{self.kind} {spec.name}({key}={value!r}): expected "
+                        f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} like the default "
+                        f"{default!r}")
     return spec
 
   def parse_list(self, text):

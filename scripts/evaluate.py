@@ -1,6 +1,7 @@
 """Scores a finished run on a folder of class subfolders.
 
   python scripts/evaluate.py --model_dir=RUN --data_dir=DIR
+  python scripts/evaluate.py --model_dir=RUN --split=validation   # a folder run's held-out split
 
 Prints top-1 accuracy and the example count; the last line is JSON:
 {"accuracy": ..., "top5": ..., "examples": ...}
@@ -16,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_string("model_dir", None, "a finished training run", required=True)
-flags.DEFINE_string("data_dir", None, "folder of class subfolders to score", required=True)
+flags.DEFINE_string("data_dir", "", "folder of class subfolders to score (with "
+                    "--split=validation, default: the run's own folder)")
 flags.DEFINE_integer("batch_size", 256, "examples per forward pass")
 flags.DEFINE_string("cache_dir", "", "where decoded folders are cached")
 flags.DEFINE_enum("tta", None, ["none", "flip", "flip_translate"],
@@ -34,6 +36,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS.data_dir and FLAGS.split != "validation":
+    sys.exit("error: --data_dir=DIR is needed: a folder of the run's classes to score "
+             "(or --split=validation: a folder run's held-out split of its own folder)")
   from research import startup  # pylint: disable=g-import-not-at-top
   startup.import_tensorflow()  # Without its start-up noise before our lines.
   from research import data, evaluation  # pylint: disable=g-import-not-at-top
@@ -47,7 +52,7 @@ def main(argv):
   except data.DataError as e:
     sys.exit(f"error: {e}")
   print(f"top-1 accuracy {result['accuracy']:.4f} (top-5 {result['top5']:.4f}) "
-        f"on {result['examples']} images of {FLAGS.data_dir}")
+        f"on {result['examples']} images of {result['data_dir']}")
   print(json.dumps(result))
 
 

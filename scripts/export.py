@@ -60,8 +60,11 @@ def main(argv):
           f"{result['latency_ms_keras']:.2f} ms)")
   passed = result["agreement"] >= result["min_agreement"]
   if not passed:
+    differ = round((1 - result["agreement"]) * result["examples"])
     print(f"error: agreement {result['agreement']:.4f} is below {result['min_agreement']} "
-          f"for {result['format']}", file=sys.stderr)
+          f"for {result['format']} ({differ} of {result['examples']} images differ); the "
+          f"export is kept in {result['path']} for a look: check it on more images with "
+          "--data_dir=DIR, or delete it", file=sys.stderr)
   print(json.dumps(result))
   sys.exit(0 if passed else 1)
 

@@ -62,6 +62,8 @@ def main(argv):
   del argv
   if FLAGS.skip < 0 or FLAGS.count < 0:
     sys.exit("error: --skip and --count must be >= 0")
+  from research import startup  # pylint: disable=g-import-not-at-top
+  startup.import_tensorflow()  # Without its start-up noise before the script's lines.
   try:
     images = subset(FLAGS.data_dir, FLAGS.output, FLAGS.classes, FLAGS.skip, FLAGS.count)
   except (OSError, ValueError) as e:

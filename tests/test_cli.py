@@ -113,8 +113,8 @@ def test_train_then_evaluate_a_folder_refusing_unknown_classes(tmp_path):
   # Two trivially separable classes: a trained model beats chance.
   assert last["accuracy"] > 0.5
 
-  # The run's own validation split of the folder, with other TTA and raw weights.
-  held_out = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
+  # The run's own validation split of its own folder, with other TTA and raw weights.
+  held_out = run("scripts/evaluate.py", f"--model_dir={model_dir}",
                  f"--cache_dir={tmp_path / 'cache'}", "--split=validation", "--tta=flip",
                  "--weights=checkpoint")
   assert held_out.returncode == 0, held_out.stderr[-2000:]
@@ -141,9 +141,10 @@ def test_evaluate_loads_custom_layers_of_the_fast_recipe(tmp_path):
   assert json.loads(scored.stdout.strip().splitlines()[-1])["examples"] == 12
 
 
-def test_script_errors_are_one_line_without_tensorflows_start_up_noise():
+def test_script_errors_are_one_line_without_tensorflows_start_up_noise(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   for args in (["evaluate.py", "--model_dir=/no/run", "--data_dir=/no/images"],
+               ["evaluate.py", f"--model_dir={tmp_path}"],  # No folder to score.
                ["export.py", "--model_dir=/no/run", "--format=keras", "--output=/tmp/x.keras",
                 "stray"],
                ["plot_run.py", "/no/run"]):

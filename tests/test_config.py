@@ -22,7 +22,7 @@ def test_augmentations_as_large_as_the_images_validate():
     (dict(augment="crop,twirl"), "--augment: unknown augmentation 'twirl'"),
     (dict(augment="crop(pad=2)"), "--augment: augmentation 'crop' has no parameter 'pad'; "
                                   "its parameters: padding"),
-    (dict(augment="crop(padding='two')"), "crop(padding='two'): expected a int"),
+    (dict(augment="crop(padding='two')"), "crop(padding='two'): expected an int"),
     (dict(augment="crop(padding=-1)"), "--augment: crop: padding must be >= 0"),
     (dict(augment="crop(padding=two)"), "is not a Python literal"),
     (dict(augment="crop(padding=32)"), "--augment: crop(padding=32) needs images of at least "
@@ -34,7 +34,7 @@ def test_augmentations_as_large_as_the_images_validate():
                                        "be in [0, 1)"),
     (dict(param_rules="kernels(optimizer='muon(ns_steps=0)')"),
      "--param_rules: optimizer muon(ns_steps=0): needs ns_steps >= 1"),
-    (dict(metrics="ece(bins=1.5)"), "--metrics: metric ece(bins=1.5): expected a int"),
+    (dict(metrics="ece(bins=1.5)"), "--metrics: metric ece(bins=1.5): expected an int"),
     (dict(metrics="ece(bins=0)"), "--metrics: ece: bins must be >= 1, got 0"),
     (dict(param_rules="pattern(regex='[')"), "--param_rules: pattern: regex='[' is not a "
                                                "regular expression"),
@@ -165,12 +165,16 @@ def test_reason_is_one_line_naming_the_cause(error, expected):
   assert config_lib.reason(error) == expected
 
 
-def test_plugin_files_are_kept_as_absolute_paths(tmp_path, monkeypatch):
-  """config.json names them so that scripts/evaluate.py finds them from anywhere."""
+def test_plugin_files_and_data_paths_are_kept_as_absolute_paths(tmp_path, monkeypatch):
+  """config.json names them so that a resume and scripts/evaluate.py find them from
+  anywhere; URLs stay as they are."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)
   values = flags.FlagValues()
   config_lib.define_flags(values)
-  values(["train.py", "--plugins=ideas/mine.py,my_package.ideas"])
+  values(["train.py", "--plugins=ideas/mine.py,my_package.ideas", "--data_dir=../images",
+          "--eval_data_dir=gs://bucket/test"])
   config = config_lib.from_flags(values)
   assert config.plugins == f"{tmp_path / 'ideas' / 'mine.py'},my_package.ideas"
+  assert config.data_dir == str(tmp_path.parent / "images")
+  assert config.eval_data_dir == "gs://bucket/test"

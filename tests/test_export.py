@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -233,6 +234,28 @@ def test_export_and_predict_scripts_end_in_json(run_dir, tmp_path):
   (tmp_path / "empty").mkdir()
   code, _, err = _script("predict.py", f"--model={output}", str(tmp_path / "empty"))
   assert code == 1 and "error: no files in" in err
+
+
+FAILING_CHECK = """
+import runpy, sys
+sys.path.insert(0, {root!r})
+from research import export
+export.MIN_AGREEMENT["keras"] = 1.01  # Beyond any agreement: the check fails.
+sys.argv = ["export.py", "--model_dir={run_dir}", "--format=keras", "--output={output}"]
+runpy.run_path("scripts/export.py", run_name="__main__")
+"""
+
+
+def test_an_export_failing_its_check_says_by_how_many_images_and_that_it_is_kept(
+    run_dir, tmp_path):
+  output = tmp_path / "model.keras"
+  result = subprocess.run([sys.executable, "-c", FAILING_CHECK.format(
+      root=ROOT, run_dir=run_dir, output=output)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 1
+  assert re.search(r"error: agreement 1\.0000 is below 1\.01 for keras \(0 of \d+ images "
+                   rf"differ\); the export is kept in {re.escape(str(output))}", result.stderr)
+  assert output.exists()
 
 
 def test_predict_refuses_a_model_it_cannot_open(tmp_path):

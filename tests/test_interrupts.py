@@ -22,8 +22,7 @@ import tensorflow as tf
 from research import interrupts
 queue = tf.queue.FIFOQueue(1, tf.string)
 with interrupts.Interrupts() as watcher:
-  watcher.saved(4)
-  watcher.running(8, 4, 30.0)
+  {setup}
   print("ready", flush=True)
   queue.dequeue()
 """
@@ -57,20 +56,33 @@ def test_a_signal_is_answered_while_the_main_thread_is_inside_tensorflow():
   assert "no checkpoint has been saved yet" in answered[0]
 
 
-def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint():
-  proc = subprocess.Popen([sys.executable, "-c", BLOCKED.format(root=ROOT)], text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def _signalled_twice(setup):
+  """(the first answer, what follows the second) of a process blocked after `setup`."""
+  proc = subprocess.Popen([sys.executable, "-c", BLOCKED.format(root=ROOT, setup=setup)],
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert proc.stdout.readline() == "ready\n"
   proc.send_signal(signal.SIGINT)
-  for line in proc.stderr:
-    if "send it again" in line:
+  for first in proc.stderr:
+    if "send it again" in first:
       break
   proc.send_signal(signal.SIGINT)
   rest = proc.stderr.read()
   assert proc.wait(timeout=60) == interrupts.INTERRUPTED_EXIT_CODE
-  assert "SIGINT again: stopping now without saving; the checkpoint of step 4 is kept" \
-      in rest
+  return first, rest
+
+
+def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint():
+  _, rest = _signalled_twice("watcher.saved(4); watcher.running(8, 4, 30.0)")
+  assert "SIGINT again: stopping now without saving; the checkpoint of step 4 is kept. " \
+      "Rerun the same command to resume from it" in rest
+
+
+def test_a_signal_between_calls_names_the_step_being_finished_and_no_checkpoint():
+  first, rest = _signalled_twice("watcher.running(8, 4, 30.0); watcher.finishing(8)")
+  assert "SIGINT: stopping once step 8's logging, evaluation and hooks are done, then " \
+      "saving a checkpoint of step 8" in first
+  assert "no checkpoint has been saved yet. Rerun the same command to start again" in rest
 
 
 def _calls(monkeypatch):

@@ -88,6 +88,30 @@ def test_resuming_with_another_experiment_is_refused_unless_allowed(make_config,
       (0, 32), (3, 32), (6, 16)]
 
 
+def test_rerunning_a_finished_run_says_so(make_config, caplog):
+  config = make_config(train_steps=2)
+  loop.train(config)
+  with caplog.at_level(logging.INFO):
+    assert loop.train(config).step == 2
+  assert "the run is already finished (step 2 of 2)" in caplog.text
+
+
+def test_the_same_data_dir_by_another_path_is_the_same_experiment(make_config, tmp_path,
+                                                                    monkeypatch):
+  """A run recorded before paths were made absolute kept --data_dir as typed: resuming
+  from where it started, with the absolute path, is no change; another folder is."""
+  (tmp_path / "images").mkdir()
+  (tmp_path / "other").mkdir()
+  monkeypatch.chdir(tmp_path)
+  config = make_config(dataset="folder", data_dir="images")
+  os.makedirs(config.model_dir)
+  config.save(os.path.join(config.model_dir, "config.json"))
+  assert model_dir.check_config(config.replace(data_dir=str(tmp_path / "images"))) == []
+  assert model_dir.check_config(config.replace(data_dir=str(tmp_path / "images") + "/")) == []
+  with pytest.raises(ConfigError, match=r"data_dir: 'images' in the model dir, '.*other' now"):
+    model_dir.check_config(config.replace(data_dir=str(tmp_path / "other")))
+
+
 def test_a_failed_write_leaves_the_previous_file(tmp_path):
   path = str(tmp_path / "classes.json")
   files.write_json(path, ["a", "b"])

@@ -34,6 +34,7 @@ def test_build_passes_code_arguments_then_settings():
 @pytest.mark.parametrize("text, message", [
     ("nope", "unknown thing 'nope'; known: plain, tuned (an idea in its own file is "
              "added with --plugins=FILE.py)"),
+    ("tunde(rate=1)", "unknown thing 'tunde' (did you mean 'tuned'?); known: plain, tuned"),
     ("tuned(speed=1)", "thing 'tuned' has no parameter 'speed'; its parameters: rate, name, "
                        "on, steps"),
     ("tuned(size=3)", "has no parameter 'size'"),  # Code-supplied, not a setting.
