@@ -310,6 +310,14 @@ class Runner:
   """The compiled train and eval loops of one state and spec, and what uses them."""
 
   def __init__(self, state, spec, strategy):
+    averaged = [v.path for v in state.model.variables if v.aggregation == "mean"]
+    if spec.jit_compile and averaged and isinstance(
+        strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)):
+      raise ConfigError(
+          f"--jit_compile cannot compile this model under {type(strategy).__name__}: "
+          f"{averaged[0]} (BatchNorm's moving statistics) is averaged over replicas, which "
+          "TensorFlow cannot do inside the XLA-compiled pass. Drop --jit_compile (slower "
+          "for convnets on CPU anyway) or train with --strategy=default")
     self.state, self.spec, self.strategy = state, spec, strategy
     self._train_loops = {}  # By phase: head_only or not, each traced on first use.
     self._eval_loops = {}  # By TTA, each traced on first use.

@@ -98,6 +98,16 @@ def test_batch_that_replicas_cannot_split_is_refused(make_config):
     loop.train(make_config(batch_size=31), _mirrored())
 
 
+def test_xla_under_mirrored_is_refused_for_replica_averaged_batchnorm(make_config):
+  """TensorFlow cannot average a variable over replicas inside a nested XLA function:
+  one error, not a traceback from inside BatchNorm. Without BatchNorm it trains."""
+  with pytest.raises(ConfigError, match=r"--jit_compile cannot compile this model under "
+                                        r"MirroredStrategy: .*moving_mean"):
+    loop.train(make_config(jit_compile=True), _mirrored())
+  config = make_config(model="baseline_cnn", image_size=32, jit_compile=True, train_steps=2)
+  assert loop.train(config, _mirrored()).step == 2
+
+
 def test_timing_scalars_reach_tensorboard(make_config):
   from research import events
   config = make_config(train_steps=6, log_every=3)
