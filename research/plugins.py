@@ -6,6 +6,7 @@ a .py file) joins them with `--plugins=my_ideas.mixup,~/ideas/sam2.py`, so tryin
 idea needs no edit inside research/.
 """
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -43,7 +44,9 @@ def _import(plugin):
   path = os.path.expanduser(plugin)
   try:
     if is_plugin_file(path):
-      name = "research_plugin_" + os.path.splitext(os.path.basename(path))[0]
+      # Named by the file's place too: two experiments' ideas.py are two modules.
+      where = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:8]
+      name = f"research_plugin_{os.path.splitext(os.path.basename(path))[0]}_{where}"
       if name in sys.modules:
         return sys.modules[name]
       if not os.path.isfile(path):

@@ -39,6 +39,16 @@ def test_a_plugin_file_registers_and_trains(tmp_path, make_config):
   plugins.validate(config)
 
 
+def test_two_plugin_files_of_the_same_name_are_both_imported(tmp_path):
+  """Two experiments' ideas.py: the second is its own module, not the first again."""
+  for folder, name in (("exp1", "invert_exp1"), ("exp2", "invert_exp2")):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "ideas.py").write_text(
+        textwrap.dedent(PLUGIN).replace("invert_some", name))
+  plugins.load([str(tmp_path / "exp1" / "ideas.py"), str(tmp_path / "exp2" / "ideas.py")])
+  assert "invert_exp1" in augment.AUGMENTATIONS and "invert_exp2" in augment.AUGMENTATIONS
+
+
 def test_the_cli_takes_plugins_and_lists_their_items(tmp_path):
   path = tmp_path / "my_idea2.py"
   path.write_text(textwrap.dedent(PLUGIN).replace("invert_some", "invert_more"))
@@ -120,6 +130,14 @@ def shrinks():
 '''
 
 
+@pytest.fixture(scope="module")
+def buggy_plugin(tmp_path_factory):
+  """One file for every case: a second file registering the same names is refused."""
+  path = tmp_path_factory.mktemp("plugin") / "buggy.py"
+  path.write_text(textwrap.dedent(BUGGY_AUGMENTATIONS))
+  return path
+
+
 @pytest.mark.parametrize("augment, message", [
     ("wrong_axis", r"--augment: crop,wrong_axis fails on 2 blank 16x16 images \(ValueError: "
                    r"'axis'\[0\] = 4 is out of valid range.* at .*buggy.py:7\)"),
@@ -127,9 +145,8 @@ def shrinks():
                 r"\(2, 15, 15, 3\)"),
 ])
 def test_an_augmentation_that_cannot_run_is_refused_before_the_data(
-    tmp_path, make_config, augment, message):
-  path = tmp_path / "buggy.py"
-  path.write_text(textwrap.dedent(BUGGY_AUGMENTATIONS))
+    buggy_plugin, make_config, augment, message):
+  path = buggy_plugin
   with pytest.raises(ConfigError, match=message):
     make_config(plugins=str(path), augment=f"crop,{augment}")
   make_config(plugins=str(path), augment="crop")  # The plugin's other items are fine.
