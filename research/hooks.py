@@ -32,6 +32,8 @@ class HookContext:
   writers: Any         # research.summaries.Writers: .train, .eval, .scalars(...)
   train_metrics: Optional[dict] = None  # the latest logged training metrics
   eval_metrics: Optional[dict] = None   # the latest evaluation
+  eval_tta: str = "none"                # its test-time augmentation (--tta_final_only:
+                                        # "none" but at the end)
   chief: bool = True   # False on the other workers of a multi-worker run: skip side work
 
 

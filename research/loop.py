@@ -278,7 +278,7 @@ def _train(config, strategy, chief):
                                        f"evaluating at step {step}"):
           metrics = runner.evaluate(data.eval, config.global_eval_batch_size, tta)
         result.eval_history.append((step, metrics))
-        context.eval_metrics = metrics
+        context.eval_metrics, context.eval_tta = metrics, tta
         writers.scalars(writers.eval, step, metrics)
         logging.info("eval at step %d: %d %s examples%s | %s", step, metrics["examples"],
                      data.eval_name, f" (tta {tta})" if tta != "none" else "",

@@ -92,16 +92,17 @@ def predictions(config, examples=250):
   if examples < 1:
     raise ValueError(f"predictions: examples must be >= 1, got {examples}")
 
-  compiled = {}  # One traced prediction function for every evaluation of the run.
+  compiled = {}  # One traced prediction function per TTA the evaluations use.
 
   def write(ctx):
-    if not compiled:
-      compiled["run"] = predict.compiled_probabilities(ctx.state.model, ctx.config.tta)
+    tta = ctx.eval_tta  # As evaluated: with --tta_final_only, none until the end.
+    if tta not in compiled:
+      compiled[tta] = predict.compiled_probabilities(ctx.state.model, tta)
     with ctx.state.averaged_weights():
       figures = prediction_figures(ctx.state.model, ctx.data.eval, ctx.data.class_names,
-                                   examples, ctx.config.tta,
+                                   examples, tta,
                                    matrix=ctx.eval_metrics["confusion_matrix"],
-                                   compiled=compiled["run"])
+                                   compiled=compiled[tta])
     write_figures(ctx.writers.eval, ctx.step, figures)
   return Hook(chief_only=True, after_eval=write, eval_metrics=("confusion_matrix",))
 

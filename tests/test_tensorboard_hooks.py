@@ -161,6 +161,17 @@ def test_confusion_matrix_agrees_with_the_logged_evaluation(make_config, monkeyp
   np.testing.assert_array_equal(matrix, result.final_eval["confusion_matrix"])
 
 
+def test_prediction_figures_use_the_tta_the_evaluation_used(make_config, monkeypatch):
+  """--tta_final_only: the figures of the per-epoch evaluations see one view, as the
+  evaluations and their confusion matrix do; the final one sees the run's --tta."""
+  used, figures = [], tensorboard_hooks.prediction_figures
+  monkeypatch.setattr(tensorboard_hooks, "prediction_figures",
+                      lambda *args, **kwargs: used.append(args[4]) or figures(*args, **kwargs))
+  loop.train(make_config(hooks="predictions(examples=10)", tta="flip", tta_final_only=True,
+                         train_steps=4, eval_every=2))
+  assert used == ["none", "flip"]
+
+
 def test_hparams_and_final_metrics(run):
   config, result, train, _ = run
   content = train.PluginTagToContent("hparams")[hparams_metadata.SESSION_START_INFO_TAG]
