@@ -30,7 +30,10 @@ class Checkpointer:
                            "run's data follow the first seed",
               "accumulation_unscaled": "mixed_float16's accumulated gradients without the "
                                        "loss scale, so the update in progress averages "
-                                       "only its steps after the resume"}
+                                       "only its steps after the resume",
+              "train_metrics": "the training metrics' sums since the last log (or "
+                               "--metrics changed since), so the first log after the "
+                               "resume averages only its steps after it"}
 
   def __init__(self, directory, max_to_keep, scratch=None, **trackables):
     self.trackables, self.directory, self.scratch = trackables, directory, scratch
@@ -65,9 +68,14 @@ class Checkpointer:
   def checkpoint_of(self, path):
     """The checkpoint object that reads `path`: without the optional trackables it
     lacks."""
-    saved = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+    names = [name for name, _ in tf.train.list_variables(path)]
+    saved = {name.split("/")[0] for name in names}
     missing = [name for name in self.OPTIONAL if name in self.trackables
                and name not in saved]
+    if "train_metrics" in saved and "train_metrics" in self.trackables:
+      kept = {name.split("/")[1] for name in names if name.startswith("train_metrics/")}
+      if kept != set(self.trackables["train_metrics"]):  # Other --metrics now.
+        missing.append("train_metrics")
     if not missing:
       return self.checkpoint
     for name in missing:
@@ -109,7 +117,8 @@ class Checkpointer:
     """Bytes of the variables a checkpoint holds."""
     variables = {}
     for trackable in self.trackables.values():
-      listed = trackable if isinstance(trackable, list) else None
+      listed = (list(trackable.values()) if isinstance(trackable, dict) else
+                trackable if isinstance(trackable, list) else None)
       for v in listed or getattr(trackable, "variables", [trackable]):
         variables[id(v)] = int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
     return sum(variables.values())

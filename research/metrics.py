@@ -19,6 +19,7 @@ HParams table (a non-scalar value, such as the confusion matrix, reaches the hoo
 """
 
 import dataclasses
+import re
 from typing import Callable
 
 import numpy as np
@@ -134,6 +135,12 @@ class Metrics:
       out.update(metric.result(sums, n))
     out["examples"] = int(round(examples))
     return out
+
+  def variables(self):
+    """{name: sum variable}, names that say which metric each sum is of."""
+    named = {f"{item}.{key}": v for (item, key), v in self.sums.items()}
+    return {re.sub(r"\W", "_", name): v for name, v in named.items()} | {
+        "examples": self.examples}
 
   def reset(self):
     for v in list(self.sums.values()) + [self.examples]:

@@ -53,6 +53,8 @@ class TrainState(tf.Module):
     random = self.random_state()
     if random:
       items["random"] = random
+    # The sums since the last log: the first log after a resume averages the same steps.
+    items["train_metrics"] = self.train_metrics.variables()
     return items
 
   def random_state(self):

@@ -3,6 +3,7 @@
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,6 +164,29 @@ def _all_checkpoints_finite(config):
       if np.issubdtype(np.asarray(value).dtype, np.floating):
         assert np.all(np.isfinite(value)), name
   return True
+
+
+def test_the_first_log_after_a_resume_averages_the_same_steps(make_config, caplog):
+  """The training metrics' sums since the last log are checkpointed: a run resumed
+  between two logs logs what the run left alone logs. Other --metrics at the resume
+  leave them out, saying so."""
+  config = make_config(train_steps=4, log_every=4, checkpoint_every=2, deterministic=True,
+                       schedule="constant", warmup_epochs=0)
+  whole = loop.train(config.replace(model_dir=config.model_dir + "_whole")).train_history
+  for resume_metrics in ("", "ece"):
+    shutil.rmtree(config.model_dir, ignore_errors=True)
+    loop.train(config)
+    # Back to the checkpoint of step 2, between two logs, as if stopped there.
+    directory = os.path.join(config.model_dir, "checkpoints")
+    for path in glob.glob(f"{directory}/ckpt-4.*") + [f"{directory}/checkpoint"]:
+      os.remove(path)
+    resumed = loop.train(config.replace(metrics=resume_metrics)).train_history
+    assert [s for s, _ in resumed] == [4]
+    if resume_metrics == config.metrics:
+      assert resumed == whole
+  assert resumed[0][1]["loss"] != whole[0][1]["loss"]  # Steps 3-4 only.
+  assert "predates saving the training metrics' sums since the last log (or --metrics " \
+      "changed since)" in caplog.text
 
 
 def test_on_nan_skip_skips_and_counts(make_config):
