@@ -35,6 +35,8 @@ class HookContext:
   eval_tta: str = "none"                # its test-time augmentation (--tta_final_only:
                                         # "none" but at the end)
   chief: bool = True   # False on the other workers of a multi-worker run: skip side work
+  data_seed: Optional[int] = None  # the training data's seed: --seed, or after
+                                   # --on_nan=rollback's reseeding its new one
 
 
 @dataclasses.dataclass

@@ -155,7 +155,8 @@ def _train(config, strategy, chief):
     return data_lib.step_payloads(data.train, config.replace(seed=data_seed), step,
                                   min(step + num + config.steps_per_loop, config.train_steps))
 
-  context = hooks_lib.HookContext(start, config, state, runner, data, writers, chief=chief)
+  context = hooks_lib.HookContext(start, config, state, runner, data, writers, chief=chief,
+                                  data_seed=data_seed)
   _call(hooks, "at_start", context)
 
   # --- the loop ----------------------------------------------------------------
@@ -226,7 +227,7 @@ def _train(config, strategy, chief):
           logging.warning("%s; rolled back to step %d%s, reseeding the data (try %d of %d)",
                           message, step, " (the initial weights)" if step == 0 else "",
                           tries, config.nan_retries)
-          data_seed = reseeded()
+          data_seed = context.data_seed = reseeded()
           train_iter = batches(step, data_seed)
           state.train_metrics.reset()
           window_seconds, window_steps = 0.0, 0

@@ -29,7 +29,8 @@ MISTAKES = 16                    # most confidently wrong examples shown
 
 def train_batch(ctx):
   """The augmented global batch dict of step `ctx.step` as the step sees it."""
-  config = ctx.config.replace(train_steps=ctx.step + 1)  # Just this one batch.
+  config = ctx.config.replace(train_steps=ctx.step + 1,  # Just this one batch.
+                              seed=ctx.config.seed if ctx.data_seed is None else ctx.data_seed)
   dataset = data_lib.train_dataset(ctx.data.train, config, ctx.step, None)
   return next(iter(dataset))
 

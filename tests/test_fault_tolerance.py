@@ -249,6 +249,33 @@ def test_a_run_resumed_after_a_rollback_reads_the_reseeded_data(make_config, cap
   for a, b in zip(weights(config.model_dir), weights(config.model_dir + "_whole")):
     np.testing.assert_array_equal(a, b)
 
+RECORDED = []  # (step, example ids) of test_record_batch.
+
+
+@hooks.HOOKS.register("test_record_batch")
+def _record_batch(config, step=4):
+  """Records the batch ids that the hooks' `train_batch` says step `step` trains on."""
+  del config
+  from research import tensorboard_hooks  # pylint: disable=g-import-not-at-top
+  return hooks.Hook(at_steps=(step,), on_step=lambda ctx: RECORDED.append(
+      (ctx.step, tensorboard_hooks.train_batch(ctx)["index"].numpy())))
+
+
+def test_after_a_rollback_hooks_see_the_reseeded_batches(make_config):
+  """train_images and histograms show the batch the step trains on: after a rollback,
+  one of the new seed's."""
+  config = make_config(train_steps=5, checkpoint_every=2, on_nan="rollback", steps_per_loop=1,
+                       hooks="test_nan_weights_once_at(step=3),test_record_batch(step=4)")
+  RECORDED.clear()
+  loop.train(config)
+  split = data.load(config).train
+  first = lambda seed: next(iter(data.train_dataset(
+      split, config.replace(seed=seed, train_steps=5), 4, None)))["index"].numpy()
+  assert [step for step, _ in RECORDED] == [4]
+  np.testing.assert_array_equal(RECORDED[0][1], first(config.seed + 1000))
+  assert not np.array_equal(RECORDED[0][1], first(config.seed))
+
+
 def test_an_update_that_overflows_the_weights_is_not_applied(make_config):
   # The l1 gradient is 1e30 per weight: loss and gradients are finite, and every
   # sgd step would move the weights by 1e40, past float32's range.
