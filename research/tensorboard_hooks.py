@@ -241,9 +241,12 @@ def write_graph(model, config, writer):
 
 @HOOKS.register("model_summary")
 def model_summary(config):
-  """At start: the model's layers, size, FLOPs, versions, commit and config as text."""
+  """At start: the model's layers, size, FLOPs, versions, commit and config as text;
+  the graph at a fresh start only (a resume's would be a second one of the same model,
+  which TensorBoard warns about)."""
   del config
   def write(ctx):
     ctx.writers.text("model_summary", model_text(ctx.state.model, ctx.config), ctx.step)
-    write_graph(ctx.state.model, ctx.config, ctx.writers.train)
+    if ctx.step == 0:
+      write_graph(ctx.state.model, ctx.config, ctx.writers.train)
   return Hook(chief_only=True, at_start=write)

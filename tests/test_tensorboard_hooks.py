@@ -228,6 +228,16 @@ def test_model_summary_text_and_graph(run):
   assert len(train.Graph().node) > 10
 
 
+def test_a_resumed_run_writes_its_graph_once(make_config):
+  config = make_config(hooks="model_summary", train_steps=2)
+  loop.train(config)
+  loop.train(config.replace(train_steps=4))
+  graphs = sum(bool(event.graph_def) for path in glob.glob(
+      os.path.join(config.model_dir, "train", "events.out.tfevents.*"))
+               for event in tf.compat.v1.train.summary_iterator(path))
+  assert graphs == 1
+
+
 # --- the hook mechanism -------------------------------------------------------
 
 CALLS = []
