@@ -71,8 +71,8 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=Non
   `tta_mode` overrides the run's --tta; `weights="checkpoint"` scores the newest
   checkpoint's raw weights instead of model.keras (EMA weights where EMA was on);
   `split="validation"` scores only the run's held-out split of the folder (with the
-  run's --skip_bad_images, as it was split; no `data_dir`: the run's own folder); `skip_bad_images` scores the readable
-  images of `split="all"` and lists the others.
+  run's --skip_bad_images, as it was split; no `data_dir`: the run's own folder);
+  `skip_bad_images` scores the readable images of `split="all"` and lists the others.
   """
   config, class_names, model = load_run(model_dir, weights)
   tta_mode = tta_mode or config.tta
