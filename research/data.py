@@ -129,8 +129,16 @@ def open_folder(data_dir, config):
     return load_folder(data_dir, config.image_size, config.cache_dir,
                        skip_bad_images=config.skip_bad_images)
   ok = np.array([files_source.looks_readable(p) for p in paths], bool)
-  labels = _drop_unreadable(paths, labels, names, ok, config.skip_bad_images)
-  return files_source.Files(np.asarray(paths, object)[ok], labels, config.image_size), names
+  readable = _drop_unreadable(paths, labels, names, ok, config.skip_bad_images)
+  return _listed(files_source.Files(np.asarray(paths, object)[ok], readable,
+                                    config.image_size), labels, ok), names
+
+
+def _listed(source, labels, ok):
+  """`source` of a listing's readable files, knowing the whole listing if some were not."""
+  if not ok.all():
+    source.listing = (labels, ok)
+  return source
 
 
 @contextlib.contextmanager
@@ -204,15 +212,18 @@ def open_records(directory, image_size):
 
 
 def split_validation(split, fraction):
-  """Holds out `fraction` of each class, the same examples for every run."""
+  """Holds out `fraction` of each class, the same examples for every run, drawn over the
+  folder's whole listing where unreadable files were skipped (`split.listing`)."""
+  labels, readable = split.listing or (split.labels, np.ones(len(split), bool))
   rng = np.random.default_rng(_SPLIT_SEED)
   val_idx = []
-  for label in np.unique(split.labels):
-    idx = np.flatnonzero(split.labels == label)
+  for label in np.unique(labels):
+    idx = np.flatnonzero(labels == label)
     idx = idx[rng.permutation(len(idx))]
     val_idx.append(idx[:int(round(fraction * len(idx)))])
-  val_mask = np.zeros(len(split), bool)
+  val_mask = np.zeros(len(labels), bool)
   val_mask[np.concatenate(val_idx)] = True
+  val_mask = val_mask[readable]
   if val_mask.all() or not val_mask.any():
     raise DataError(f"--val_split={fraction} leaves an empty training or validation set "
                     f"of {len(split)} examples")
@@ -351,8 +362,8 @@ def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False):
     except OSError as e:  # The cache only saves the next run's decoding.
       logging.warning("could not cache the decoded images in %s (%s); the next run "
                       "decodes them again", cache, e.strerror or e)
-  labels = _drop_unreadable(paths, labels, names, ok, skip_bad_images)
-  return Split(images if ok.all() else images[ok], labels), names
+  readable = _drop_unreadable(paths, labels, names, ok, skip_bad_images)
+  return _listed(Split(images if ok.all() else images[ok], readable), labels, ok), names
 
 
 def _drop_unreadable(paths, labels, names, ok, skip_bad_images):

@@ -87,6 +87,33 @@ def test_a_streamed_folder_names_or_skips_unreadable_files(tmp_path):
   assert len(source) == 9 and not any("cut.jpg" in p for p in source.paths)
 
 
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_skipping_an_unreadable_file_moves_no_other_across_the_validation_split(tmp_path,
+                                                                                cache):
+  """The split is drawn over the folder's whole listing: a file that becomes unreadable
+  (and --skip_bad_images on, say at a resume) leaves its side; no other file moves."""
+  root = tmp_path / "images"
+  for c, name in enumerate(["a", "b"]):
+    (root / name).mkdir(parents=True)
+    for i in range(12):  # Each image's pixels are its id.
+      pixels = np.full((4, 4, 3), 20 * c + i, np.uint8)
+      Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+  config = Config(dataset="folder", data_dir=str(root), image_size=4, data_cache=cache,
+                  skip_bad_images=True, cache_dir=str(tmp_path / "cache"))
+
+  def sides():
+    source, _ = data.open_folder(str(root), config)
+    return [set(part.head(len(part))[:, 0, 0, 0].tolist())
+            for part in data.split_validation(source, 0.25)]
+  train, val = sides()
+  assert len(val) == 6 and len(train) == 18
+  bad = sorted(val)[1]  # One validation image, then one training image, goes bad.
+  for lost in (bad, sorted(train)[4]):
+    (root / "ab"[lost // 20] / f"{lost % 20:02d}.png").write_bytes(b"not a png")
+    train, val = train - {lost}, val - {lost}
+    assert sides() == [train, val]
+
+
 def test_a_streamed_folder_keeps_the_files_a_decoded_one_keeps(tmp_path):
   root = make_folder(tmp_path / "images")
   [jpeg, png] = [next(p for p in sorted((root / "cat").iterdir()) if p.suffix == suffix)

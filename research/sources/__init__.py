@@ -35,6 +35,10 @@ class Source:
 
   labels: np.ndarray
   image_size: int
+  # (labels, readable) of the folder listing this source was read from, when unreadable
+  # files were left out of it (--skip_bad_images): the validation split is drawn over
+  # the whole listing, so that skipping a file moves no other file to the other side.
+  listing = None
 
   def __len__(self):
     return len(self.labels)
