@@ -4,7 +4,7 @@
   python scripts/evaluate.py --model_dir=RUN --split=validation   # a folder run's held-out split
 
 Prints top-1 accuracy and the example count; the last line is JSON:
-{"accuracy": ..., "top5": ..., "examples": ...}
+{"accuracy": ..., "top5": ..., "examples": ..., "data_dir": ...}
 """
 
 import json
