@@ -21,7 +21,8 @@ from research.registry import split_list  # noqa: E402
 
 
 def pytest_addoption(parser):
-  parser.addoption("--plugins", default="", help="comma-separated modules or .py files, "
+  # Its own dest: pytest >= 9.1 refuses a second option mapping to `plugins` (`-p`'s).
+  parser.addoption("--plugins", dest="research_plugins", default="", help="comma-separated modules or .py files, "
                    "as train.py's --plugins: the tests run on every registered item "
                    "(augmentations, models) run on theirs too")
 
@@ -30,7 +31,7 @@ def pytest_configure(config):
   """Every registered item, ideas and --plugins included, before the tests that run on
   each of them are collected."""
   try:
-    plugins.load(split_list(config.getoption("--plugins")))
+    plugins.load(split_list(config.getoption("research_plugins")))
   except plugins.PluginError as e:
     raise pytest.UsageError(str(e)) from None
 
