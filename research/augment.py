@@ -25,6 +25,7 @@ import math
 
 import tensorflow as tf
 
+from research import context as context_lib
 from research.registry import Registry
 
 AUGMENTATIONS = Registry("augmentation")
@@ -57,24 +58,30 @@ def uniform(seed, context, rows=(), low=0, high=1, dtype=tf.float32):
 
 
 class Pipeline:
-  """The `--augment` ops chained into one `(batch, seed, context) -> batch`."""
+  """The `--augment` ops chained into one `(batch, seed, context) -> batch`; while they
+  are traced, the step context (research/context.py) is the batch's step in a run of
+  `total_steps` steps of which `steps_per_epoch` make an epoch."""
 
-  def __init__(self, augment, run_seed):
+  def __init__(self, augment, run_seed, total_steps=1, steps_per_epoch=1):
     self.run_seed = run_seed
     self.ops = [AUGMENTATIONS.build(spec) for spec in AUGMENTATIONS.parse_list(augment)]
     self.sharded = all(getattr(op, "sharded", False) for op in self.ops)
+    self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
 
   def context(self, step, epoch, batch_size, offset=0, size=None):
     return Context(self.run_seed, step, epoch, batch_size, offset, size)
 
   def __call__(self, batch, seed, context):
-    for i, op in enumerate(self.ops):
-      batch = op(batch, tf.random.experimental.stateless_fold_in(seed, i), context)
+    where = context_lib.StepContext(lambda: context.step, self.total_steps,
+                                    self.steps_per_epoch)
+    with context_lib.active(where):
+      for i, op in enumerate(self.ops):
+        batch = op(batch, tf.random.experimental.stateless_fold_in(seed, i), context)
     return batch
 
 
-def pipeline(augment, run_seed):
-  return Pipeline(augment, run_seed)
+def pipeline(augment, run_seed, total_steps=1, steps_per_epoch=1):
+  return Pipeline(augment, run_seed, total_steps, steps_per_epoch)
 
 
 def sharded(op):

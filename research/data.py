@@ -441,7 +441,7 @@ def train_dataset(source, config, start_step, input_context, shard=True):
   """
   batch = config.batch_size
   steps_per_epoch = len(source) // batch
-  ops = augment_lib.pipeline(config.augment, config.seed)
+  ops = augment_lib.pipeline(config.augment, config.seed, config.train_steps, steps_per_epoch)
   offset, size = share(batch, input_context) if ops.sharded and shard else (0, batch)
 
   def epoch_batches(epoch, skip=0):

@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 import tensorflow as tf
 from tensorflow.python.framework import config as _tf_config  # pylint: disable=g-direct-tensorflow-import
 
+from research import context as context_lib
 from research import data as data_lib, losses, optim, predict, regularizers, transfer
 from research.config import ConfigError
 from research.registry import Registry
@@ -51,6 +52,8 @@ class StepSpec:
   tta: str = "none"           # test-time augmentation of the eval step
   inject_nan_step: int = 0    # fault injection: this step's loss is NaN (0: never)
   jit_compile: bool = False   # XLA for the forward and backward pass
+  total_steps: int = 0        # the run's length, and an epoch's, for the step context
+  steps_per_epoch: int = 0
 
   @classmethod
   def from_config(cls, config, model):
@@ -76,7 +79,14 @@ class StepSpec:
         loss_scaling=config.precision == "mixed_float16",
         grad_accum_steps=config.grad_accum_steps,
         tta=config.tta,
-        inject_nan_step=config.inject_nan_step, jit_compile=config.jit_compile)
+        inject_nan_step=config.inject_nan_step, jit_compile=config.jit_compile,
+        total_steps=config.train_steps, steps_per_epoch=config.steps_per_epoch)
+
+  def context(self, state):
+    """The StepContext of the step the train loop runs: `state.step` read where it is
+    traced, so inside `tf.range` it is each iteration's own step."""
+    return context_lib.StepContext(state.step.read_value, self.total_steps,
+                                   self.steps_per_epoch)
 
 
 def forward_backward(state, spec, batch):
@@ -131,7 +141,7 @@ def make_train_loop(state, spec, strategy):
     # BatchNorm statistics change in the forward pass: kept to put back if the step
     # is not applied.
     stats = [tf.identity(v) for v in state.model.non_trainable_variables]
-    with tf.control_dependencies(stats):
+    with tf.control_dependencies(stats), context_lib.active(spec.context(state)):
       result = spec.kind(state, passes, batch)
     grads = [g if scale == 1.0 or g is None else g * scale
              for g, scale in zip(result.grads, spec.grad_scales)]
@@ -357,7 +367,9 @@ class Runner:
       passes = bind(self.state, self.spec)
 
       def replica(b):
-        grads = optim.unscaled(self.state.optimizer, self.spec.kind(self.state, passes, b).grads)
+        with context_lib.active(self.spec.context(self.state)):
+          result = self.spec.kind(self.state, passes, b)
+        grads = optim.unscaled(self.state.optimizer, result.grads)
         return tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, [g * s for g, s in zip(grads, self.spec.grad_scales)])
       self._gradients = tf.function(lambda b: self.strategy.run(replica, args=(b,)))
