@@ -1,5 +1,6 @@
 """--plugins: a researcher's module outside research/ joins the registries and trains."""
 
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -67,6 +68,13 @@ def test_a_broken_plugin_is_one_error_line(tmp_path):
   assert f"error: --plugins: cannot import '{path}' (ModuleNotFoundError" in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_every_registered_item_has_a_description():
+  """--list prints each item's first docstring line: an item without one is a bare name."""
+  for flag, (registry, _) in plugins.registries().items():
+    for name in registry.names():
+      assert (inspect.getdoc(registry.get(name)) or "").strip(), f"--{flag}: {name}"
 
 
 def test_no_import_cycle_and_no_registration_by_import_order():
