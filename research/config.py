@@ -231,8 +231,11 @@ class Config:
     """A copy taking `defaults` ({field: value}: the model's recommended training
     settings) for every field not in `explicit` (the flags the user set, on the command
     line or in a flagfile); `model_defaults` lists what it took, as flags."""
-    # Not the fields the user set, nor those their flags exclude (Lookahead after --ema_decay).
+    # Not the fields the user set, nor those their flags exclude (Lookahead after --ema_decay),
+    # nor --epochs when their --train_steps sets the length: it would be recorded, unused.
     kept = set(explicit).union(*(g for g in EXCLUSIVE if set(explicit) & set(g)))
+    if "train_steps" in explicit and self.train_steps:
+      kept.add("epochs")
     taken = {name: value for name, value in sorted(defaults.items()) if name not in kept}
     return self.replace(**taken, model_defaults=" ".join(
         f"--{name}={value}" for name, value in taken.items()))

@@ -101,6 +101,7 @@ def test_train_then_evaluate_a_folder_refusing_unknown_classes(tmp_path):
       in result.stderr
   assert "--schedule=cosine" in config["model_defaults"]
   assert "--optimizer" not in config["model_defaults"] and config["optimizer"] == "adam"
+  assert "--epochs" not in config["model_defaults"]  # --train_steps set the length.
   # Its momentum and decay were tuned for SGD, and the console says so.
   assert "which --model=resnet8 tuned for --optimizer=sgd" in result.stderr
 
