@@ -237,8 +237,7 @@ class Config:
     if "train_steps" in explicit and self.train_steps:
       kept.add("epochs")
     taken = {name: value for name, value in sorted(defaults.items()) if name not in kept}
-    return self.replace(**taken, model_defaults=" ".join(
-        f"--{name}={value}" for name, value in taken.items()))
+    return self.replace(**taken, model_defaults=as_flags(taken))
 
   def untuned_model_defaults(self, defaults, explicit):
     """The model defaults (as flags) this run took that were tuned for another optimizer
@@ -423,15 +422,23 @@ class Config:
             for name in CHECKPOINT_FIELDS if getattr(self, name) != getattr(other, name)]
 
 
-def define_flags(flag_values, registered=None):
+def as_flags(settings):
+  """{field: value} as flags, sorted: {"epochs": 20.0} -> "--epochs=20.0"."""
+  return " ".join(f"--{name}={value}" for name, value in sorted(settings.items()))
+
+
+def define_flags(flag_values, registered=None, model_set=()):
   """Defines a flag of the same name for every user-settable field in `flag_values`;
-  `registered` ({flag: names}) adds the registered names to the help of those flags."""
+  `registered` ({flag: names}) adds the registered names to the help of those flags,
+  and the help of those in `model_set` (set by some model's training defaults) says so."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   define = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
             float: flags.DEFINE_float, bool: flags.DEFINE_bool}
   for name, kind, default, help_text in fields():
     if registered and name in registered:
       help_text += f". Registered: {', '.join(registered[name])}"
+    if name in model_set:
+      help_text += ". Default: the --model's own where it sets one (--list=model)"
     define[kind](name, default, help_text, flag_values=flag_values)
 
 

@@ -16,7 +16,7 @@ import sys
 import sysconfig
 import traceback
 
-from research.config import ConfigError, is_plugin_file, reason
+from research.config import ConfigError, as_flags, is_plugin_file, reason
 from research.registry import SpecError
 
 # Importing each fills its registries; `registries()` maps flags to them. Every module
@@ -216,9 +216,15 @@ def _one_line(error):
 
 
 def listing(flag=None):
-  """Every registered item of `flag` (or of every flag) with its parameters."""
+  """Every registered item of `flag` (or of every flag) with its parameters; each model
+  with the training defaults it takes for the flags a run does not set."""
+  from research import models  # pylint: disable=g-import-not-at-top
+  notes = {"model": {name: "training defaults: " + (as_flags(models.defaults_of(name))
+                                                    or "none (the flags' own)")
+                     for name in models.MODELS.names()}}
   out = []
   for name, (registry, many) in registries().items():
     if flag in (None, name):
-      out.append(f"--{name}{' (comma-separated)' if many else ''}:\n{registry.describe()}")
+      out.append(f"--{name}{' (comma-separated)' if many else ''}:\n"
+                 f"{registry.describe(notes.get(name))}")
   return "\n".join(out)

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from research import plugins
 from research.config import ConfigError
 from tests.conftest import ROOT
 
@@ -61,8 +62,17 @@ def test_offline_cifar_is_one_quick_line(tmp_path, monkeypatch):
 
 def test_help_lists_registered_names_and_startup_noise_is_hidden(tmp_path):
   result = run("train.py", "--help")
+  assert result.returncode == 0, result.stderr[-2000:]
+  text = " ".join(result.stdout.split())
   assert "--model: architecture name from the model registry. Registered: airbench, " \
-         "airbench_noidentity" in " ".join(result.stdout.split())
+         "airbench_noidentity" in text
+  # The flags' defaults are not what most models train with, and the help says so.
+  assert "Each --model has its own training defaults" in text
+  assert "--optimizer: optimizer name from the optimizer registry. Registered: adam, " \
+         "adamw, lamb, lion, muon, sgd. Default: the --model's own where it sets one " \
+         "(--list=model)" in text
+  listed = text.split("--list: ")[1].split(" --")[0]
+  assert all(flag in listed for flag in plugins.registries()), listed
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   trained = subprocess.run([sys.executable, "train.py", "--dataset=synthetic",
                 "--synthetic_examples=64", "--image_size=16", "--model=resnet8", "--batch_size=16",
