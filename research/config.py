@@ -11,7 +11,7 @@ import json
 import math
 import os
 
-from research import files
+from research import files, footprint
 from research.registry import split_list
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
@@ -299,6 +299,9 @@ class Config:
     _at_least("num_classes", self.num_classes, 0)
     if self.train_steps == 0 and not self.epochs > 0:
       raise ConfigError(f"--epochs must be > 0 when --train_steps=0, got {self.epochs}")
+    too_large = footprint.batch_error(self)  # Before anything is built for such images.
+    if too_large:
+      raise ConfigError(too_large)
     if not 0.0 <= self.val_split < 1.0:
       raise ConfigError(f"--val_split must be in [0, 1), got {self.val_split}")
     if not self.learning_rate > 0:

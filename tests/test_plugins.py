@@ -123,7 +123,8 @@ def test_no_import_cycle_and_no_registration_by_import_order():
                           text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == str(["research", "research.config", "research.files",
-                                       "research.hooks", "research.registry"])
+                                       "research.footprint", "research.hooks",
+                                       "research.registry"])
 
 
 def test_the_tests_of_every_registered_item_run_on_a_plugins_items(tmp_path):
