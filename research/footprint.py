@@ -41,9 +41,10 @@ def size_text(num_bytes):
 
 def batch_error(config, available=None):
   """Why one float32 batch of `config`'s images cannot fit in memory, or None."""
-  batch = max(config.batch_size, config.global_eval_batch_size)
+  flag = "eval_batch_size" if config.global_eval_batch_size > config.batch_size else (
+      "batch_size")
   per_image = config.image_size ** 2 * 3 * FLOAT32_BYTES
-  return _error(config, "one float32 batch of its images alone takes", batch, per_image,
+  return _error(config, flag, "one float32 batch of its images alone takes", per_image,
                 available)
 
 
@@ -51,21 +52,23 @@ def activations_error(config, model, batch, available=None):
   """Why the activations of `model` (built) for a training batch of `batch` images
   cannot fit in memory, or None. Computed in config.precision's dtype."""
   per_image = conv_outputs(model) * (2 if config.precision.startswith("mixed") else 4)
-  return _error(config, "the model's activations in a training step (the outputs of "
-                "its convolutions, kept for the gradients) take", batch, per_image,
-                available)
+  return _error(config.replace(batch_size=batch), "batch_size", "the model's activations "
+                "in a training step (the outputs of its convolutions, kept for the "
+                "gradients) take", per_image, available)
 
 
-def _error(config, what, batch, per_image, available):
+def _error(config, flag, what, per_image, available):
+  """Why --`flag` images of `per_image` bytes each cannot fit in memory, or None."""
   available = available_memory() if available is None else available
+  batch = getattr(config, flag)
   needed = batch * per_image
   if needed <= available:
     return None
   fits = available // per_image
-  lower = (f"lower --batch_size (at most {fits} could fit) or --image_size" if fits else
+  lower = (f"lower --{flag} (at most {fits} could fit) or --image_size" if fits else
            "lower --image_size")
-  return (f"--image_size={config.image_size} with a batch of {batch}: {what} at "
-          f"least {size_text(needed)}, more than the {size_text(available)} of memory "
+  return (f"--image_size={config.image_size} with --{flag}={batch}: {what} at least "
+          f"{size_text(needed)}, more than the {size_text(available)} of memory "
           f"available; {lower}")
 
 

@@ -38,8 +38,8 @@ def run(script, *args):
     (["--epochs=-1"], "--epochs must be > 0"),
     (["--learning_rate=inf"], "error: --learning_rate must be a finite number, got inf"),
     (["--model_dir=/proc/no/run", "--dataset=synthetic"], "cannot be created"),
-    (["--image_size=100000", "--dataset=synthetic"], "error: --image_size=100000 with a "
-     "batch of 128: one float32 batch of its images alone takes at least 15.4 TB"),
+    (["--image_size=100000", "--dataset=synthetic"], "error: --image_size=100000 with "
+     "--batch_size=128: one float32 batch of its images alone takes at least 15.4 TB"),
 ])
 def test_bad_flags_exit_non_zero_and_write_nothing(tmp_path, args, message):
   model_dir = tmp_path / "run"

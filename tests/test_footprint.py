@@ -8,11 +8,11 @@ from research.config import Config, ConfigError
 
 def test_a_batch_that_cannot_fit_is_refused_before_anything_is_built(monkeypatch):
   monkeypatch.setattr(footprint, "available_memory", lambda: 10 ** 9)
-  with pytest.raises(ConfigError, match=r"^--image_size=1000 with a batch of 128: one "
+  with pytest.raises(ConfigError, match=r"^--image_size=1000 with --batch_size=128: one "
                      r"float32 batch of its images alone takes at least 1.5 GB, more than "
                      r"the 1.0 GB of memory available; lower --batch_size \(at most 83 "):
     Config(image_size=1000, batch_size=128).validate()
-  with pytest.raises(ConfigError, match=r"with a batch of 4096: .* lower --image_size$"):
+  with pytest.raises(ConfigError, match=r"with --eval_batch_size=4096: .* lower --image_size$"):
     Config(image_size=100000, batch_size=1, eval_batch_size=4096).validate()
   Config(image_size=1000, batch_size=80).validate()  # 0.96 GB.
 
@@ -26,7 +26,7 @@ def test_activations_count_the_convolutions_outputs():
   per_image = 4 * footprint.conv_outputs(model)
   assert footprint.activations_error(config, model, 10, available=10 * per_image) is None
   message = footprint.activations_error(config, model, 11, available=10 * per_image)
-  assert message.startswith("--image_size=16 with a batch of 11: the model's activations")
+  assert message.startswith("--image_size=16 with --batch_size=11: the model's activations")
   assert message.endswith("lower --batch_size (at most 10 could fit) or --image_size")
   half = config.replace(precision="mixed_bfloat16")  # Activations in 2 bytes.
   assert footprint.activations_error(half, model, 20, available=10 * per_image) is None
