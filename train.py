@@ -111,8 +111,8 @@ def main(argv):
 def parse_flags(argv):
   """absl's parsing, its errors (an unknown flag, a bad value, a missing flagfile) as
   one error line."""
-  try:
-    return FLAGS(argv)
+  try:  # -h as well: absl knows --help, --helpshort and -? only.
+    return FLAGS([arg if arg != "-h" else "--help" for arg in argv])
   except flags.Error as e:  # A missing flagfile's message starts "ERROR:: ".
     sys.exit(f"error: {str(e).removeprefix('ERROR:: ')} (--helpshort lists the flags)")
   except SystemExit as e:  # absl exits 1 after printing the help that was asked for.

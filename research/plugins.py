@@ -52,7 +52,8 @@ def _import(plugin):
       if name in sys.modules:
         return sys.modules[name]
       if not os.path.isfile(path):
-        raise FileNotFoundError(f"no file {path!r}")
+        raise FileNotFoundError(f"{path!r} is a directory: name its .py files" if
+                                os.path.isdir(path) else f"no file {path!r}")
       spec = importlib.util.spec_from_file_location(name, path)
       module = importlib.util.module_from_spec(spec)
       sys.modules[name] = module

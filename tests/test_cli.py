@@ -86,6 +86,12 @@ def test_help_lists_registered_names_and_startup_noise_is_hidden(tmp_path):
     assert noise not in trained.stderr
 
 
+def test_short_help_exits_zero_too():
+  result = run("train.py", "-h")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Each --model has its own training defaults" in result.stdout
+
+
 def _folder(root, size=16, per_class=6):
   rng = np.random.default_rng(1)
   for c, name in enumerate(["dark", "light"]):

@@ -95,6 +95,9 @@ def test_a_plugin_that_raises_is_named_by_file_and_line(tmp_path, monkeypatch, c
   with pytest.raises(plugins.PluginError, match=r"cannot import 'no_such_module_xyz' "
                                                 r"\(ModuleNotFoundError"):
     plugins.load(["no_such_module_xyz"])
+  with pytest.raises(plugins.PluginError, match=r"FileNotFoundError: '.*' is a directory: "
+                                                r"name its .py files"):
+    plugins.load([str(tmp_path) + "/"])
 
 
 def test_the_model_listing_shows_each_models_training_defaults(monkeypatch):
