@@ -3,8 +3,14 @@
   python train.py --strategy=mirrored --dataset=folder --data_dir=DIR --model=improved_cnn
   python train.py --flagfile=configs/cifar10_fast.flags --dataset=folder --data_dir=DIR
   python train.py --list=augment       # registered augmentations and their parameters
+  python train.py --list=model         # the models, each with its training defaults
 
-Every flag is a field of research.config.Config (`--helpfull` lists them).
+Each --model has its own training defaults (optimizer, learning rate, epochs, batch
+size, augmentation, ...), taken for every flag the command line and flagfiles do not
+set; the defaults shown below are the flags' own, which few models train with.
+`--list=model` lists each model's, and a run logs the ones it took and records them in
+config.json (`model_defaults`). Every flag is a field of research.config.Config
+(`--helpfull` lists them).
 """
 
 import os
@@ -17,25 +23,31 @@ from absl import app, flags, logging  # noqa: E402
 from research import config as config_lib  # noqa: E402
 from research import startup  # noqa: E402
 
-HELP_FLAGS = ("--help", "--helpfull", "--helpshort", "-h", "-?")
+HELP_FLAGS = ("--help", "--helpfull", "--helpshort", "--helpxml", "-h", "-?")
 
 
-def registered_names():
-  """{flag: registered names}, for the help text; only when help is asked, because
-  filling the registries imports TensorFlow."""
-  if not any(arg in HELP_FLAGS for arg in sys.argv[1:]):
-    return {}
+def help_notes():
+  """({flag: registered names}, flags that some model's training defaults set), for the
+  help text; only when help is asked, because filling the registries imports TensorFlow."""
+  if not help_asked(sys.argv):
+    return {}, ()
   startup.import_tensorflow()
-  from research import plugins  # pylint: disable=g-import-not-at-top
+  from research import models, plugins  # pylint: disable=g-import-not-at-top
   plugins.load()
-  return {flag: registry.names() for flag, (registry, _) in plugins.registries().items()}
+  return ({flag: registry.names() for flag, (registry, _) in plugins.registries().items()},
+          set().union(*models.TRAINING_DEFAULTS.values()))
 
 
-config_lib.define_flags(flags.FLAGS, registered_names())
+def help_asked(argv):
+  return any(arg.split("=")[0] in HELP_FLAGS for arg in argv[1:])
+
+
+config_lib.define_flags(flags.FLAGS, *help_notes())
 flags.adopt_module_key_flags(config_lib)  # --help shows them, not only --helpfull.
 flags.DEFINE_string("list", None, "print the registered items of a flag (model, augment, "
-                    "loss, step, metrics, regularizers, hooks, optimizer, schedule; 'all' "
-                    "for every one) with their parameters, and exit")
+                    "loss, step, metrics, regularizers, hooks, optimizer, schedule, "
+                    "param_rules; 'all' for every one) with their parameters, and each "
+                    "model's training defaults, and exit")
 flags.DEFINE_bool("verbose", False, "show TensorFlow's start-up and per-step INFO logs "
                   "(CUDA probes, all-reduces, checkpoint shards), hidden by default")
 FLAGS = flags.FLAGS
@@ -99,10 +111,12 @@ def main(argv):
 def parse_flags(argv):
   """absl's parsing, its errors (an unknown flag, a bad value, a missing flagfile) as
   one error line."""
-  try:
-    return FLAGS(argv)
+  try:  # -h as well: absl knows --help, --helpshort and -? only.
+    return FLAGS([arg if arg != "-h" else "--help" for arg in argv])
   except flags.Error as e:  # A missing flagfile's message starts "ERROR:: ".
     sys.exit(f"error: {str(e).removeprefix('ERROR:: ')} (--helpshort lists the flags)")
+  except SystemExit as e:  # absl exits 1 after printing the help that was asked for.
+    sys.exit(0 if e.code == 1 and help_asked(argv) else e.code)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import json
 import math
 import os
 
-from research import files
+from research import files, footprint
 from research.registry import split_list
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
@@ -231,11 +231,13 @@ class Config:
     """A copy taking `defaults` ({field: value}: the model's recommended training
     settings) for every field not in `explicit` (the flags the user set, on the command
     line or in a flagfile); `model_defaults` lists what it took, as flags."""
-    # Not the fields the user set, nor those their flags exclude (Lookahead after --ema_decay).
+    # Not the fields the user set, nor those their flags exclude (Lookahead after --ema_decay),
+    # nor --epochs when their --train_steps sets the length: it would be recorded, unused.
     kept = set(explicit).union(*(g for g in EXCLUSIVE if set(explicit) & set(g)))
+    if "train_steps" in explicit and self.train_steps:
+      kept.add("epochs")
     taken = {name: value for name, value in sorted(defaults.items()) if name not in kept}
-    return self.replace(**taken, model_defaults=" ".join(
-        f"--{name}={value}" for name, value in taken.items()))
+    return self.replace(**taken, model_defaults=as_flags(taken))
 
   def untuned_model_defaults(self, defaults, explicit):
     """The model defaults (as flags) this run took that were tuned for another optimizer
@@ -297,6 +299,9 @@ class Config:
     _at_least("num_classes", self.num_classes, 0)
     if self.train_steps == 0 and not self.epochs > 0:
       raise ConfigError(f"--epochs must be > 0 when --train_steps=0, got {self.epochs}")
+    too_large = footprint.batch_error(self)  # Before anything is built for such images.
+    if too_large:
+      raise ConfigError(too_large)
     if not 0.0 <= self.val_split < 1.0:
       raise ConfigError(f"--val_split must be in [0, 1), got {self.val_split}")
     if not self.learning_rate > 0:
@@ -420,15 +425,23 @@ class Config:
             for name in CHECKPOINT_FIELDS if getattr(self, name) != getattr(other, name)]
 
 
-def define_flags(flag_values, registered=None):
+def as_flags(settings):
+  """{field: value} as flags, sorted: {"epochs": 20.0} -> "--epochs=20.0"."""
+  return " ".join(f"--{name}={value}" for name, value in sorted(settings.items()))
+
+
+def define_flags(flag_values, registered=None, model_set=()):
   """Defines a flag of the same name for every user-settable field in `flag_values`;
-  `registered` ({flag: names}) adds the registered names to the help of those flags."""
+  `registered` ({flag: names}) adds the registered names to the help of those flags,
+  and the help of those in `model_set` (set by some model's training defaults) says so."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   define = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
             float: flags.DEFINE_float, bool: flags.DEFINE_bool}
   for name, kind, default, help_text in fields():
     if registered and name in registered:
       help_text += f". Registered: {', '.join(registered[name])}"
+    if name in model_set:
+      help_text += ". Default: the --model's own where it sets one (--list=model)"
     define[kind](name, default, help_text, flag_values=flag_values)
 
 

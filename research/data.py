@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from research import augment as augment_lib
 from research import files
+from research.footprint import available_memory
 from research.sources import DataError
 from research.sources import Indexed
 from research.sources import files as files_source
@@ -178,18 +179,6 @@ def step_payloads(source, config, first, last):
                                             (step % steps_per_epoch) * config.batch_size,
                                             config.batch_size)["payload"].numpy()
                          for step in range(first, last)])
-
-
-def available_memory():
-  """Bytes of memory available to this process: MemAvailable, or else all of it."""
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def open_records(directory, image_size):

@@ -68,11 +68,13 @@ def schedule(config, peak=0.0, steps=0):
 
 @SCHEDULES.register("constant")
 def constant(done):
+  """The peak learning rate throughout (after any warmup)."""
   return tf.ones_like(done)
 
 
 @SCHEDULES.register("cosine")
 def cosine(done):
+  """Half a cosine from the peak to --decay_to: the default of most models."""
   return 0.5 * (1.0 + tf.cos(math.pi * done))
 
 
@@ -313,6 +315,7 @@ def lower_loss_scale(optimizer):
 
 @OPTIMIZERS.register("sgd")
 def sgd(learning_rate, config):
+  """SGD with --momentum (Nesterov unless --nonesterov) and decoupled --weight_decay."""
   return keras.optimizers.SGD(learning_rate, momentum=config.momentum,
                               nesterov=config.nesterov,
                               weight_decay=config.weight_decay or None)
@@ -327,5 +330,7 @@ def adam(learning_rate, config):
 
 @OPTIMIZERS.register("adamw")
 def adamw(learning_rate, config):
+  """Keras' AdamW class: Adam (beta_1 --momentum) with decoupled --weight_decay, the
+  same update as adam here; for configs that name AdamW."""
   return keras.optimizers.AdamW(learning_rate, beta_1=config.momentum,
                                 weight_decay=config.weight_decay)

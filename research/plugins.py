@@ -13,8 +13,10 @@ import os
 import pkgutil
 import re
 import sys
+import sysconfig
+import traceback
 
-from research.config import ConfigError, is_plugin_file, reason
+from research.config import ConfigError, as_flags, is_plugin_file, reason
 from research.registry import SpecError
 
 # Importing each fills its registries; `registries()` maps flags to them. Every module
@@ -50,7 +52,8 @@ def _import(plugin):
       if name in sys.modules:
         return sys.modules[name]
       if not os.path.isfile(path):
-        raise FileNotFoundError(f"no file {path!r}")
+        raise FileNotFoundError(f"{path!r} is a directory: name its .py files" if
+                                os.path.isdir(path) else f"no file {path!r}")
       spec = importlib.util.spec_from_file_location(name, path)
       module = importlib.util.module_from_spec(spec)
       sys.modules[name] = module
@@ -62,8 +65,35 @@ def _import(plugin):
       return module
     return importlib.import_module(plugin)
   except Exception as e:  # pylint: disable=broad-except  (any error of the user's module)
-    raise PluginError(f"--plugins: cannot import {plugin!r} "
-                      f"({type(e).__name__}: {e})") from e
+    where = _raised_at(e)
+    if where is None:  # Not found, or not importable: no line of the user's raised it.
+      raise PluginError(f"--plugins: cannot import {plugin!r} "
+                        f"({type(e).__name__}: {e})") from e
+    raise PluginError(f"--plugins: {where[0]} line {where[1]} raised "
+                      f"{type(e).__name__}: {_message(e)}") from e
+
+
+def _raised_at(error):
+  """(file, line) of the user's code where importing a plugin raised `error`: a syntax
+  error's own place, else the innermost frame outside Python's, the installed packages'
+  and this package's files; None when none is the user's (no such module)."""
+  if isinstance(error, SyntaxError) and error.filename and error.lineno:
+    return error.filename, error.lineno
+  frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+            if not frame.filename.startswith(_NOT_USER_CODE)]
+  return (frames[-1].filename, frames[-1].lineno) if frames else None
+
+
+def _message(error):
+  """The error's message in one line; a syntax error's without its place (said before)."""
+  return error.msg if isinstance(error, SyntaxError) else reason(error)
+
+
+# Where the files of a traceback are not a plugin's: the error is named at the line of
+# the user's that led there (a duplicate registration at its decorator, not in registry.py).
+_NOT_USER_CODE = ("<", os.path.dirname(os.path.abspath(__file__)) + os.sep) + tuple(
+    sorted({os.path.join(sysconfig.get_paths()[key], "") for key in ("stdlib", "purelib",
+                                                                     "platlib")}))
 
 
 def registries():
@@ -187,9 +217,15 @@ def _one_line(error):
 
 
 def listing(flag=None):
-  """Every registered item of `flag` (or of every flag) with its parameters."""
+  """Every registered item of `flag` (or of every flag) with its parameters; each model
+  with the training defaults it takes for the flags a run does not set."""
+  from research import models  # pylint: disable=g-import-not-at-top
+  notes = {"model": {name: "training defaults: " + (as_flags(models.defaults_of(name))
+                                                    or "none (the flags' own)")
+                     for name in models.MODELS.names()}}
   out = []
   for name, (registry, many) in registries().items():
     if flag in (None, name):
-      out.append(f"--{name}{' (comma-separated)' if many else ''}:\n{registry.describe()}")
+      out.append(f"--{name}{' (comma-separated)' if many else ''}:\n"
+                 f"{registry.describe(notes.get(name))}")
   return "\n".join(out)

@@ -71,8 +71,9 @@ def onednn_enabled():
 def resolve(requested):
   """The policy to run for `requested` (`auto` or a policy), logging the choice.
 
-  An explicit `mixed_bfloat16` on a CPU-only machine without native bf16 still runs,
-  with a warning.
+  An explicit `mixed_bfloat16` on a CPU-only machine without native bf16, or
+  `mixed_float16` on one without a GPU (CPUs have no float16 arithmetic units), still
+  runs, with a warning.
   """
   gpus = gpu_capabilities()
   if requested == "auto":
@@ -84,4 +85,8 @@ def resolve(requested):
     logging.warning("--precision=mixed_bfloat16 on a CPU without native bfloat16 (no %s) "
                     "will be several times slower than float32; use --precision=auto or "
                     "--precision=float32", " or ".join(NATIVE_BF16_CPU_FLAGS))
+  if requested == "mixed_float16" and not gpus:
+    logging.warning("--precision=mixed_float16 without a GPU: the CPU computes float16 "
+                    "by converting to and from float32: several times slower than "
+                    "float32; use --precision=auto or --precision=float32")
   return requested

@@ -105,13 +105,16 @@ class Registry:
     spec = text if isinstance(text, Spec) else self.parse(text)
     return self.get(spec.name)(*args, **spec.kwargs)
 
-  def describe(self):
-    """One line per item: `name(key=default, ...)  first docstring line`."""
+  def describe(self, notes=None):
+    """One line per item: `name(key=default, ...)  first docstring line`, and under it
+    the item's line of `notes` ({name: text}) if it has one."""
     lines = []
     for name in self.names():
       params = ", ".join(f"{k}={v!r}" for k, v in self.parameters(name).items())
       doc = (inspect.getdoc(self.get(name)) or "").split("\n")[0]
       lines.append(f"  {name}({params})" + (f"  {doc}" if doc else ""))
+      if notes and name in notes:
+        lines.append(f"      {notes[name]}")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from research import plugins
 from research.config import ConfigError
 from tests.conftest import ROOT
 
@@ -37,6 +38,8 @@ def run(script, *args):
     (["--epochs=-1"], "--epochs must be > 0"),
     (["--learning_rate=inf"], "error: --learning_rate must be a finite number, got inf"),
     (["--model_dir=/proc/no/run", "--dataset=synthetic"], "cannot be created"),
+    (["--image_size=100000", "--dataset=synthetic"], "error: --image_size=100000 with "
+     "--batch_size=128: one float32 batch of its images alone takes at least 15.4 TB"),
 ])
 def test_bad_flags_exit_non_zero_and_write_nothing(tmp_path, args, message):
   model_dir = tmp_path / "run"
@@ -61,8 +64,17 @@ def test_offline_cifar_is_one_quick_line(tmp_path, monkeypatch):
 
 def test_help_lists_registered_names_and_startup_noise_is_hidden(tmp_path):
   result = run("train.py", "--help")
+  assert result.returncode == 0, result.stderr[-2000:]
+  text = " ".join(result.stdout.split())
   assert "--model: architecture name from the model registry. Registered: airbench, " \
-         "airbench_noidentity" in " ".join(result.stdout.split())
+         "airbench_noidentity" in text
+  # The flags' defaults are not what most models train with, and the help says so.
+  assert "Each --model has its own training defaults" in text
+  assert "--optimizer: optimizer name from the optimizer registry. Registered: adam, " \
+         "adamw, lamb, lion, muon, sgd. Default: the --model's own where it sets one " \
+         "(--list=model)" in text
+  listed = text.split("--list: ")[1].split(" --")[0]
+  assert all(flag in listed for flag in plugins.registries()), listed
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   trained = subprocess.run([sys.executable, "train.py", "--dataset=synthetic",
                 "--synthetic_examples=64", "--image_size=16", "--model=resnet8", "--batch_size=16",
@@ -72,6 +84,12 @@ def test_help_lists_registered_names_and_startup_noise_is_hidden(tmp_path):
   assert trained.returncode == 0, trained.stderr[-2000:]
   for noise in ("cuInit", "Reduce to", "Sharding callback", "absl::InitializeLog"):
     assert noise not in trained.stderr
+
+
+def test_short_help_exits_zero_too():
+  result = run("train.py", "-h")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "Each --model has its own training defaults" in result.stdout
 
 
 def _folder(root, size=16, per_class=6):
@@ -101,6 +119,7 @@ def test_train_then_evaluate_a_folder_refusing_unknown_classes(tmp_path):
       in result.stderr
   assert "--schedule=cosine" in config["model_defaults"]
   assert "--optimizer" not in config["model_defaults"] and config["optimizer"] == "adam"
+  assert "--epochs" not in config["model_defaults"]  # --train_steps set the length.
   # Its momentum and decay were tuned for SGD, and the console says so.
   assert "which --model=resnet8 tuned for --optimizer=sgd" in result.stderr
 

@@ -128,6 +128,16 @@ def test_model_defaults_fill_only_what_no_flag_set():
   assert config.model_defaults == "--optimizer=adam"
 
 
+def test_model_epochs_are_not_taken_when_train_steps_set_the_length():
+  defaults = {"epochs": 50.0, "warmup_epochs": 2.0}
+  config = Config(train_steps=20).with_model_defaults(defaults, explicit={"train_steps"})
+  assert config.epochs == Config().epochs and config.warmup_epochs == 2.0
+  assert config.model_defaults == "--warmup_epochs=2.0"
+  # --train_steps=0 (in a flagfile, say) leaves the length to the epochs: the model's.
+  config = Config(train_steps=0).with_model_defaults(defaults, explicit={"train_steps"})
+  assert config.epochs == 50.0
+
+
 def test_model_defaults_tuned_for_another_optimizer_are_named():
   defaults = {"optimizer": "adam", "learning_rate": 1e-3, "momentum": 0.9, "epochs": 20.0}
   def untuned(**flags):

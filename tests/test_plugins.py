@@ -1,5 +1,6 @@
 """--plugins: a researcher's module outside research/ joins the registries and trains."""
 
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -58,15 +59,63 @@ def test_the_cli_takes_plugins_and_lists_their_items(tmp_path):
   assert "crop(padding=4)" in result.stdout
 
 
-def test_a_broken_plugin_is_one_error_line(tmp_path):
+def test_a_broken_plugin_is_one_error_line_naming_its_line(tmp_path):
   path = tmp_path / "broken.py"
-  path.write_text("import no_such_package_xyz\n")
+  path.write_text("import math\n\nratio = 1 / 0\n")
   result = run("train.py", f"--plugins={path}", f"--model_dir={tmp_path / 'run'}",
                "--dataset=synthetic")
   assert result.returncode == 1
-  assert f"error: --plugins: cannot import '{path}' (ModuleNotFoundError" in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: --plugins: {path} line 3 raised ZeroDivisionError: division by zero")
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("code, message", [
+    ("import no_such_package_xyz\n",
+     "{path} line 1 raised ModuleNotFoundError: No module named 'no_such_package_xyz'"),
+    ("def f(:\n  pass\n", "{path} line 1 raised SyntaxError: invalid syntax"),
+    # A duplicate name: at the plugin's decorator, not inside research/registry.py.
+    ("from research.augment import AUGMENTATIONS\n\n@AUGMENTATIONS.register('crop')\n"
+     "def crop():\n  pass\n",
+     "{path} line 3 raised ValueError: augmentation 'crop' is already registered"),
+    # Raised in a module the plugin imports: that module's line.
+    ("import helper_of_broken\n", "{helper} line 2 raised KeyError: 'k'"),
+])
+def test_a_plugin_that_raises_is_named_by_file_and_line(tmp_path, monkeypatch, code,
+                                                        message):
+  (tmp_path / "helper_of_broken.py").write_text("def g():\n  return {}['k']\ng()\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  path = tmp_path / "broken_idea.py"
+  path.write_text(code)
+  expected = message.format(path=path, helper=tmp_path / "helper_of_broken.py")
+  with pytest.raises(plugins.PluginError) as raised:
+    plugins.load([str(path)])
+  assert str(raised.value) == f"--plugins: {expected}"
+  with pytest.raises(plugins.PluginError, match=r"cannot import 'no_such_module_xyz' "
+                                                r"\(ModuleNotFoundError"):
+    plugins.load(["no_such_module_xyz"])
+  with pytest.raises(plugins.PluginError, match=r"FileNotFoundError: '.*' is a directory: "
+                                                r"name its .py files"):
+    plugins.load([str(tmp_path) + "/"])
+
+
+def test_the_model_listing_shows_each_models_training_defaults(monkeypatch):
+  from research import models  # pylint: disable=g-import-not-at-top
+  monkeypatch.delitem(models.TRAINING_DEFAULTS, "baseline_cnn_aux")  # As a plugin's model.
+  text = plugins.listing("model")
+  assert ("  resnet8(zero_init_residual=False)  He et al.'s CIFAR ResNet-8: 1 basic block "
+          "per stage, widths 16/32/64.\n      training defaults: --augment=crop,flip "
+          "--batch_size=128 --epochs=30.0 ") in text
+  assert "baseline_cnn_aux()  The tutorial's CNN with an auxiliary classifier on its " \
+         "second conv block.\n      training defaults: none (the flags' own)" in text
+
+
+def test_every_registered_item_has_a_description():
+  """--list prints each item's first docstring line: an item without one is a bare name."""
+  for flag, (registry, _) in plugins.registries().items():
+    for name in registry.names():
+      assert (inspect.getdoc(registry.get(name)) or "").strip(), f"--{flag}: {name}"
 
 
 def test_no_import_cycle_and_no_registration_by_import_order():
@@ -77,7 +126,8 @@ def test_no_import_cycle_and_no_registration_by_import_order():
                           text=True, timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == str(["research", "research.config", "research.files",
-                                       "research.hooks", "research.registry"])
+                                       "research.footprint", "research.hooks",
+                                       "research.registry"])
 
 
 def test_the_tests_of_every_registered_item_run_on_a_plugins_items(tmp_path):

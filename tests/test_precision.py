@@ -64,6 +64,18 @@ def test_explicit_bf16_without_native_support_warns(monkeypatch):
   assert len(warnings) == 1
 
 
+def test_explicit_fp16_without_a_gpu_warns(monkeypatch):
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
+  monkeypatch.setattr(precision, "gpu_capabilities", lambda: [])
+  assert precision.resolve("mixed_float16") == "mixed_float16"
+  assert len(warnings) == 1 and "--precision=mixed_float16 without a GPU" in warnings[0]
+  assert "--precision=auto or --precision=float32" in warnings[0]
+  monkeypatch.setattr(precision, "gpu_capabilities", lambda: [(7, 0)])
+  assert precision.resolve("mixed_float16") == "mixed_float16"
+  assert len(warnings) == 1
+
+
 def test_auto_run_saves_the_resolved_policy(make_config, monkeypatch):
   monkeypatch.setattr(precision, "cpu_flags", lambda: AVX2)
   config = make_config(precision="auto", train_steps=3, eval_every=3, checkpoint_every=3)
