@@ -43,17 +43,26 @@ def load_run(model_dir, weights="model", flag="--weights"):
 def _run_config(model_dir):
   """(config, class names) of the run in `model_dir`, its plugins loaded."""
   if not os.path.isdir(model_dir):
-    raise data_lib.DataError(f"run dir {model_dir!r} does not exist")
+    raise data_lib.DataError(f"run dir {model_dir!r} " + (
+        "is a file, not a run's model dir" if os.path.exists(model_dir) else "does not exist"))
   config_path = os.path.join(model_dir, "config.json")
   if not os.path.exists(config_path):
     raise data_lib.DataError(f"{model_dir!r} holds no training run (no config.json)")
-  config = Config.load(config_path)
+  try:
+    config = Config.load(config_path)
+  except (ValueError, TypeError) as e:  # Not JSON, or not a config's JSON.
+    raise data_lib.DataError(f"{config_path} is damaged ({reason(e)}): it holds the run's "
+                             "settings, which build its model; restore it") from None
   try:
     plugins.load(config.plugin_modules)  # Custom layers of the run's models and plugins.
   except plugins.PluginError as e:  # Moved, renamed or broken since the run.
     raise data_lib.DataError(f"{model_dir}: {e} (the run was trained with it)") from None
-  with open(os.path.join(model_dir, "classes.json")) as f:
-    return config, json.load(f)
+  try:
+    with open(os.path.join(model_dir, "classes.json")) as f:
+      return config, json.load(f)
+  except (OSError, ValueError) as e:  # Written with config.json: deleted or damaged since.
+    raise data_lib.DataError(f"{model_dir}: its classes.json cannot be read ({reason(e)}); "
+                             "it lists the run's class names, one per output: restore it") from None
 
 
 def _load_model_keras(model_dir, flag):

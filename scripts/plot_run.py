@@ -112,6 +112,8 @@ def plot(run_dirs, out_dir="", examples=0, predictions=True, weights="model"):
   line (SystemExit) for what cannot be drawn."""
   if not run_dirs:
     sys.exit("error: name at least one run dir: plot_run.py RUN [RUN ...]")
+  if examples < 0:
+    sys.exit(f"error: --examples={examples} must be >= 0 (0: all)")
   missing = [r for r in run_dirs if not os.path.isdir(os.path.join(r, "train"))]
   if missing:
     sys.exit(f"error: no TensorBoard events (RUN/train) in: {', '.join(missing)}")

@@ -328,3 +328,18 @@ def test_an_exports_non_finite_outputs_agree_with_nothing():
   theirs = np.array([[np.nan, np.nan], [0.2, 0.8]], np.float32)
   result = export.check(ours, theirs, np.array([0, 1]))
   assert result["agreement"] == 0.5 and result["accuracy_export"] == 0.5
+
+
+def test_a_damaged_run_dir_is_one_error(run_dir, tmp_path):
+  from research import evaluation  # pylint: disable=g-import-not-at-top
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(DataError, match="is a file, not a run's model dir"):
+    evaluation.load_run(str(tmp_path / "a_file"))
+  damaged = tmp_path / "damaged"
+  shutil.copytree(run_dir, damaged)
+  os.remove(damaged / "classes.json")
+  with pytest.raises(DataError, match="its classes.json cannot be read"):
+    export.open_export(str(damaged))
+  (damaged / "config.json").write_text('{"model": ')
+  with pytest.raises(DataError, match=r"config.json is damaged \(Expecting value"):
+    export.open_export(str(damaged))

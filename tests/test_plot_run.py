@@ -104,3 +104,8 @@ def test_a_run_in_progress_draws_its_curves_and_says_why_no_predictions(two_runs
   assert sorted(os.listdir(os.path.join(run, "plots"))) == [
       "curves.png", "images_per_second.png", "learning_rate.png"]
   assert "warning: no prediction figures: " in capsys.readouterr().err
+
+
+def test_negative_examples_are_refused():
+  with pytest.raises(SystemExit, match=r"^error: --examples=-5 must be >= 0"):
+    plot_run.plot(["any_run"], examples=-5)
