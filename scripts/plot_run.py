@@ -21,7 +21,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import flags  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from research import startup  # noqa: E402
 from scripts import cli  # noqa: E402
@@ -133,6 +133,7 @@ def plot(run_dirs, out_dir="", examples=0, predictions=True, weights="model"):
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # Not TensorBoard's event-reading INFO lines.
   plot(argv[1:], FLAGS.out_dir, FLAGS.examples, not FLAGS.no_predictions, FLAGS.weights)
 
 
