@@ -16,15 +16,25 @@ WEIGHTS_HELP = ("model: the run's model.keras (EMA or Lookahead weights where on
 
 def define_weights_flag():
   """--weights, the same in every script that reads a run (research/evaluation.load_run)."""
-  flags.DEFINE_enum("weights", "model", ["model", "checkpoint", "final"], WEIGHTS_HELP)
+  # Owned by the script run (absl names `__main__` by argv[0]): its --help lists it.
+  flags.DEFINE_enum("weights", "model", ["model", "checkpoint", "final"], WEIGHTS_HELP,
+                    module_name=sys.argv[0])
+
+
+HELP_FLAGS = ("--help", "--helpshort", "--helpfull", "-h", "-?")
 
 
 def parse_flags(argv):
-  """absl's parsing, its errors (an unknown flag, a bad value) as one `error:` line."""
+  """absl's parsing, its errors (an unknown flag, a bad value) as one `error:` line, and
+  help that exits 0."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:  # A missing flagfile's message starts "ERROR:: ".
     sys.exit(f"error: {str(e).removeprefix('ERROR:: ')} (--helpshort lists the flags)")
+  except SystemExit:  # absl's help flags print the help, then exit 1.
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+      sys.exit(0)
+    raise
 
 
 def run(main):

@@ -169,3 +169,8 @@ def test_json_lines_are_valid_json_with_non_finite_numbers_as_null(capsys):
                               "examples": 3}
   assert capsys.readouterr().err.splitlines() == [
       "warning: accuracy is nan, written as null", "warning: top[0][1] is inf, written as null"]
+
+
+def test_a_scripts_help_exits_0():
+  result = run("scripts/plot_run.py", "--help")
+  assert result.returncode == 0 and "--weights: <model|checkpoint|final>" in result.stdout
