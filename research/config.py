@@ -138,6 +138,9 @@ class Config:
   init_from: str = _field("", "start from another run's saved model (its model dir): "
                           "variables matched by layer and shape, the head new when the "
                           "classes differ; <model_dir>/initialization.json lists them")
+  init_weights: str = _field("model", "what --init_from reads of its run: model (its "
+                             "model.keras) or checkpoint (its newest checkpoint's raw "
+                             "weights: a run that was stopped), as the scripts' --weights")
   freeze_epochs: float = _field(0.0, "train only the head (the `logits` layer) this many "
                                 "epochs, BatchNorm in inference mode, then everything")
   backbone_lr_scale: float = _field(1.0, "learning-rate multiplier of every variable but "
@@ -340,16 +343,33 @@ class Config:
   def _validate_initialization(self):
     if self.weights not in ("none", "imagenet") and not os.path.isfile(self.weights):
       raise ConfigError(f"--weights={self.weights!r} is not none, imagenet or a weights file")
+    _choice("init_weights", self.init_weights, ("model", "checkpoint"))
+    if self.init_weights != "model" and not self.init_from:
+      raise ConfigError(f"--init_weights={self.init_weights} says what --init_from reads: "
+                        "set --init_from=RUN_DIR too")
     if self.init_from:
       if self.weights != "none":
         raise ConfigError("--weights and --init_from both set the initial weights: "
                           "choose one")
-      if not os.path.isfile(os.path.join(self.init_from, "model.keras")):
-        raise ConfigError(f"--init_from={self.init_from!r} is not a finished run (no "
-                          "model.keras); finish it by rerunning its command")
+      self._validate_init_from_run()
       if os.path.abspath(self.init_from) == os.path.abspath(self.run_dir):
         raise ConfigError("--init_from is this run's own model dir; to continue a run, "
                           "rerun it without --init_from")
+
+  def _validate_init_from_run(self):
+    """--init_from names a run that has what --init_weights reads."""
+    checkpoints = os.path.join(self.init_from, "checkpoints")
+    has_checkpoint = os.path.isfile(os.path.join(checkpoints, "checkpoint"))
+    if self.init_weights == "checkpoint" and not has_checkpoint:
+      raise ConfigError(f"--init_from={self.init_from!r} has no checkpoint to read "
+                        f"(--init_weights=checkpoint): no {checkpoints}/checkpoint")
+    if self.init_weights == "model" and not os.path.isfile(
+        os.path.join(self.init_from, "model.keras")):
+      way = (", or pass --init_weights=checkpoint to start from its newest checkpoint"
+             if has_checkpoint else "")
+      raise ConfigError(f"--init_from={self.init_from!r} is not a finished run (no "
+                        f"model.keras{'' if has_checkpoint else ', no checkpoint'}): finish "
+                        f"it by rerunning its command{way}")
 
   def validate_replicas(self, num_replicas):
     """The global batches must split evenly over the replicas."""

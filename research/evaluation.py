@@ -12,49 +12,88 @@ from research import data as data_lib, models, plugins, predict
 from research.config import Config, reason
 
 
-def load_run(model_dir, weights="final"):
-  """(config, class names, keras model) of a run.
+class Unfinished(data_lib.DataError):
+  """A run without model.keras yet: the message says how to finish or read it."""
 
-  weights="final": its model.keras (EMA or Lookahead weights where on);
+
+# What a script scores of a run: model.keras, or the newest checkpoint's raw weights.
+# "final" is model.keras's older name, still accepted.
+WEIGHTS = ("model", "checkpoint", "final")
+
+
+def load_run(model_dir, weights="model", flag="--weights"):
+  """(config, class names, keras model) of a run: every script that reads a run loads
+  it here.
+
+  weights="model" (or "final"): its model.keras (EMA or Lookahead weights where on);
   "checkpoint": the model built from its config, with the newest checkpoint's raw
-  weights (works before the run has finished, or when model.keras is damaged).
+  weights (works before the run has finished, or when model.keras is damaged). `flag`
+  is the caller's name for this choice, which the advice in the errors names.
   """
-  if not os.path.isdir(model_dir):
-    raise data_lib.DataError(f"--model_dir {model_dir!r} does not exist")
-  config_path = os.path.join(model_dir, "config.json")
-  if not os.path.exists(config_path):
-    raise data_lib.DataError(f"{model_dir!r} holds no training run (no config.json)")
-  config = Config.load(config_path)
-  try:
-    plugins.load(config.plugin_modules)  # Custom layers of the run's models and plugins.
-  except plugins.PluginError as e:  # Moved, renamed or broken since the run.
-    raise data_lib.DataError(f"{model_dir}: {e} (the run was trained with it)") from None
-  with open(os.path.join(model_dir, "classes.json")) as f:
-    class_names = json.load(f)
+  if weights not in WEIGHTS:
+    raise data_lib.DataError(f"{flag}={weights!r} is not one of: model, checkpoint")
+  config, class_names = _run_config(model_dir)
   if weights == "checkpoint":
     model = models.build(config)
     restore_checkpoint_weights(model_dir, model)
     return config, class_names, model
-  path = os.path.join(model_dir, "model.keras")
-  if not os.path.exists(path):
-    raise data_lib.DataError(
-        f"{model_dir!r} has no model.keras: the run has not finished. Rerun its training "
-        "command to finish it, or pass --weights=checkpoint to use its newest checkpoint")
+  return config, class_names, _load_model_keras(model_dir, flag)
+
+
+def _run_config(model_dir):
+  """(config, class names) of the run in `model_dir`, its plugins loaded."""
+  if not os.path.isdir(model_dir):
+    raise data_lib.DataError(f"run dir {model_dir!r} " + (
+        "is a file, not a run's model dir" if os.path.exists(model_dir) else "does not exist"))
+  config_path = os.path.join(model_dir, "config.json")
+  if not os.path.exists(config_path):
+    raise data_lib.DataError(f"{model_dir!r} holds no training run (no config.json)")
   try:
-    model = keras.models.load_model(path)
+    config = Config.load(config_path)
+  except (ValueError, TypeError) as e:  # Not JSON, or not a config's JSON.
+    raise data_lib.DataError(f"{config_path} is damaged ({reason(e)}): it holds the run's "
+                             "settings, which build its model; restore it") from None
+  try:
+    plugins.load(config.plugin_modules)  # Custom layers of the run's models and plugins.
+  except plugins.PluginError as e:  # Moved, renamed or broken since the run.
+    raise data_lib.DataError(f"{model_dir}: {e} (the run was trained with it)") from None
+  try:
+    with open(os.path.join(model_dir, "classes.json")) as f:
+      return config, json.load(f)
+  except (OSError, ValueError) as e:  # Written with config.json: deleted or damaged since.
+    raise data_lib.DataError(f"{model_dir}: its classes.json cannot be read ({reason(e)}); "
+                             "it lists the run's class names, one per output: restore it") from None
+
+
+def _load_model_keras(model_dir, flag):
+  """The run's model.keras; its absence or damage explained, with the way forward."""
+  path = os.path.join(model_dir, "model.keras")
+  checkpoint = latest_checkpoint(model_dir)
+  use_checkpoint = (f"pass {flag}=checkpoint to use its newest checkpoint"
+                    if checkpoint else "it has no checkpoint either")
+  if not os.path.exists(path):
+    raise Unfinished(
+        f"{model_dir!r} has no model.keras: the run has not finished. Rerun its training "
+        f"command to finish it, or {use_checkpoint}")
+  try:
+    return keras.models.load_model(path)
   except Exception as e:  # pylint: disable=broad-except  (a torn zip fails in many ways)
     raise data_lib.DataError(
         f"{path} is damaged ({reason(e)}). Rerun the run's training command, which saves it "
-        "again from the last checkpoint, or pass --weights=checkpoint") from None
-  return config, class_names, model
+        f"again from the last checkpoint, or {use_checkpoint}") from None
+
+
+def latest_checkpoint(model_dir):
+  """The path of the run's newest checkpoint, or None."""
+  return tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
 
 
 def restore_checkpoint_weights(model_dir, model):
   """Loads the newest checkpoint's raw weights into `model` (not the EMA average)."""
-  directory = os.path.join(model_dir, "checkpoints")
-  path = tf.train.latest_checkpoint(directory)
+  path = latest_checkpoint(model_dir)
   if path is None:
-    raise data_lib.DataError(f"no checkpoint in {directory!r}")
+    raise data_lib.DataError(f"no checkpoint in {os.path.join(model_dir, 'checkpoints')!r}: "
+                             "the run stopped before its first one")
   try:
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
   except (tf.errors.OpError, ValueError) as e:
@@ -64,7 +103,7 @@ def restore_checkpoint_weights(model_dir, model):
 
 
 def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=None,
-                 weights="final", split="all", skip_bad_images=False):
+                 weights="model", split="all", skip_bad_images=False):
   """Top-1/top-5 accuracy of the run's model on `data_dir` (class subfolders).
 
   The folder's classes are matched to the model's by name; it may hold a subset.
@@ -73,6 +112,8 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=Non
   `split="validation"` scores only the run's held-out split of the folder (with the
   run's --skip_bad_images, as it was split; no `data_dir`: the run's own folder);
   `skip_bad_images` scores the readable images of `split="all"` and lists the others.
+  The result names the folder and the split scored; non-finite outputs raise
+  predict.NonFiniteError.
   """
   config, class_names, model = load_run(model_dir, weights)
   tta_mode = tta_mode or config.tta
@@ -106,7 +147,8 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=Non
   labels = to_model[split.labels]
 
   probs = predict.probabilities(model, split.images, tta_mode, batch_size)
+  predict.require_finite(probs)  # NaN would score as class 0: a silent 1 / classes.
   top5 = np.argsort(-probs, axis=-1)[:, :min(5, probs.shape[-1])]
   return {"accuracy": float(np.mean(probs.argmax(-1) == labels)),
           "top5": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
-          "examples": len(split), "data_dir": data_dir}
+          "examples": len(split), "data_dir": data_dir, "split": split_name}

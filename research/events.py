@@ -25,8 +25,12 @@ def accumulator(log_dir):
 def scalars(log_dir):
   """{tag: (steps int64 [N], values float64 [N])} of every scalar in `log_dir`, by step."""
   acc = accumulator(log_dir)
+  try:
+    tags = acc.PluginTagToContent("scalars")
+  except KeyError:  # Nothing logged yet (a graph at most): a run stopped before its first log.
+    return {}
   out = {}
-  for tag in acc.PluginTagToContent("scalars"):
+  for tag in tags:
     events = _by_step(acc, tag)
     out[tag] = (np.array([step for step, _, _ in events], np.int64),
                 np.array([value for _, _, value in events]))

@@ -44,7 +44,7 @@ class ExportError(Exception):
   """An export that cannot be made or loaded; the message says why and what to do."""
 
 
-def float32_model(model_dir, weights="final"):
+def float32_model(model_dir, weights="model"):
   """(config, class names, model) of a run, the model rebuilt in float32 if it was
   trained in mixed precision."""
   config, class_names, model = evaluation.load_run(model_dir, weights)
@@ -179,12 +179,16 @@ class Exported:
   probabilities: Callable
 
 
-def open_export(path):
-  """Any export (by its .meta.json) or a run dir, as `Exported`."""
+def open_export(path, weights="model"):
+  """Any export (by its .meta.json) or a run dir, as `Exported`; a run dir's model.keras
+  or, with `weights="checkpoint"`, its newest checkpoint (evaluation.load_run)."""
   if os.path.isfile(os.path.join(path, "config.json")):
-    config, class_names, model = evaluation.load_run(path)
+    config, class_names, model = evaluation.load_run(path, weights)
     return Exported("run", class_names, config.image_size,
                     _keras_runner(model, config.tta))  # Scored as the run scored it.
+  if weights == "checkpoint":
+    raise ExportError(f"--weights=checkpoint reads a run dir's checkpoints; {path} is not a "
+                      "run dir (no config.json)")
   meta_path = path.rstrip("/") + META_SUFFIX
   if not os.path.exists(path):
     raise ExportError(f"{path} does not exist")
@@ -270,13 +274,15 @@ def size_in_bytes(path):
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def check(reference, exported, images, labels):
-  """Top-1 agreement, both accuracies and the largest probability difference."""
-  ours, theirs = reference(images), exported(images)
+def check(ours, theirs, labels):
+  """Top-1 agreement, both accuracies and the largest probability difference of the
+  Keras model's probabilities `ours` and the export's `theirs`; an export's non-finite
+  row agrees with nothing (the difference is then NaN)."""
+  finite = ~predict.non_finite_rows(theirs)
   return {"examples": len(labels),
           "accuracy_keras": float(np.mean(ours.argmax(-1) == labels)),
-          "accuracy_export": float(np.mean(theirs.argmax(-1) == labels)),
-          "agreement": float(np.mean(ours.argmax(-1) == theirs.argmax(-1))),
+          "accuracy_export": float(np.mean(finite & (theirs.argmax(-1) == labels))),
+          "agreement": float(np.mean(finite & (ours.argmax(-1) == theirs.argmax(-1)))),
           "max_probability_difference": float(np.max(np.abs(ours - theirs)))}
 
 
@@ -331,13 +337,14 @@ def _check_arguments(fmt, output, tta, latency):
     raise ExportError("--latency: a TF.js call here starts Node; time it in the browser")
 
 
-def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
+def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="model",
            latency=False, skip_bad_images=False, tta="none"):
   """Exports the run in `model_dir` as `fmt` to `output` and checks it; returns the
   result dict (the script's JSON line), with single-image latencies of the export and
   the Keras model if `latency`. `tta`: the test-time augmentation built into the export
   (and into the Keras reference it is checked against), or "run" for the run's --tta.
-  Raises ExportError, DataError."""
+  Raises ExportError, DataError, and predict.NonFiniteError before writing anything when
+  the model's outputs are not finite."""
   output = output.rstrip("/") or output
   config, class_names, model = float32_model(model_dir, weights)
   tta = config.tta if tta == "run" else tta
@@ -345,6 +352,9 @@ def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
   checked, calibration = check_splits(config, class_names, data_dir, config.cache_dir,
                                       skip_bad_images)
   images, labels = sample(max_examples, checked)
+  reference = _keras_runner(model, tta)
+  expected = reference(images)
+  predict.require_finite(expected)  # A diverged run: no export, an earlier one kept.
   if os.path.exists(output):
     if not os.path.exists(output + META_SUFFIX):
       raise ExportError(f"--output {output} exists and is not an export: choose another path")
@@ -371,9 +381,9 @@ def export(model_dir, fmt, output, data_dir="", max_examples=0, weights="final",
           "run": os.path.abspath(model_dir)}
   with open(output + META_SUFFIX, "w") as f:
     json.dump(meta, f, indent=2)
-  reference, exported = _keras_runner(model, tta), open_export(output).probabilities
+  exported = open_export(output).probabilities
   result = {"format": fmt, "path": output, "bytes": size_in_bytes(output), "tta": tta,
-            **check(reference, exported, images, labels),
+            **check(expected, exported(images), labels),
             "min_agreement": MIN_AGREEMENT[fmt]}
   if fmt == "litert_int8" and data_dir:
     result["calibrated_on"] = "the checked images (--data_dir)"

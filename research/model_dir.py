@@ -32,7 +32,7 @@ RUN_FIELDS = frozenset((
     "hooks", "plugins", "metrics", "tta", "tta_final_only", "eval_data_dir",
     "allow_config_change", "cluster_resolver", "port_base",
     "data_cache", "data_service",  # The same batches (data_service: in another order).
-    "weights", "init_from",  # These two only act at a fresh start.
+    "weights", "init_from", "init_weights",  # These only act at a fresh start.
     "model_defaults"))  # A record: the fields it names are compared themselves.
 
 

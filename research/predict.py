@@ -9,6 +9,25 @@ import numpy as np
 import tensorflow as tf
 
 
+class NonFiniteError(Exception):
+  """A model whose outputs are NaN or infinite: the message says on how many images."""
+
+
+def non_finite_rows(probabilities):
+  """Bool [N]: which rows of `probabilities` hold a NaN or an infinity."""
+  return ~np.all(np.isfinite(probabilities), axis=-1)
+
+
+def require_finite(probabilities, what="the model"):
+  """Raises NonFiniteError unless every one of `probabilities` is finite."""
+  bad = int(np.sum(non_finite_rows(probabilities)))
+  if bad:
+    raise NonFiniteError(
+        f"{what}'s outputs are not finite (NaN or inf) on {bad} of {len(probabilities)} "
+        "images: its weights are not finite or overflow, as after a diverged run; retrain "
+        "it with a lower --learning_rate or with --on_nan=rollback")
+
+
 def outputs(model, images, training=False):
   """The model's outputs as a dict whose `logits` are float32.
 

@@ -34,7 +34,7 @@ def initialize(model, config, class_names, write=True):
   if config.weights != "none":
     record = load_weights(model, config.weights, config.model)
   elif config.init_from:
-    record = init_from(model, config.init_from, class_names)
+    record = init_from(model, config.init_from, class_names, config.init_weights)
   else:
     return {}
   if write:
@@ -103,8 +103,9 @@ def _within(variable, layer):
 # --- --init_from -------------------------------------------------------------------
 
 
-def init_from(model, run_dir, class_names):
-  """Copies the weights of another run's saved model into `model` where they fit.
+def init_from(model, run_dir, class_names, weights="model"):
+  """Copies the weights of another run's saved model (`weights="checkpoint"`: of its
+  newest checkpoint, evaluation.load_run) into `model` where they fit.
 
   Layers are paired by position when both models have the same layer types in the same
   order, nested models' included (the same architecture, whatever Keras numbered its
@@ -113,10 +114,11 @@ def init_from(model, run_dir, class_names):
   share nothing. The head is new unless the source run had exactly these classes.
   """
   from research import evaluation  # pylint: disable=g-import-not-at-top  (imports data)
-  _, source_classes, source = evaluation.load_run(run_dir)
+  _, source_classes, source = evaluation.load_run(run_dir, weights, flag="--init_weights")
   matched_by, loaded, new = copy_weights(model, source,
                                          list(source_classes) == list(class_names))
-  return {"source": f"--init_from={run_dir}", "matched_by": matched_by,
+  read = f" --init_weights={weights}" if weights != "model" else ""
+  return {"source": f"--init_from={run_dir}{read}", "matched_by": matched_by,
           "loaded": loaded, "new": new}
 
 

@@ -9,14 +9,15 @@ fit_default_ratio, bf16_speedup, utilization_bf16, utilization_fp32,
 pipeline_ratio and pipeline_vs_tutorial.
 """
 
-import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from scripts import cli  # noqa: E402
 
 flags.DEFINE_list("models", [], "registry names to compare with model.fit (default: all)")
 flags.DEFINE_integer("batch_size", None, "images per step, loop vs fit (default 256)")
@@ -52,9 +53,9 @@ def main(argv):
   rows, summary = benchmark.run(settings, log=lambda line: print(line, flush=True))
   print()
   print(benchmark.format_table(rows, summary))
-  print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
-                    for k, v in summary.items()}))
+  print(cli.json_line({k: (round(v, 4) if isinstance(v, float) else v)
+                       for k, v in summary.items()}))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

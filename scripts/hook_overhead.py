@@ -16,13 +16,23 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from research import hooks, loop, plugins, startup  # noqa: E402
+from absl import flags  # noqa: E402
+
+from research import hooks, loop, plugins  # noqa: E402
 from research.registry import split_list  # noqa: E402
 from research.config import Config  # noqa: E402
+from scripts import cli  # noqa: E402
 
 HOOK_NAMES = ("train_images", "predictions", "histograms", "hparams", "profile",
               "model_summary")
 EVENTS = ("on_step", "at_start", "after_eval", "at_end")
+flags.DEFINE_integer("steps", 300, "training steps of each run")
+flags.DEFINE_string("model", "resnet20", "model of every run")
+flags.DEFINE_integer("batch_size", 32, "examples per step")
+flags.DEFINE_integer("eval_every", 100, "steps between evaluations")
+flags.DEFINE_string("hooks", ",".join(HOOK_NAMES),
+                    "hook items, e.g. 'histograms(every=500),predictions'")
+FLAGS = flags.FLAGS
 
 
 def register_timed(name, spec, seconds, calls):
@@ -49,15 +59,10 @@ def timed_run(config):
   return time.perf_counter() - began
 
 
-def main():
-  parser = startup.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--model", default="resnet20")
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--eval_every", type=int, default=100)
-  parser.add_argument("--hooks", default=",".join(HOOK_NAMES),
-                      help="hook items, e.g. 'histograms(every=500),predictions'")
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+  args = FLAGS
   plugins.load()
   seconds, calls = {}, {}
   specs = {hooks.HOOKS.parse(item).name: item for item in split_list(args.hooks)}
@@ -84,4 +89,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

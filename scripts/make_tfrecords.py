@@ -9,14 +9,15 @@ exactly what it would from the folder); images of other datasets are stored as P
 last line is JSON: {"output": ..., "examples": ..., "shards": ...}.
 """
 
-import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from scripts import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 SHARD_BYTES = 128 << 20  # --shards=0: shards of about this much encoded data
@@ -78,9 +79,9 @@ def main(argv):
                             FLAGS.split, FLAGS.image_size, FLAGS.skip_bad_images)
   except (data.DataError, OSError, ValueError) as e:
     sys.exit(f"error: {e}")
-  print(json.dumps({"output": FLAGS.output, "examples": examples, "shards": shards}))
+  print(cli.json_line({"output": FLAGS.output, "examples": examples, "shards": shards}))
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

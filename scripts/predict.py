@@ -1,25 +1,32 @@
 """Top-k classes of images under any export of scripts/export.py, or a run dir.
 
   python scripts/predict.py --model=PATH [--top_k=3] IMAGE_OR_DIR ...
+  python scripts/predict.py --model=RUN --weights=checkpoint IMAGE ...  # a stopped run
 
 A directory means every file in it (and its subfolders). Prints one line per image; an
 image that cannot be read gets one `error:` line and the others are still predicted.
 The last line is JSON, one entry per image: {"path": ..., "top": [[class, probability],
-...]} or {"path": ..., "error": ...}. Exit status 1 if no image could be predicted.
+...]} or {"path": ..., "error": ...}. Exit status 1 if no image could be predicted, or
+if the model's outputs are not finite for any image (one `error:` line says for how
+many; those entries carry the error).
 """
 
-import json
 import os
 import sys
+
+import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from scripts import cli  # noqa: E402
 
 flags.DEFINE_string("model", None, "an export (saved_model, .keras, .tflite, .onnx, tfjs "
                     "dir, with its .meta.json) or a run dir", required=True)
 flags.DEFINE_integer("top_k", 3, "classes shown per image")
+cli.define_weights_flag()  # Of a run dir; an export has its weights.
 FLAGS = flags.FLAGS
 
 
@@ -35,6 +42,39 @@ def image_files(paths):
   return found
 
 
+def predictions(model, files, top_k):
+  """(one JSON entry per file, in order; the `error:` line of non-finite outputs or None).
+
+  Raises export.ExportError when the model's runtime fails on the images."""
+  from research import data, predict  # pylint: disable=g-import-not-at-top
+  readable = [path for path, error in files if error is None]
+  images, ok = data.decode_images(readable, model.image_size) if readable else ([], [])
+  decoded = [path for i, path in enumerate(readable) if ok[i]]
+  probabilities = model.probabilities(images[ok]) if decoded else np.zeros([0, 1])
+  row = {path: n for n, path in enumerate(decoded)}
+  not_finite = predict.non_finite_rows(probabilities)
+  entries = []
+  for path, error in files:
+    if error is None and path not in row:
+      error = "not an image this model can read (cannot be decoded)"
+    if error:
+      print(f"error: {path}: {error}", file=sys.stderr)
+      entries.append({"path": path, "error": error})
+    elif not_finite[row[path]]:  # Said once for them all, below.
+      entries.append({"path": path, "error": "the model's outputs are not finite"})
+    else:
+      probs = probabilities[row[path]]
+      top = [[model.class_names[k], round(float(probs[k]), 6)]
+             for k in probs.argsort()[::-1][:top_k]]
+      print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+      entries.append({"path": path, "top": top})
+  try:
+    predict.require_finite(probabilities)
+    return entries, None
+  except predict.NonFiniteError as e:
+    return entries, f"error: {e}"
+
+
 def main(argv):
   from research import startup  # pylint: disable=g-import-not-at-top
   startup.import_tensorflow()  # Without its start-up noise before our lines.
@@ -44,36 +84,21 @@ def main(argv):
   if FLAGS.top_k < 1:
     sys.exit("error: --top_k must be >= 1")
   try:
-    model = export.open_export(FLAGS.model)
+    model = export.open_export(FLAGS.model, FLAGS.weights)
   except (export.ExportError, data.DataError) as e:
     sys.exit(f"error: {e}")
   files = image_files(argv[1:])
   if not files:
     sys.exit(f"error: no files in {', '.join(argv[1:])}")
-  readable = [path for path, error in files if error is None]
-  images, ok = data.decode_images(readable, model.image_size) if readable else ([], [])
-  decoded = {path: i for i, path in enumerate(readable) if ok[i]}
   try:
-    probabilities = model.probabilities(images[ok]) if decoded else []
+    entries, not_finite = predictions(model, files, FLAGS.top_k)
   except export.ExportError as e:  # A runtime failing on these images (Node for TF.js).
     sys.exit(f"error: {e}")
-  row = {path: n for n, path in enumerate(p for p in readable if p in decoded)}
-  entries = []
-  for path, error in files:
-    if error is None and path not in decoded:
-      error = "not an image this model can read (cannot be decoded)"
-    if error:
-      print(f"error: {path}: {error}", file=sys.stderr)
-      entries.append({"path": path, "error": error})
-      continue
-    probs = probabilities[row[path]]
-    top = [[model.class_names[k], round(float(probs[k]), 6)]
-           for k in probs.argsort()[::-1][:FLAGS.top_k]]
-    print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
-    entries.append({"path": path, "top": top})
-  print(json.dumps(entries))
-  sys.exit(0 if decoded else 1)
+  if not_finite:
+    print(not_finite, file=sys.stderr)
+  print(cli.json_line(entries))
+  sys.exit(0 if any("top" in entry for entry in entries) and not not_finite else 1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

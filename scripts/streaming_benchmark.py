@@ -12,7 +12,6 @@ RSS is its process's own (one child per measuring process). Also measures the JP
 decode cost per image on one core. Prints a markdown table, then one JSON line.
 """
 
-import json
 import os
 import re
 import resource
@@ -21,10 +20,12 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from scripts import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "where the folders, caches and runs go", required=True)
@@ -171,8 +172,8 @@ def main(argv):
   shares = result["worker_pipeline_steps_per_second"]
   print(f"one of 2 workers' input pipeline, global batch {2 * FLAGS.batch_size}: "
         + ", ".join(f"{name} {rate:.2f} steps/s" for name, rate in shares.items()))
-  print(json.dumps(result))
+  print(cli.json_line(result))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,14 +11,15 @@ folders. Files are symbolic links: nothing is copied. The last line is JSON:
 {"output": ..., "classes": ..., "images": ...}
 """
 
-import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from scripts import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -70,9 +71,9 @@ def main(argv):
     sys.exit(f"error: {e}")
   classes = FLAGS.classes or sorted(os.listdir(FLAGS.output))
   print(f"linked {images} images of {len(classes)} classes into {FLAGS.output}")
-  print(json.dumps({"output": FLAGS.output, "classes": classes, "images": images}))
+  print(cli.json_line({"output": FLAGS.output, "classes": classes, "images": images}))
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -9,14 +9,15 @@ Prints one line per epoch; the last line is JSON with the seconds at which each
 --targets accuracy was first reached (null if never).
 """
 
-import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from scripts import cli  # noqa: E402
 
 flags.DEFINE_string("data_dir", None, "folder of class subfolders", required=True)
 flags.DEFINE_integer("epochs", 50, "the tutorial's budget")
@@ -41,9 +42,9 @@ def main(argv):
     sys.exit(f"error: {e}")
   print(f"tutorial improved CNN, model.fit: {len(train)} train / {len(val)} validation, "
         f"batch {FLAGS.batch_size}, {FLAGS.epochs} epochs, {FLAGS.precision}")
-  print(json.dumps(benchmark.tutorial_fit(train, val, FLAGS.epochs, FLAGS.batch_size,
-                                          precision=FLAGS.precision, targets=targets)))
+  print(cli.json_line(benchmark.tutorial_fit(train, val, FLAGS.epochs, FLAGS.batch_size,
+                                             precision=FLAGS.precision, targets=targets)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

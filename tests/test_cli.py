@@ -127,7 +127,7 @@ def test_train_then_evaluate_a_folder_refusing_unknown_classes(tmp_path):
                f"--cache_dir={tmp_path / 'cache'}")
   assert scored.returncode == 0, scored.stderr[-2000:]
   last = json.loads(scored.stdout.strip().splitlines()[-1])
-  assert last["examples"] == 12
+  assert last["examples"] == 12 and last["split"] == "all"
   assert 0.0 <= last["accuracy"] <= 1.0
   # Two trivially separable classes: a trained model beats chance.
   assert last["accuracy"] > 0.5
@@ -137,7 +137,9 @@ def test_train_then_evaluate_a_folder_refusing_unknown_classes(tmp_path):
                  f"--cache_dir={tmp_path / 'cache'}", "--split=validation", "--tta=flip",
                  "--weights=checkpoint")
   assert held_out.returncode == 0, held_out.stderr[-2000:]
-  assert json.loads(held_out.stdout.strip().splitlines()[-1])["examples"] == 4
+  held_out_json = json.loads(held_out.stdout.strip().splitlines()[-1])
+  assert held_out_json["examples"] == 4 and held_out_json["split"] == "validation"
+  assert f"on 4 images of the validation split of {data_dir}" in held_out.stdout
 
   # A folder with a class the model never saw is refused, by name.
   other = _folder(tmp_path / "other")
@@ -166,10 +168,28 @@ def test_script_errors_are_one_line_without_tensorflows_start_up_noise(tmp_path)
                ["evaluate.py", f"--model_dir={tmp_path}"],  # No folder to score.
                ["export.py", "--model_dir=/no/run", "--format=keras", "--output=/tmp/x.keras",
                 "stray"],
-               ["plot_run.py", "/no/run"]):
+               ["plot_run.py", "/no/run"],
+               ["plot_run.py"],  # No run named.
+               ["plot_run.py", "--weights=raw", "/no/run"],  # absl's error, in one line.
+               ["predict.py", "--model=/no/run", "--weights=checkpoint", "image.png"]):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", args[0]),
                              *args[1:]], cwd=ROOT, capture_output=True, text=True, env=env,
                             timeout=300)
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: ")
+
+
+def test_json_lines_are_valid_json_with_non_finite_numbers_as_null(capsys):
+  from scripts import cli  # pylint: disable=g-import-not-at-top
+  line = cli.json_line({"accuracy": float("nan"), "top": [["cat", float("inf")], ["dog", 1.0]],
+                        "examples": 3})
+  assert json.loads(line) == {"accuracy": None, "top": [["cat", None], ["dog", 1.0]],
+                              "examples": 3}
+  assert capsys.readouterr().err.splitlines() == [
+      "warning: accuracy is nan, written as null", "warning: top[0][1] is inf, written as null"]
+
+
+def test_a_scripts_help_exits_0():
+  result = run("scripts/plot_run.py", "--help")
+  assert result.returncode == 0 and "--weights: <model|checkpoint|final>" in result.stdout

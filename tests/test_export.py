@@ -263,3 +263,83 @@ def test_predict_refuses_a_model_it_cannot_open(tmp_path):
   bogus.write_text("not a model")
   code, _, err = _script("predict.py", f"--model={bogus}", str(bogus))
   assert code == 1 and "error:" in err and "meta.json" in err
+
+
+def _copy_without_model(run_dir, tmp_path):
+  """A copy of the run as Ctrl-C leaves one: config, classes, checkpoints, no model.keras."""
+  stopped = tmp_path / "stopped"
+  shutil.copytree(run_dir, stopped)
+  os.remove(stopped / "model.keras")
+  return stopped
+
+
+def _images(folder, count=2, size=16):
+  os.makedirs(folder, exist_ok=True)
+  for i in range(count):
+    Image.fromarray(np.full((size, size, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+  return folder
+
+
+def test_predict_reads_a_stopped_run_with_weights_checkpoint(run_dir, tmp_path):
+  stopped, image = _copy_without_model(run_dir, tmp_path), _images(tmp_path / "i") / "0.png"
+  code, _, err = _script("predict.py", f"--model={stopped}", str(image))
+  assert code == 1 and "has no model.keras" in err and "pass --weights=checkpoint" in err
+  assert len(err.strip().splitlines()) == 1
+  code, out, err = _script("predict.py", f"--model={stopped}", "--weights=checkpoint",
+                           str(image))
+  assert code == 0, err[-2000:]
+  assert len(json.loads(out.strip().splitlines()[-1])[0]["top"]) == 3
+  with pytest.raises(export.ExportError, match="--weights=checkpoint reads a run dir"):
+    export.open_export(str(image), weights="checkpoint")
+
+
+def _diverged_copy(run_dir, tmp_path):
+  """A copy of the run whose model.keras holds NaN weights, as after --learning_rate=1e12."""
+  diverged = tmp_path / "diverged"
+  shutil.copytree(run_dir, diverged)
+  model = keras.models.load_model(diverged / "model.keras")
+  model.set_weights([np.full_like(w, np.nan) if w.dtype.kind == "f" else w
+                     for w in model.get_weights()])
+  model.save(diverged / "model.keras")
+  return diverged
+
+
+def test_a_model_with_non_finite_outputs_is_an_error_everywhere(run_dir, tmp_path):
+  from research import evaluation  # pylint: disable=g-import-not-at-top
+  diverged = _diverged_copy(run_dir, tmp_path)
+  classes = json.load(open(diverged / "classes.json"))
+  folder = _images(tmp_path / "images" / classes[0]).parent
+  with pytest.raises(predict.NonFiniteError, match=r"outputs are not finite \(NaN or inf\) "
+                     r"on 2 of 2 images.*lower --learning_rate"):
+    evaluation.score_folder(str(diverged), str(folder))
+  output = tmp_path / "model.keras"
+  code, out, err = _script("export.py", f"--model_dir={diverged}", "--format=keras",
+                           f"--output={output}")
+  assert code == 1 and err.startswith("error: the model's outputs are not finite"), err
+  assert not output.exists() and not out
+  code, out, err = _script("predict.py", f"--model={diverged}", str(folder))
+  assert code == 1 and "error: the model's outputs are not finite (NaN or inf) on 2 of 2" in err
+  entries = json.loads(out.strip().splitlines()[-1])  # Valid JSON: no bare NaN.
+  assert [e["error"] for e in entries] == ["the model's outputs are not finite"] * 2
+
+
+def test_an_exports_non_finite_outputs_agree_with_nothing():
+  ours = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
+  theirs = np.array([[np.nan, np.nan], [0.2, 0.8]], np.float32)
+  result = export.check(ours, theirs, np.array([0, 1]))
+  assert result["agreement"] == 0.5 and result["accuracy_export"] == 0.5
+
+
+def test_a_damaged_run_dir_is_one_error(run_dir, tmp_path):
+  from research import evaluation  # pylint: disable=g-import-not-at-top
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(DataError, match="is a file, not a run's model dir"):
+    evaluation.load_run(str(tmp_path / "a_file"))
+  damaged = tmp_path / "damaged"
+  shutil.copytree(run_dir, damaged)
+  os.remove(damaged / "classes.json")
+  with pytest.raises(DataError, match="its classes.json cannot be read"):
+    export.open_export(str(damaged))
+  (damaged / "config.json").write_text('{"model": ')
+  with pytest.raises(DataError, match=r"config.json is damaged \(Expecting value"):
+    export.open_export(str(damaged))

@@ -91,6 +91,29 @@ def test_init_from_keeps_the_head_when_the_classes_are_the_same(make_config, tmp
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
+def test_init_from_a_stopped_run_names_and_takes_init_weights_checkpoint(make_config,
+                                                                         tmp_path):
+  source_dir = tmp_path / "source"
+  _finished_run(make_config, source_dir)
+  checkpoint = keras.models.clone_model(keras.models.load_model(source_dir / "model.keras"))
+  tf.train.Checkpoint(model=checkpoint).restore(
+      tf.train.latest_checkpoint(source_dir / "checkpoints")).expect_partial()
+  os.remove(source_dir / "model.keras")  # As Ctrl-C leaves a run: checkpoints only.
+  with pytest.raises(ConfigError, match=r"no model.keras\): finish it by rerunning its "
+                     r"command, or pass --init_weights=checkpoint"):
+    make_config(init_from=str(source_dir))
+  config = make_config(init_from=str(source_dir), init_weights="checkpoint",
+                       model_dir=str(tmp_path / "target"))
+  split = data.load(config)
+  config = config.resolve(len(split.train), len(split.class_names))
+  state, _ = make_runner(config, class_names=split.class_names)
+  record = transfer.initialize(state.model, config, split.class_names, write=False)
+  assert record["source"] == f"--init_from={source_dir} --init_weights=checkpoint"
+  assert record["new"] == []
+  for ours, theirs in zip(state.model.weights, checkpoint.weights):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
 def test_init_from_another_architecture_matches_by_name(make_config, tmp_path):
   # The same backbone under another head (no dropout layer): the layer lists differ, the
   # backbone's names do not.
@@ -332,7 +355,10 @@ def test_imagenet_weights_for_a_model_without_them_is_refused_before_any_data(ma
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(weights="no/such/file.h5"), "not none, imagenet or a weights file"),
-    (dict(init_from="no/such/run"), "not a finished run"),
+    (dict(init_from="no/such/run"), r"not a finished run \(no model.keras, no checkpoint\)"),
+    (dict(init_from="no/such/run", init_weights="checkpoint"), "has no checkpoint to read"),
+    (dict(init_weights="checkpoint"), "set --init_from=RUN_DIR too"),
+    (dict(init_from="no/such/run", init_weights="raw"), "--init_weights='raw' is not one of"),
     (dict(freeze_epochs=-1.0), "must be >= 0"),
     (dict(backbone_lr_scale=0.0), "must be > 0"),
 ])
