@@ -10,6 +10,7 @@ own replicas' share of a global batch (the whole batch when an augmentation mixe
 examples across it).
 """
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -127,7 +128,7 @@ def open_folder(data_dir, config):
                  "training goes")
   if mode == "memory":
     return load_folder(data_dir, config.image_size, config.cache_dir,
-                       skip_bad_images=config.skip_bad_images)
+                       skip_bad_images=config.skip_bad_images, listed=(paths, labels, names))
   ok = np.array([files_source.looks_readable(p) for p in paths], bool)
   readable = _drop_unreadable(paths, labels, names, ok, config.skip_bad_images)
   return _listed(files_source.Files(np.asarray(paths, object)[ok], readable,
@@ -290,19 +291,17 @@ def class_folders(data_dir):
 
 
 def list_folder(data_dir):
-  """(paths, labels, class_names) of a folder of class subfolders, sorted."""
+  """(paths, labels, class_names) of a folder of class subfolders, sorted. Each real
+  file is listed once, under the class folder that holds it (links that lead to files
+  listed already are named in a warning, as are the files of types not read)."""
   if not os.path.isdir(data_dir):
     raise DataError(f"data dir {data_dir!r} does not exist")
   names = class_folders(data_dir)
   if not names:
     raise DataError(f"{data_dir!r} has no class subfolders (expected DIR/<class>/<image>)")
-  paths, labels = [], []
-  for label, name in enumerate(names):
-    for root, filenames in sorted(_walk(os.path.join(data_dir, name))):
-      for f in sorted(filenames):
-        if f.lower().endswith(IMAGE_EXTENSIONS) and not _hidden(f):
-          paths.append(os.path.join(root, f))
-          labels.append(label)
+  found, ignored, loops = _scan(data_dir, names)
+  _warn_ignored(data_dir, ignored)
+  paths, labels = _once_each(data_dir, found, loops)
   if not paths:
     raise DataError(f"{data_dir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
   unnamed = [p for p in paths if not _utf8(p)]
@@ -316,16 +315,76 @@ def list_folder(data_dir):
   return paths, np.asarray(labels, np.int32), names
 
 
-def _walk(folder):
-  """(folder, file names) of `folder` and every folder under it, linked ones too (each
-  real folder once: a link up the tree would loop), hidden ones left out."""
-  seen = set()
+def _scan(data_dir, names):
+  """The image files under the class folders `names` of `data_dir` as [(path, label,
+  real path, reached by no link)], the other files counted by the type their names end
+  in (each real file once), and the linked folders read once [(link, the folder read
+  already)]."""
+  found, ignored, loops = [], {}, []
+  home = os.path.realpath(data_dir)
+  for label, name in enumerate(names):
+    for root, real_root, filenames in sorted(_walk(os.path.join(data_dir, name), loops)):
+      # Reached by no link: the real folder is where the path says.
+      direct = real_root == os.path.join(home, os.path.relpath(root, data_dir))
+      for f in sorted(filenames):
+        if _hidden(f):
+          continue
+        if not f.lower().endswith(IMAGE_EXTENSIONS):
+          ignored.setdefault(os.path.join(real_root, f), os.path.splitext(f)[1].lower())
+          continue
+        path = os.path.join(root, f)
+        linked = os.path.islink(path)
+        found.append((path, label, os.path.realpath(path) if linked
+                      else os.path.join(real_root, f), direct and not linked))
+  return found, collections.Counter(ignored.values()), loops
+
+
+def _warn_ignored(data_dir, ignored):
+  """One warning naming how many files of which types `data_dir` holds but are not read."""
+  if ignored:
+    by_count = sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0]))
+    kinds = ", ".join(f"{kind or '(no extension)'}: {n}" for kind, n in by_count)
+    logging.warning("%s: ignored %d files of unsupported types (%s); the types read are %s "
+                    "(convert the others to use them)", data_dir, sum(ignored.values()),
+                    kinds, " ".join(IMAGE_EXTENSIONS))
+
+
+def _once_each(data_dir, found, loops):
+  """The (paths, labels) of `found` [(path, label, real path, reached by no link)] with
+  each real file once: where links lead to a file by several paths, the one without a
+  link is kept (so a link to another class's folder moves none of its images), else the
+  first. Warns naming the paths left out and the linked folders `loops` read once."""
+  keep = {}
+  for i, (_, _, real, direct) in enumerate(found):
+    if real not in keep or (direct and not found[keep[real]][3]):
+      keep[real] = i
+  rel = lambda path: os.path.relpath(path, data_dir)
+  again = [f"{rel(path)} is {rel(found[keep[real]][0])}"
+           for i, (path, _, real, _) in enumerate(found) if keep[real] != i]
+  if again or loops:
+    named = again[:3] + [f"{rel(link)} is {rel(first)}" for link, first in loops[:3]]
+    logging.warning("%s: links lead to images listed already; each is read once, under the "
+                    "class folder that holds it: %d file path(s) and %d linked folder(s) left "
+                    "out (%s%s)", data_dir, len(again), len(loops), "; ".join(named),
+                    " ..." if len(again) > 3 or len(loops) > 3 else "")
+  kept = sorted(keep.values())
+  return [found[i][0] for i in kept], [found[i][1] for i in kept]
+
+
+def _walk(folder, loops):
+  """(folder, its real path, file names) of `folder` and every folder under it, linked
+  ones too (each real folder once: a link up the tree would loop), hidden ones left
+  out. Appends to `loops` (link, the folder read already) for each folder read before."""
+  seen = {}
   for root, dirs, filenames in os.walk(folder, followlinks=True):
     real = os.path.realpath(root)
-    dirs[:] = [] if real in seen else [d for d in dirs if not _hidden(d)]
-    if real not in seen:
-      seen.add(real)
-      yield root, filenames
+    if real in seen:
+      loops.append((root, seen[real]))
+      dirs[:] = []
+      continue
+    seen[real] = root
+    dirs[:] = [d for d in dirs if not _hidden(d)]
+    yield root, real, filenames
 
 
 def _utf8(path):
@@ -342,13 +401,13 @@ def _hidden(name):
   return name.startswith(".") or name == "__MACOSX"
 
 
-def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False):
+def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False, listed=None):
   """Decodes a class-folder dataset once, caches it as .npz, and returns it.
 
   Unreadable images stop the load with their names, or with `skip_bad_images`
-  are left out and listed in a warning.
+  are left out and listed in a warning. `listed`: `list_folder(data_dir)` if known.
   """
-  paths, labels, names = list_folder(data_dir)
+  paths, labels, names = listed or list_folder(data_dir)
   cache = _cache_path(paths, image_size, cache_dir)
   if os.path.exists(cache):
     with np.load(cache) as f:

@@ -72,6 +72,32 @@ def test_linked_folders_are_read_once_and_links_up_the_tree_do_not_loop(tmp_path
   assert sum("/cat/more/" in p for p in paths) == 3
 
 
+def test_files_of_other_types_are_counted_in_one_warning(tmp_path, caplog):
+  root = make_folder(tmp_path / "images")
+  for name in ("0.tif", "1.TIF", "README"):
+    (root / "ant" / name).write_bytes(b"II*\x00")
+  with caplog.at_level(logging.WARNING):
+    paths, _, _ = data.list_folder(str(root))
+  assert len(paths) == 9
+  assert "ignored 4 files of unsupported types (.tif: 2, (no extension): 1, .txt: 1)" in (
+      caplog.text)
+
+
+def test_a_link_to_another_class_counts_its_images_once_under_their_own_class(tmp_path,
+                                                                              caplog):
+  root = make_folder(tmp_path / "images")
+  os.symlink("..", root / "ant" / "loop")  # ant/loop/bee/0.bmp is bee's 0.bmp.
+  os.symlink("../cat/0.jpg", root / "bee" / "same.jpg")  # A file linked into another class.
+  with caplog.at_level(logging.WARNING):
+    paths, labels, names = data.list_folder(str(root))
+  assert len(paths) == 9 and list(labels) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  assert not any("loop" in p or "same" in p for p in paths)
+  assert ("links lead to images listed already; each is read once, under the class folder "
+          "that holds it: 8 file path(s) and 1 linked folder(s) left out") in caplog.text
+  assert "(ant/loop/bee/0.jpg is bee/0.jpg; " in caplog.text
+  assert "ignored 1 files of unsupported types (.txt: 1)" in caplog.text  # cat/notes.txt.
+
+
 def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
   root = make_folder(tmp_path / "images")
   latin1 = os.path.join(os.fsencode(root / "bee"), b"caf\xe9.jpg")  # As unzip leaves it.
