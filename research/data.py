@@ -60,7 +60,7 @@ def load(config):
     if test is not None:
       test = _resize_split(test, config.image_size)
   if config.val_split > 0:
-    train, val = split_validation(train, config.val_split)
+    train, val = split_validation(train, config.val_split, names)
     return Data(train, val, names, "validation")
   if config.eval_data_dir:
     return Data(train, load_eval_folder(config.eval_data_dir, names, config.image_size,
@@ -212,7 +212,7 @@ def open_records(directory, image_size):
   return source, names
 
 
-def split_validation(split, fraction):
+def split_validation(split, fraction, class_names=None):
   """Holds out `fraction` of each class, the same examples for every run, drawn over the
   folder's whole listing where unreadable files were skipped (`split.listing`)."""
   labels, readable = split.listing or (split.labels, np.ones(len(split), bool))
@@ -226,9 +226,44 @@ def split_validation(split, fraction):
   val_mask[np.concatenate(val_idx)] = True
   val_mask = val_mask[readable]
   if val_mask.all() or not val_mask.any():
-    raise DataError(f"--val_split={fraction} leaves an empty training or validation set "
-                    f"of {len(split)} examples")
+    raise DataError(_too_small(split.labels, val_mask, fraction, class_names))
+  untrained = np.setdiff1d(split.labels, split.labels[~val_mask])
+  if untrained.size:
+    logging.warning("--val_split=%s holds out every example of %s: training sees none of "
+                    "them (a smaller --val_split keeps some)", fraction,
+                    _some_classes(untrained, class_names))
   return split.subset(np.flatnonzero(~val_mask)), split.subset(np.flatnonzero(val_mask))
+
+
+def _too_small(labels, val_mask, fraction, class_names):
+  """The message for a --val_split that leaves the training or validation set empty:
+  the classes too small for it, and the fractions that hold out at least one example
+  of the largest class and leave it at least one (round(f * n) is in [1, n - 1])."""
+  empty = "training" if val_mask.all() else "validation"
+  counts = np.bincount(labels)
+  largest = int(counts.max())
+  low = 0.5 / largest  # round() takes x.5 down to the even number: strictly above.
+  advice = (f"a --val_split above {low:.3g} and below {1 - low:.3g} holds out at least one "
+            f"example of the largest class ({largest} examples) and trains on the rest"
+            if largest > 1 else "every class has 1 example: add examples, or train on all "
+            "of them (--val_split=0) and evaluate on another folder (--eval_data_dir)")
+  return (f"--val_split={fraction} leaves an empty {empty} set of {len(labels)} examples: "
+          f"{'none' if empty == 'validation' else 'all'} of each class's examples are held "
+          f"out, as {_some_classes(np.flatnonzero(counts), class_names)} "
+          f"{'are' if np.count_nonzero(counts) > 1 else 'is'} too small for it "
+          f"({_sizes(counts)}); {advice}")
+
+
+def _some_classes(labels, class_names, shown=3):
+  """`labels` named (as class names if known) for a message: the first few and a count."""
+  named = [class_names[l] if class_names else str(l) for l in labels[:shown]]
+  more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
+  return f"{'class' if len(labels) == 1 else f'the {len(labels)} classes'} {', '.join(named)}{more}"
+
+
+def _sizes(counts):
+  low, high = counts[counts > 0].min(), counts.max()
+  return f"{low}{'' if low == high else f' to {high}'} example{'s' if high > 1 else ''} each"
 
 
 def _load_keras_cifar(name):

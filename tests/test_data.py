@@ -265,3 +265,26 @@ def test_arrays_are_resized_in_chunks_as_they_would_be_whole():
   assert chunked.images.shape == (10, 24, 24, 3) and chunked.images.dtype == np.uint8
   np.testing.assert_array_equal(chunked.images, whole.images)
   np.testing.assert_array_equal(chunked.labels, split.labels)
+
+
+@pytest.mark.parametrize("fraction, empty", [(0.1, "validation"), (0.999, "training")])
+def test_a_val_split_too_small_or_large_for_the_classes_says_what_would_work(fraction, empty):
+  labels = np.repeat(np.arange(3000), 2).astype(np.int32)  # 3,000 classes of 2 images.
+  split = data.Split(np.zeros((6000, 1, 1, 3), np.uint8), labels)
+  names = [f"class_{i:04d}" for i in range(3000)]
+  with pytest.raises(data.DataError, match=(
+      rf"--val_split={fraction} leaves an empty {empty} set of 6000 examples: .* the 3000 "
+      r"classes class_0000, class_0001, class_0002 and 2997 more are too small for it \(2 "
+      r"examples each\); a --val_split above 0.25 and below 0.75 holds out")):
+    data.split_validation(split, fraction, names)
+  train, val = data.split_validation(split, 0.5, names)
+  assert len(train) == len(val) == 3000
+
+
+def test_a_class_held_out_whole_is_named(caplog):
+  split = data.Split(np.zeros((5, 1, 1, 3), np.uint8), np.array([0, 0, 0, 0, 1], np.int32))
+  with caplog.at_level(logging.WARNING):
+    train, _ = data.split_validation(split, 0.6, ["ant", "bee"])
+  assert list(train.labels) == [0, 0]
+  assert "--val_split=0.6 holds out every example of class bee: training sees none" in (
+      caplog.text)
