@@ -44,6 +44,8 @@ class Data:
   eval: object         # None: no evaluation (a folder trained whole, no --eval_data_dir)
   class_names: list
   eval_name: str       # "validation", "test" or "eval folder"
+  # A folder's files, relative to it, as listed (model_dir.check_listing); else None.
+  listing: list = None
 
 
 # --- loading ------------------------------------------------------------------
@@ -59,15 +61,17 @@ def load(config):
     train = _resize_split(train, config.image_size)
     if test is not None:
       test = _resize_split(test, config.image_size)
+  listing = train.listed_files
   if config.val_split > 0:
     train, val = split_validation(train, config.val_split, names)
-    return Data(train, val, names, "validation")
+    return Data(train, val, names, "validation", listing)
   if config.eval_data_dir:
     return Data(train, load_eval_folder(config.eval_data_dir, names, config.image_size,
-                                        config.cache_dir, config), names, "eval folder")
+                                        config.cache_dir, config), names, "eval folder",
+                listing)
   if test is None and config.dataset not in ("folder", "tfrecord"):
     raise DataError(f"--dataset={config.dataset} has no test split; set --val_split > 0")
-  return Data(train, test, names, "test" if test is not None else None)
+  return Data(train, test, names, "test" if test is not None else None, listing)
 
 
 def open_source(config):
@@ -132,11 +136,13 @@ def open_folder(data_dir, config):
   ok = np.array([files_source.looks_readable(p) for p in paths], bool)
   readable = _drop_unreadable(paths, labels, names, ok, config.skip_bad_images)
   return _listed(files_source.Files(np.asarray(paths, object)[ok], readable,
-                                    config.image_size), labels, ok), names
+                                    config.image_size), data_dir, paths, labels, ok), names
 
 
-def _listed(source, labels, ok):
-  """`source` of a listing's readable files, knowing the whole listing if some were not."""
+def _listed(source, data_dir, paths, labels, ok):
+  """`source` of a listing's readable files, knowing the listing's files and, if some
+  were not readable, its labels."""
+  source.listed_files = [os.path.relpath(p, data_dir) for p in paths]
   if not ok.all():
     source.listing = (labels, ok)
   return source
@@ -457,7 +463,8 @@ def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False, liste
       logging.warning("could not cache the decoded images in %s (%s); the next run "
                       "decodes them again", cache, e.strerror or e)
   readable = _drop_unreadable(paths, labels, names, ok, skip_bad_images)
-  return _listed(Split(images if ok.all() else images[ok], readable), labels, ok), names
+  return _listed(Split(images if ok.all() else images[ok], readable), data_dir, paths,
+                 labels, ok), names
 
 
 def _drop_unreadable(paths, labels, names, ok, skip_bad_images):

@@ -76,6 +76,7 @@ def _train(config, strategy, chief):
   config = config.resolve(len(data.train), len(data.class_names))
   config = config.replace(precision=precision_lib.resolve(config.precision))
   changes = model_dir_lib.check_config(config)
+  data_change = model_dir_lib.check_listing(config, data.listing)
   keras.mixed_precision.set_global_policy(config.precision)
   keras.utils.set_random_seed(config.seed)
   _set_op_determinism(config.deterministic)
@@ -129,8 +130,11 @@ def _train(config, strategy, chief):
                                          lambda c, update: float(optim.schedule(c)(update)))
       if jump:
         logging.warning(jump)
+  if data_change:
+    logging.warning(data_change)
   if chief:
     model_dir_lib.record(config, start)
+    model_dir_lib.record_listing(config, data.listing)
     files.write_json(os.path.join(config.model_dir, "classes.json"), data.class_names)
 
   if chief and start:
