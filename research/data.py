@@ -633,6 +633,17 @@ def eval_dataset(source, global_batch, num_classes, input_context):
   return _per_replica(ds, input_context, global_batch, offset).prefetch(tf.data.AUTOTUNE)
 
 
+def shard_reading(source, workers):
+  """A line for the log when each of `workers` (> 1) reads more than its share: a record
+  set's global batch is the next examples of one sequence of whole shards, so every
+  worker reads every shard's encoded bytes and decodes only its share."""
+  if workers > 1 and isinstance(source, records.Records):
+    return (f"each of the {workers} workers reads all {len(source.paths)} shards of the "
+            "record set (a step's examples come from the shards in one sequence) and "
+            "decodes only its share")
+  return None
+
+
 def eval_steps(num_examples, global_batch):
   return -(-num_examples // global_batch)
 

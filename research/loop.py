@@ -115,6 +115,11 @@ def _train(config, strategy, chief):
                config.strategy, strategy.num_replicas_in_sync, len(data.train),
                "no evaluation" if data.eval is None else f"{len(data.eval)} {data.eval_name}",
                f"resumed at step {start} from {restored}" if restored else "from scratch")
+  reading = data_lib.shard_reading(data.train, len(
+      strategy.cluster_resolver.cluster_spec().job_tasks("worker"))
+      if distribute.is_multi_worker(strategy) else 1)
+  if reading:
+    logging.info(reading)
   if restored and start >= config.train_steps:
     logging.info("the run is already finished (step %d of %d): its final model is written "
                  "again; a longer --epochs or --train_steps trains on", start,
