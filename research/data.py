@@ -336,10 +336,13 @@ def list_folder(data_dir):
   file is listed once, under the class folder that holds it (links that lead to files
   listed already are named in a warning, as are the files of types not read)."""
   if not os.path.isdir(data_dir):
-    raise DataError(f"data dir {data_dir!r} does not exist")
+    raise DataError(f"data dir {data_dir!r} " + ("is a file, not a folder of class subfolders"
+                                                 if os.path.exists(data_dir) else
+                                                 "does not exist"))
   names = class_folders(data_dir)
   if not names:
     raise DataError(f"{data_dir!r} has no class subfolders (expected DIR/<class>/<image>)")
+  _check_top_level(data_dir)
   found, ignored, loops = _scan(data_dir, names)
   _warn_ignored(data_dir, ignored)
   paths, labels = _once_each(data_dir, found, loops)
@@ -354,6 +357,25 @@ def list_folder(data_dir):
   if empty:
     raise DataError(f"class folder(s) without images in {data_dir!r}: {', '.join(empty)}")
   return paths, np.asarray(labels, np.int32), names
+
+
+def _check_top_level(data_dir):
+  """Refuses class folders that are links to nothing (the class would be lost); warns
+  about images beside the class folders, in none of them."""
+  entries = [e for e in os.listdir(data_dir) if not _hidden(e)]
+  broken = [e for e in entries if os.path.islink(os.path.join(data_dir, e))
+            and not os.path.exists(os.path.join(data_dir, e))]
+  if broken:
+    raise DataError(f"{len(broken)} link(s) in {data_dir!r} lead to nothing: "
+                    + ", ".join(f"{e} -> {os.readlink(os.path.join(data_dir, e))}"
+                                for e in sorted(broken)[:5])
+                    + "; point them at their class folders, or remove them")
+  stray = [e for e in entries if e.lower().endswith(IMAGE_EXTENSIONS)
+           and os.path.isfile(os.path.join(data_dir, e))]
+  if stray:
+    logging.warning("%s: ignored %d image(s) in no class folder (%s%s); a class's images "
+                    "go in DIR/<class>/", data_dir, len(stray), ", ".join(sorted(stray)[:3]),
+                    " ..." if len(stray) > 3 else "")
 
 
 def _scan(data_dir, names):
@@ -417,7 +439,7 @@ def _walk(folder, loops):
   ones too (each real folder once: a link up the tree would loop), hidden ones left
   out. Appends to `loops` (link, the folder read already) for each folder read before."""
   seen = {}
-  for root, dirs, filenames in os.walk(folder, followlinks=True):
+  for root, dirs, filenames in os.walk(folder, onerror=_unreadable, followlinks=True):
     real = os.path.realpath(root)
     if real in seen:
       loops.append((root, seen[real]))
@@ -426,6 +448,12 @@ def _walk(folder, loops):
     seen[real] = root
     dirs[:] = [d for d in dirs if not _hidden(d)]
     yield root, real, filenames
+
+
+def _unreadable(error):
+  """os.walk's error: a folder that cannot be listed would lose its images silently."""
+  raise DataError(f"cannot list the folder {error.filename!r} ({error.strerror}); make it "
+                  "readable, or move it out of the data dir")
 
 
 def _utf8(path):

@@ -288,3 +288,29 @@ def test_a_class_held_out_whole_is_named(caplog):
   assert list(train.labels) == [0, 0]
   assert "--val_split=0.6 holds out every example of class bee: training sees none" in (
       caplog.text)
+
+
+def test_what_a_folder_cannot_hold_is_said(tmp_path, caplog, monkeypatch):
+  root = make_folder(tmp_path / "images")
+  with pytest.raises(data.DataError, match="is a file, not a folder of class subfolders"):
+    data.list_folder(str(root / "cat" / "0.jpg"))
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "stray.png")
+  with caplog.at_level(logging.WARNING):
+    assert len(data.list_folder(str(root))[0]) == 9
+  assert "ignored 1 image(s) in no class folder (stray.png)" in caplog.text
+  os.symlink(tmp_path / "unmounted" / "dog", root / "dog")  # A class that would be lost.
+  with pytest.raises(data.DataError, match=r"1 link\(s\) in .* lead to nothing: dog -> "
+                                           r".*unmounted/dog; point them"):
+    data.list_folder(str(root))
+  os.remove(root / "dog")
+  scandir = os.scandir
+
+  def denied(path):  # As for a folder of another user's (the tests may run as root).
+    if str(path).endswith("bee"):
+      raise PermissionError(13, "Permission denied", str(path))
+    return scandir(path)
+
+  monkeypatch.setattr(os, "scandir", denied)
+  with pytest.raises(data.DataError, match=r"cannot list the folder '.*bee' \(Permission "
+                                           r"denied\); make it readable"):
+    data.list_folder(str(root))
