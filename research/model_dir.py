@@ -195,20 +195,28 @@ def check_listing(config, listing):
   `listing` has changed since (unless --allow_data_change): its validation split and
   epoch order would be drawn again, and the resumed run could evaluate on images it
   trained on. Returns a warning naming an allowed change, else None."""
-  saved = _saved_listing(os.path.join(config.model_dir, LISTING_FILE))
-  if (listing is None or not saved or saved["sha256"] == _digest(listing)
-      or not glob.glob(os.path.join(config.model_dir, "checkpoints", "ckpt-*.index"))):
+  if not glob.glob(os.path.join(config.model_dir, "checkpoints", "ckpt-*.index")):
+    return None
+  change = listing_change(config.model_dir, config.data_dir, listing)
+  if not change or config.allow_data_change:
+    return change and change + "; going on with the new listing (--allow_data_change)"
+  raise ConfigError(f"{change}. The validation split and the data order would be drawn "
+                    "again, and the resumed run could evaluate on images it trained on. "
+                    "Restore the folder, train in another --model_dir, or pass "
+                    "--allow_data_change to go on with it")
+
+
+def listing_change(model_dir, data_dir, listing):
+  """What was added to and removed from the folder `data_dir` since the run in
+  `model_dir` recorded its listing, now `listing`; None if nothing (or no record)."""
+  saved = _saved_listing(os.path.join(model_dir, LISTING_FILE))
+  if listing is None or not saved or saved["sha256"] == _digest(listing):
     return None
   before = zlib.decompress(base64.b64decode(saved["files"])).decode().split("\n")
   added, removed = sorted(set(listing) - set(before)), sorted(set(before) - set(listing))
-  change = (f"--data_dir {config.data_dir!r} has changed since this model dir's run "
-            f"started: {len(added)} file(s) added and {len(removed)} removed of "
-            f"{saved['count']}{_examples(added, removed)}")
-  if config.allow_data_change:
-    return change + "; going on with the new listing (--allow_data_change)"
-  raise ConfigError(f"{change}. The validation split and the data order would be drawn "
-                    "again, and the resumed run could evaluate on images it trained on. Restore the folder, train "
-                    "in another --model_dir, or pass --allow_data_change to go on with it")
+  return (f"--data_dir {data_dir!r} has changed since this model dir's run started: "
+          f"{len(added)} file(s) added and {len(removed)} removed of "
+          f"{saved['count']}{_examples(added, removed)}")
 
 
 def _digest(listing):

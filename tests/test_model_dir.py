@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from research import files, loop, model_dir
+from research import evaluation, files, loop, model_dir
+from research.sources import DataError
 from research.config import ConfigError
 from tests.conftest import ROOT
 
@@ -122,6 +123,10 @@ def test_resuming_from_a_folder_that_gained_or_lost_files_is_refused_unless_allo
   with open(os.path.join(config.model_dir, model_dir.LISTING_FILE)) as f:
     assert json.load(f)["classes"] == {"ant": 4, "bee": 4, "cat": 4}
   os.rename(root / "cat" / "0.jpg", root / "cat" / "new.jpg")  # One added, one removed.
+  with pytest.raises(DataError, match=r"1 file\(s\) added and 1 removed of 12 .*: the "
+                                      r"run's held-out split cannot be drawn from it again"):
+    evaluation.score_folder(config.model_dir, "", cache_dir=str(tmp_path / "cache"),
+                            split="validation")
   longer = config.replace(train_steps=4)
   with pytest.raises(ConfigError, match=re.escape(
       f"--data_dir {str(root)!r} has changed since this model dir's run started: 1 file(s) "
