@@ -264,7 +264,8 @@ def _some_classes(labels, class_names, shown=3):
   """`labels` named (as class names if known) for a message: the first few and a count."""
   named = [class_names[l] if class_names else str(l) for l in labels[:shown]]
   more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
-  return f"{'class' if len(labels) == 1 else f'the {len(labels)} classes'} {', '.join(named)}{more}"
+  kind = "class" if len(labels) == 1 else f"the {len(labels)} classes"
+  return f"{kind} {', '.join(named)}{more}"
 
 
 def _sizes(counts):
