@@ -80,6 +80,10 @@ class Config:
   allow_config_change: bool = _field(False, "resume a model dir trained with another "
                                      "config (the changes are logged, and every config "
                                      "is kept in its config_history.jsonl)")
+  allow_data_change: bool = _field(False, "resume a model dir whose --data_dir folder "
+                                   "gained or lost files since its run started (its "
+                                   "validation split is drawn again: the resumed run may "
+                                   "evaluate on images it trained on)")
 
   # Data.
   dataset: str = _field("cifar10", "|".join(DATASETS) + "|tfds:NAME (TensorFlow "

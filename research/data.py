@@ -10,6 +10,7 @@ own replicas' share of a global batch (the whole batch when an augmentation mixe
 examples across it).
 """
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -44,6 +45,8 @@ class Data:
   eval: object         # None: no evaluation (a folder trained whole, no --eval_data_dir)
   class_names: list
   eval_name: str       # "validation", "test" or "eval folder"
+  # A folder's files, relative to it, as listed (model_dir.check_listing); else None.
+  listing: list = None
 
 
 # --- loading ------------------------------------------------------------------
@@ -59,15 +62,17 @@ def load(config):
     train = _resize_split(train, config.image_size)
     if test is not None:
       test = _resize_split(test, config.image_size)
+  listing = train.listed_files
   if config.val_split > 0:
-    train, val = split_validation(train, config.val_split)
-    return Data(train, val, names, "validation")
+    train, val = split_validation(train, config.val_split, names)
+    return Data(train, val, names, "validation", listing)
   if config.eval_data_dir:
     return Data(train, load_eval_folder(config.eval_data_dir, names, config.image_size,
-                                        config.cache_dir, config), names, "eval folder")
+                                        config.cache_dir, config), names, "eval folder",
+                listing)
   if test is None and config.dataset not in ("folder", "tfrecord"):
     raise DataError(f"--dataset={config.dataset} has no test split; set --val_split > 0")
-  return Data(train, test, names, "test" if test is not None else None)
+  return Data(train, test, names, "test" if test is not None else None, listing)
 
 
 def open_source(config):
@@ -128,15 +133,17 @@ def open_folder(data_dir, config):
                  "training goes")
   if mode == "memory":
     return load_folder(data_dir, config.image_size, config.cache_dir,
-                       skip_bad_images=config.skip_bad_images)
+                       skip_bad_images=config.skip_bad_images, listed=(paths, labels, names))
   ok = np.array([files_source.looks_readable(p) for p in paths], bool)
   readable = _drop_unreadable(paths, labels, names, ok, config.skip_bad_images)
   return _listed(files_source.Files(np.asarray(paths, object)[ok], readable,
-                                    config.image_size), labels, ok), names
+                                    config.image_size), data_dir, paths, labels, ok), names
 
 
-def _listed(source, labels, ok):
-  """`source` of a listing's readable files, knowing the whole listing if some were not."""
+def _listed(source, data_dir, paths, labels, ok):
+  """`source` of a listing's readable files, knowing the listing's files and, if some
+  were not readable, its labels."""
+  source.listed_files = [os.path.relpath(p, data_dir) for p in paths]
   if not ok.all():
     source.listing = (labels, ok)
   return source
@@ -200,7 +207,7 @@ def open_records(directory, image_size):
   return source, names
 
 
-def split_validation(split, fraction):
+def split_validation(split, fraction, class_names=None):
   """Holds out `fraction` of each class, the same examples for every run, drawn over the
   folder's whole listing where unreadable files were skipped (`split.listing`)."""
   labels, readable = split.listing or (split.labels, np.ones(len(split), bool))
@@ -214,9 +221,45 @@ def split_validation(split, fraction):
   val_mask[np.concatenate(val_idx)] = True
   val_mask = val_mask[readable]
   if val_mask.all() or not val_mask.any():
-    raise DataError(f"--val_split={fraction} leaves an empty training or validation set "
-                    f"of {len(split)} examples")
+    raise DataError(_too_small(split.labels, val_mask, fraction, class_names))
+  untrained = np.setdiff1d(split.labels, split.labels[~val_mask])
+  if untrained.size:
+    logging.warning("--val_split=%s holds out every example of %s: training sees none of "
+                    "them (a smaller --val_split keeps some)", fraction,
+                    _some_classes(untrained, class_names))
   return split.subset(np.flatnonzero(~val_mask)), split.subset(np.flatnonzero(val_mask))
+
+
+def _too_small(labels, val_mask, fraction, class_names):
+  """The message for a --val_split that leaves the training or validation set empty:
+  the classes too small for it, and the fractions that hold out at least one example
+  of the largest class and leave it at least one (round(f * n) is in [1, n - 1])."""
+  empty = "training" if val_mask.all() else "validation"
+  counts = np.bincount(labels)
+  largest = int(counts.max())
+  low = 0.5 / largest  # round() takes x.5 down to the even number: strictly above.
+  advice = (f"a --val_split above {low:.3g} and below {1 - low:.3g} holds out at least one "
+            f"example of the largest class ({largest} examples) and trains on the rest"
+            if largest > 1 else "every class has 1 example: add examples, or train on all "
+            "of them (--val_split=0) and evaluate on another folder (--eval_data_dir)")
+  return (f"--val_split={fraction} leaves an empty {empty} set of {len(labels)} examples: "
+          f"{'none' if empty == 'validation' else 'all'} of each class's examples are held "
+          f"out, as {_some_classes(np.flatnonzero(counts), class_names)} "
+          f"{'are' if np.count_nonzero(counts) > 1 else 'is'} too small for it "
+          f"({_sizes(counts)}); {advice}")
+
+
+def _some_classes(labels, class_names, shown=3):
+  """`labels` named (as class names if known) for a message: the first few and a count."""
+  named = [class_names[l] if class_names else str(l) for l in labels[:shown]]
+  more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
+  kind = "class" if len(labels) == 1 else f"the {len(labels)} classes"
+  return f"{kind} {', '.join(named)}{more}"
+
+
+def _sizes(counts):
+  low, high = counts[counts > 0].min(), counts.max()
+  return f"{low}{'' if low == high else f' to {high}'} example{'s' if high > 1 else ''} each"
 
 
 def _load_keras_cifar(name):
@@ -279,19 +322,20 @@ def class_folders(data_dir):
 
 
 def list_folder(data_dir):
-  """(paths, labels, class_names) of a folder of class subfolders, sorted."""
+  """(paths, labels, class_names) of a folder of class subfolders, sorted. Each real
+  file is listed once, under the class folder that holds it (links that lead to files
+  listed already are named in a warning, as are the files of types not read)."""
   if not os.path.isdir(data_dir):
-    raise DataError(f"data dir {data_dir!r} does not exist")
+    raise DataError(f"data dir {data_dir!r} " + ("is a file, not a folder of class subfolders"
+                                                 if os.path.exists(data_dir) else
+                                                 "does not exist"))
   names = class_folders(data_dir)
   if not names:
     raise DataError(f"{data_dir!r} has no class subfolders (expected DIR/<class>/<image>)")
-  paths, labels = [], []
-  for label, name in enumerate(names):
-    for root, filenames in sorted(_walk(os.path.join(data_dir, name))):
-      for f in sorted(filenames):
-        if f.lower().endswith(IMAGE_EXTENSIONS) and not _hidden(f):
-          paths.append(os.path.join(root, f))
-          labels.append(label)
+  _check_top_level(data_dir)
+  found, ignored, loops = _scan(data_dir, names)
+  _warn_ignored(data_dir, ignored)
+  paths, labels = _once_each(data_dir, found, loops)
   if not paths:
     raise DataError(f"{data_dir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
   unnamed = [p for p in paths if not _utf8(p)]
@@ -305,16 +349,101 @@ def list_folder(data_dir):
   return paths, np.asarray(labels, np.int32), names
 
 
-def _walk(folder):
-  """(folder, file names) of `folder` and every folder under it, linked ones too (each
-  real folder once: a link up the tree would loop), hidden ones left out."""
-  seen = set()
-  for root, dirs, filenames in os.walk(folder, followlinks=True):
+def _check_top_level(data_dir):
+  """Refuses class folders that are links to nothing (the class would be lost); warns
+  about images beside the class folders, in none of them."""
+  entries = [e for e in os.listdir(data_dir) if not _hidden(e)]
+  broken = [e for e in entries if os.path.islink(os.path.join(data_dir, e))
+            and not os.path.exists(os.path.join(data_dir, e))]
+  if broken:
+    raise DataError(f"{len(broken)} link(s) in {data_dir!r} lead to nothing: "
+                    + ", ".join(f"{e} -> {os.readlink(os.path.join(data_dir, e))}"
+                                for e in sorted(broken)[:5])
+                    + "; point them at their class folders, or remove them")
+  stray = [e for e in entries if e.lower().endswith(IMAGE_EXTENSIONS)
+           and os.path.isfile(os.path.join(data_dir, e))]
+  if stray:
+    logging.warning("%s: ignored %d image(s) in no class folder (%s%s); a class's images "
+                    "go in DIR/<class>/", data_dir, len(stray), ", ".join(sorted(stray)[:3]),
+                    " ..." if len(stray) > 3 else "")
+
+
+def _scan(data_dir, names):
+  """The image files under the class folders `names` of `data_dir` as [(path, label,
+  real path, reached by no link)], the other files counted by the type their names end
+  in (each real file once), and the linked folders read once [(link, the folder read
+  already)]."""
+  found, ignored, loops = [], {}, []
+  home = os.path.realpath(data_dir)
+  for label, name in enumerate(names):
+    for root, real_root, filenames in sorted(_walk(os.path.join(data_dir, name), loops)):
+      # Reached by no link: the real folder is where the path says.
+      direct = real_root == os.path.join(home, os.path.relpath(root, data_dir))
+      for f in sorted(filenames):
+        if _hidden(f):
+          continue
+        if not f.lower().endswith(IMAGE_EXTENSIONS):
+          ignored.setdefault(os.path.join(real_root, f), os.path.splitext(f)[1].lower())
+          continue
+        path = os.path.join(root, f)
+        linked = os.path.islink(path)
+        found.append((path, label, os.path.realpath(path) if linked
+                      else os.path.join(real_root, f), direct and not linked))
+  return found, collections.Counter(ignored.values()), loops
+
+
+def _warn_ignored(data_dir, ignored):
+  """One warning naming how many files of which types `data_dir` holds but are not read."""
+  if ignored:
+    by_count = sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0]))
+    kinds = ", ".join(f"{kind or '(no extension)'}: {n}" for kind, n in by_count)
+    logging.warning("%s: ignored %d files of unsupported types (%s); the types read are %s "
+                    "(convert the others to use them)", data_dir, sum(ignored.values()),
+                    kinds, " ".join(IMAGE_EXTENSIONS))
+
+
+def _once_each(data_dir, found, loops):
+  """The (paths, labels) of `found` [(path, label, real path, reached by no link)] with
+  each real file once: where links lead to a file by several paths, the one without a
+  link is kept (so a link to another class's folder moves none of its images), else the
+  first. Warns naming the paths left out and the linked folders `loops` read once."""
+  keep = {}
+  for i, (_, _, real, direct) in enumerate(found):
+    if real not in keep or (direct and not found[keep[real]][3]):
+      keep[real] = i
+  rel = lambda path: os.path.relpath(path, data_dir)
+  again = [f"{rel(path)} is {rel(found[keep[real]][0])}"
+           for i, (path, _, real, _) in enumerate(found) if keep[real] != i]
+  if again or loops:
+    named = again[:3] + [f"{rel(link)} is {rel(first)}" for link, first in loops[:3]]
+    logging.warning("%s: links lead to images listed already; each is read once, under the "
+                    "class folder that holds it: %d file path(s) and %d linked folder(s) left "
+                    "out (%s%s)", data_dir, len(again), len(loops), "; ".join(named),
+                    " ..." if len(again) > 3 or len(loops) > 3 else "")
+  kept = sorted(keep.values())
+  return [found[i][0] for i in kept], [found[i][1] for i in kept]
+
+
+def _walk(folder, loops):
+  """(folder, its real path, file names) of `folder` and every folder under it, linked
+  ones too (each real folder once: a link up the tree would loop), hidden ones left
+  out. Appends to `loops` (link, the folder read already) for each folder read before."""
+  seen = {}
+  for root, dirs, filenames in os.walk(folder, onerror=_unreadable, followlinks=True):
     real = os.path.realpath(root)
-    dirs[:] = [] if real in seen else [d for d in dirs if not _hidden(d)]
-    if real not in seen:
-      seen.add(real)
-      yield root, filenames
+    if real in seen:
+      loops.append((root, seen[real]))
+      dirs[:] = []
+      continue
+    seen[real] = root
+    dirs[:] = [d for d in dirs if not _hidden(d)]
+    yield root, real, filenames
+
+
+def _unreadable(error):
+  """os.walk's error: a folder that cannot be listed would lose its images silently."""
+  raise DataError(f"cannot list the folder {error.filename!r} ({error.strerror}); make it "
+                  "readable, or move it out of the data dir")
 
 
 def _utf8(path):
@@ -331,13 +460,13 @@ def _hidden(name):
   return name.startswith(".") or name == "__MACOSX"
 
 
-def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False):
+def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False, listed=None):
   """Decodes a class-folder dataset once, caches it as .npz, and returns it.
 
   Unreadable images stop the load with their names, or with `skip_bad_images`
-  are left out and listed in a warning.
+  are left out and listed in a warning. `listed`: `list_folder(data_dir)` if known.
   """
-  paths, labels, names = list_folder(data_dir)
+  paths, labels, names = listed or list_folder(data_dir)
   cache = _cache_path(paths, image_size, cache_dir)
   if os.path.exists(cache):
     with np.load(cache) as f:
@@ -352,7 +481,8 @@ def load_folder(data_dir, image_size, cache_dir="", skip_bad_images=False):
       logging.warning("could not cache the decoded images in %s (%s); the next run "
                       "decodes them again", cache, e.strerror or e)
   readable = _drop_unreadable(paths, labels, names, ok, skip_bad_images)
-  return _listed(Split(images if ok.all() else images[ok], readable), labels, ok), names
+  return _listed(Split(images if ok.all() else images[ok], readable), data_dir, paths,
+                 labels, ok), names
 
 
 def _drop_unreadable(paths, labels, names, ok, skip_bad_images):
@@ -519,6 +649,17 @@ def eval_dataset(source, global_batch, num_classes, input_context):
   ds = source.in_order().batch(global_batch).map(pad)
   ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return _per_replica(ds, input_context, global_batch, offset).prefetch(tf.data.AUTOTUNE)
+
+
+def shard_reading(source, workers):
+  """A line for the log when each of `workers` (> 1) reads more than its share: a record
+  set's global batch is the next examples of one sequence of whole shards, so every
+  worker reads every shard's encoded bytes and decodes only its share."""
+  if workers > 1 and isinstance(source, records.Records):
+    return (f"each of the {workers} workers reads all {len(source.paths)} shards of the "
+            "record set (a step's examples come from the shards in one sequence) and "
+            "decodes only its share")
+  return None
 
 
 def eval_steps(num_examples, global_batch):

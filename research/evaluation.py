@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from research import data as data_lib, models, plugins, predict
+from research import data as data_lib, model_dir as model_dir_lib, models, plugins, predict
 from research.config import Config, reason
 
 
@@ -139,7 +139,11 @@ def score_folder(model_dir, data_dir, batch_size=256, cache_dir="", tta_mode=Non
       logging.warning("the run trained on %s: its held-out split is taken from %s's files "
                       "by the same rule, so they must be the same files", config.data_dir,
                       data_dir)
-    split = data_lib.split_validation(split, config.val_split)[1]
+    change = model_dir_lib.listing_change(model_dir, data_dir, split.listed_files)
+    if change:
+      raise data_lib.DataError(f"{change}: the run's held-out split cannot be drawn from "
+                               "it again. Score a folder of held-out images with --split=all")
+    split = data_lib.split_validation(split, config.val_split, folder_names)[1]
   unknown = sorted(set(folder_names) - set(class_names))
   if unknown:
     raise data_lib.DataError(f"classes not known to the model: {', '.join(unknown)}")

@@ -78,6 +78,7 @@ def _train(config, strategy, chief):
   config = config.resolve(len(data.train), len(data.class_names))
   config = config.replace(precision=precision_lib.resolve(config.precision))
   changes = model_dir_lib.check_config(config)
+  data_change = model_dir_lib.check_listing(config, data.listing)
   keras.mixed_precision.set_global_policy(config.precision)
   keras.utils.set_random_seed(config.seed)
   _set_op_determinism(config.deterministic)
@@ -117,6 +118,11 @@ def _train(config, strategy, chief):
                config.strategy, strategy.num_replicas_in_sync, len(data.train),
                "no evaluation" if data.eval is None else f"{len(data.eval)} {data.eval_name}",
                f"resumed at step {start} from {restored}" if restored else "from scratch")
+  reading = data_lib.shard_reading(data.train, len(
+      strategy.cluster_resolver.cluster_spec().job_tasks("worker"))
+      if distribute.is_multi_worker(strategy) else 1)
+  if reading:
+    logging.info(reading)
   if restored and start >= config.train_steps:
     logging.info("the run is already finished (step %d of %d): its final model is written "
                  "again; a longer --epochs or --train_steps trains on", start,
@@ -132,8 +138,11 @@ def _train(config, strategy, chief):
                                          lambda c, update: float(optim.schedule(c)(update)))
       if jump:
         logging.warning(jump)
+  if data_change:
+    logging.warning(data_change)
   if chief:
     model_dir_lib.record(config, start)
+    model_dir_lib.record_listing(config, data.listing)
     files.write_json(os.path.join(config.model_dir, "classes.json"), data.class_names)
 
   if chief and start:

@@ -3,23 +3,33 @@
 `Lock` makes a second training on the same dir stop with one line naming the first.
 `check_config` refuses a resume whose config would silently change the experiment
 (the data order, the model, the optimization); `record` keeps every config a dir was
-trained with in `config_history.jsonl`.
+trained with in `config_history.jsonl`. `check_listing` refuses a resume from a folder
+that gained or lost files (its validation split would be drawn again), against the
+listing `record_listing` keeps in `data_listing.json`.
 """
+
+import base64
+import collections
 
 import dataclasses
 import datetime
 import errno
 import fcntl
+import glob
 import json
 import os
+import hashlib
 import socket
+import zlib
 
 from absl import logging
 
+from research import files
 from research.config import CHECKPOINT_FIELDS, PATH_FIELDS, Config, ConfigError, local_path
 
 LOCK_FILE = "lock"
 HISTORY_FILE = "config_history.jsonl"
+LISTING_FILE = "data_listing.json"
 
 # Fields a resumed run may change freely: where and how it runs, how long, what it
 # logs. Any other field changes the experiment (--allow_config_change lets it), and a
@@ -30,7 +40,7 @@ RUN_FIELDS = frozenset((
     "steps_per_loop", "loop_seconds", "progress_seconds", "eval_every", "log_every",
     "checkpoint_every", "keep_checkpoints", "on_nan", "nan_retries", "inject_nan_step",
     "hooks", "plugins", "metrics", "tta", "tta_final_only", "eval_data_dir",
-    "allow_config_change", "cluster_resolver", "port_base",
+    "allow_config_change", "allow_data_change", "cluster_resolver", "port_base",
     "data_cache", "data_service",  # The same batches (data_service: in another order).
     "weights", "init_from", "init_weights",  # These only act at a fresh start.
     "model_defaults"))  # A record: the fields it names are compared themselves.
@@ -165,3 +175,66 @@ def record(config, step):
            "config": config.to_dict()}
   with open(os.path.join(config.model_dir, HISTORY_FILE), "a") as f:
     f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def record_listing(config, listing):
+  """Keeps a folder's `listing` (its files, relative to it) in the model dir: their
+  count, per class, a hash and the compressed list, to name what a resume adds or loses."""
+  path = os.path.join(config.model_dir, LISTING_FILE)
+  if listing is None or _saved_listing(path).get("sha256") == _digest(listing):
+    return
+  joined = "\n".join(listing).encode()
+  files.write_json(path, {
+      "data_dir": config.data_dir, "count": len(listing), "sha256": _digest(listing),
+      "classes": collections.Counter(p.split(os.sep, 1)[0] for p in listing),
+      "files": base64.b64encode(zlib.compress(joined, 6)).decode()})
+
+
+def check_listing(config, listing):
+  """Raises ConfigError when the model dir holds a checkpoint of a run on a folder whose
+  `listing` has changed since (unless --allow_data_change): its validation split and
+  epoch order would be drawn again, and the resumed run could evaluate on images it
+  trained on. Returns a warning naming an allowed change, else None."""
+  if not glob.glob(os.path.join(config.model_dir, "checkpoints", "ckpt-*.index")):
+    return None
+  change = listing_change(config.model_dir, config.data_dir, listing)
+  if not change or config.allow_data_change:
+    return change and change + "; going on with the new listing (--allow_data_change)"
+  raise ConfigError(f"{change}. The validation split and the data order would be drawn "
+                    "again, and the resumed run could evaluate on images it trained on. "
+                    "Restore the folder, train in another --model_dir, or pass "
+                    "--allow_data_change to go on with it")
+
+
+def listing_change(model_dir, data_dir, listing):
+  """What was added to and removed from the folder `data_dir` since the run in
+  `model_dir` recorded its listing, now `listing`; None if nothing (or no record)."""
+  saved = _saved_listing(os.path.join(model_dir, LISTING_FILE))
+  if listing is None or not saved or saved["sha256"] == _digest(listing):
+    return None
+  before = zlib.decompress(base64.b64decode(saved["files"])).decode().split("\n")
+  added, removed = sorted(set(listing) - set(before)), sorted(set(before) - set(listing))
+  return (f"--data_dir {data_dir!r} has changed since this model dir's run started: "
+          f"{len(added)} file(s) added and {len(removed)} removed of "
+          f"{saved['count']}{_examples(added, removed)}")
+
+
+def _digest(listing):
+  return hashlib.sha256("\n".join(listing).encode()).hexdigest()
+
+
+def _saved_listing(path):
+  """The model dir's recorded listing, or {} if it has none (a run older than it) or
+  one cut short (it is written again)."""
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    return saved if {"sha256", "count", "files"} <= set(saved) else {}
+  except (FileNotFoundError, ValueError):
+    return {}
+
+
+def _examples(added, removed):
+  named = [f"{p} added" for p in added[:2]] + [f"{p} removed" for p in removed[:2]]
+  return f" ({', '.join(named)}{' ...' if len(added) + len(removed) > len(named) else ''})" \
+      if named else " (the same files, listed in another order)"

@@ -72,6 +72,32 @@ def test_linked_folders_are_read_once_and_links_up_the_tree_do_not_loop(tmp_path
   assert sum("/cat/more/" in p for p in paths) == 3
 
 
+def test_files_of_other_types_are_counted_in_one_warning(tmp_path, caplog):
+  root = make_folder(tmp_path / "images")
+  for name in ("0.tif", "1.TIF", "README"):
+    (root / "ant" / name).write_bytes(b"II*\x00")
+  with caplog.at_level(logging.WARNING):
+    paths, _, _ = data.list_folder(str(root))
+  assert len(paths) == 9
+  assert "ignored 4 files of unsupported types (.tif: 2, (no extension): 1, .txt: 1)" in (
+      caplog.text)
+
+
+def test_a_link_to_another_class_counts_its_images_once_under_their_own_class(tmp_path,
+                                                                              caplog):
+  root = make_folder(tmp_path / "images")
+  os.symlink("..", root / "ant" / "loop")  # ant/loop/bee/0.bmp is bee's 0.bmp.
+  os.symlink("../cat/0.jpg", root / "bee" / "same.jpg")  # A file linked into another class.
+  with caplog.at_level(logging.WARNING):
+    paths, labels, names = data.list_folder(str(root))
+  assert len(paths) == 9 and list(labels) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  assert not any("loop" in p or "same" in p for p in paths)
+  assert ("links lead to images listed already; each is read once, under the class folder "
+          "that holds it: 8 file path(s) and 1 linked folder(s) left out") in caplog.text
+  assert "(ant/loop/bee/0.jpg is bee/0.jpg; " in caplog.text
+  assert "ignored 1 files of unsupported types (.txt: 1)" in caplog.text  # cat/notes.txt.
+
+
 def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
   root = make_folder(tmp_path / "images")
   latin1 = os.path.join(os.fsencode(root / "bee"), b"caf\xe9.jpg")  # As unzip leaves it.
@@ -239,3 +265,52 @@ def test_arrays_are_resized_in_chunks_as_they_would_be_whole():
   assert chunked.images.shape == (10, 24, 24, 3) and chunked.images.dtype == np.uint8
   np.testing.assert_array_equal(chunked.images, whole.images)
   np.testing.assert_array_equal(chunked.labels, split.labels)
+
+
+@pytest.mark.parametrize("fraction, empty", [(0.1, "validation"), (0.999, "training")])
+def test_a_val_split_too_small_or_large_for_the_classes_says_what_would_work(fraction, empty):
+  labels = np.repeat(np.arange(3000), 2).astype(np.int32)  # 3,000 classes of 2 images.
+  split = data.Split(np.zeros((6000, 1, 1, 3), np.uint8), labels)
+  names = [f"class_{i:04d}" for i in range(3000)]
+  with pytest.raises(data.DataError, match=(
+      rf"--val_split={fraction} leaves an empty {empty} set of 6000 examples: .* the 3000 "
+      r"classes class_0000, class_0001, class_0002 and 2997 more are too small for it \(2 "
+      r"examples each\); a --val_split above 0.25 and below 0.75 holds out")):
+    data.split_validation(split, fraction, names)
+  train, val = data.split_validation(split, 0.5, names)
+  assert len(train) == len(val) == 3000
+
+
+def test_a_class_held_out_whole_is_named(caplog):
+  split = data.Split(np.zeros((5, 1, 1, 3), np.uint8), np.array([0, 0, 0, 0, 1], np.int32))
+  with caplog.at_level(logging.WARNING):
+    train, _ = data.split_validation(split, 0.6, ["ant", "bee"])
+  assert list(train.labels) == [0, 0]
+  assert "--val_split=0.6 holds out every example of class bee: training sees none" in (
+      caplog.text)
+
+
+def test_what_a_folder_cannot_hold_is_said(tmp_path, caplog, monkeypatch):
+  root = make_folder(tmp_path / "images")
+  with pytest.raises(data.DataError, match="is a file, not a folder of class subfolders"):
+    data.list_folder(str(root / "cat" / "0.jpg"))
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "stray.png")
+  with caplog.at_level(logging.WARNING):
+    assert len(data.list_folder(str(root))[0]) == 9
+  assert "ignored 1 image(s) in no class folder (stray.png)" in caplog.text
+  os.symlink(tmp_path / "unmounted" / "dog", root / "dog")  # A class that would be lost.
+  with pytest.raises(data.DataError, match=r"1 link\(s\) in .* lead to nothing: dog -> "
+                                           r".*unmounted/dog; point them"):
+    data.list_folder(str(root))
+  os.remove(root / "dog")
+  scandir = os.scandir
+
+  def denied(path):  # As for a folder of another user's (the tests may run as root).
+    if str(path).endswith("bee"):
+      raise PermissionError(13, "Permission denied", str(path))
+    return scandir(path)
+
+  monkeypatch.setattr(os, "scandir", denied)
+  with pytest.raises(data.DataError, match=r"cannot list the folder '.*bee' \(Permission "
+                                           r"denied\); make it readable"):
+    data.list_folder(str(root))

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from research import files, loop, model_dir
+from research import evaluation, files, loop, model_dir
+from research.sources import DataError
 from research.config import ConfigError
 from tests.conftest import ROOT
 
@@ -110,6 +111,32 @@ def test_the_same_data_dir_by_another_path_is_the_same_experiment(make_config, t
   assert model_dir.check_config(config.replace(data_dir=str(tmp_path / "images") + "/")) == []
   with pytest.raises(ConfigError, match=r"data_dir: 'images' in the model dir, '.*other' now"):
     model_dir.check_config(config.replace(data_dir=str(tmp_path / "other")))
+
+
+def test_resuming_from_a_folder_that_gained_or_lost_files_is_refused_unless_allowed(
+    make_config, tmp_path, caplog):
+  from tests.test_data import make_folder  # pylint: disable=g-import-not-at-top
+  root = make_folder(tmp_path / "images", per_class=4)
+  config = make_config(dataset="folder", data_dir=str(root), batch_size=4, train_steps=2,
+                       checkpoint_every=2, eval_every=2, cache_dir=str(tmp_path / "cache"))
+  loop.train(config)
+  with open(os.path.join(config.model_dir, model_dir.LISTING_FILE)) as f:
+    assert json.load(f)["classes"] == {"ant": 4, "bee": 4, "cat": 4}
+  os.rename(root / "cat" / "0.jpg", root / "cat" / "new.jpg")  # One added, one removed.
+  with pytest.raises(DataError, match=r"1 file\(s\) added and 1 removed of 12 .*: the "
+                                      r"run's held-out split cannot be drawn from it again"):
+    evaluation.score_folder(config.model_dir, "", cache_dir=str(tmp_path / "cache"),
+                            split="validation")
+  longer = config.replace(train_steps=4)
+  with pytest.raises(ConfigError, match=re.escape(
+      f"--data_dir {str(root)!r} has changed since this model dir's run started: 1 file(s) "
+      "added and 1 removed of 12 (cat/new.jpg added, cat/0.jpg removed). The validation "
+      "split and the data order would be drawn again") + ".*--allow_data_change"):
+    loop.train(longer)
+  with caplog.at_level(logging.WARNING):
+    assert loop.train(longer.replace(allow_data_change=True)).step == 4
+  assert "going on with the new listing (--allow_data_change)" in caplog.text
+  assert loop.train(longer.replace(train_steps=5)).step == 5  # The new listing is kept.
 
 
 def test_a_failed_write_leaves_the_previous_file(tmp_path):

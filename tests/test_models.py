@@ -105,3 +105,54 @@ def test_batchnorm_statistics_stay_the_same_on_every_replica(shape):
   # Replica 0 saw 0s and replica 1 saw 4s: both keep the mean, 2 (not 0 and 4).
   for mean in strategy.experimental_local_results(layer.moving_mean.value):
     np.testing.assert_allclose(mean.numpy(), 2.0)
+
+
+def _dropout_masks(make_layer, strategy, save=None, restore=None, calls=2):
+  """Each replica's dropout mask of the same all-ones input, `calls` times, and the generator's
+  state after, as each replica holds it; the layer made under the strategy's scope, as
+  the training state makes the model (its generator's state read from the checkpoint at
+  `restore` first and written to `save` last, as the training state checkpoints it)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with strategy.scope():
+    layer = make_layer(0.5, seed=1)
+
+  @tf.function
+  def masks():
+    return strategy.run(lambda: layer(tf.ones([4, 16]), training=True) != 0)
+
+  if restore:
+    tf.train.Checkpoint(random=layer.variables).read(restore).assert_consumed()
+  drawn = [[m.numpy() for m in strategy.experimental_local_results(masks())]
+           for _ in range(calls)]
+  states = [s.numpy() for s in strategy.experimental_local_results(
+      layer.seed_generator.state.value)]
+  if save:
+    tf.train.Checkpoint(random=layer.variables).write(save)
+  return drawn, states
+
+
+def test_mirrored_replicas_draw_their_own_dropout_masks(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from research import distribute  # pylint: disable=g-import-not-at-top
+  from research.models.dropout import ReplicaDropout  # pylint: disable=g-import-not-at-top
+  mirrored = distribute.make_strategy("mirrored")
+  assert mirrored.num_replicas_in_sync == 2
+  drawn, states = _dropout_masks(ReplicaDropout, mirrored, save=str(tmp_path / "ckpt"))
+  for first, second in drawn:
+    assert not np.array_equal(first, second)  # Keras' Dropout: the same on both.
+  assert not np.array_equal(drawn[0][0], drawn[1][0])  # A new mask every call.
+  # One generator state, advanced alike on every replica (and checkpointed once).
+  np.testing.assert_array_equal(states, [[1, 2], [1, 2]])
+  # Resumed from its checkpoint, the replicas draw the masks they would have next.
+  again, _ = _dropout_masks(ReplicaDropout, mirrored, restore=str(tmp_path / "ckpt"))
+  four, _ = _dropout_masks(ReplicaDropout, mirrored, calls=4)
+  np.testing.assert_array_equal(again, four[2:])
+  # On one replica, Keras' masks exactly; saved and loaded as itself.
+  default = tf.distribute.get_strategy()
+  ours, _ = _dropout_masks(ReplicaDropout, default)
+  keras_own, _ = _dropout_masks(keras.layers.Dropout, default)
+  np.testing.assert_array_equal(ours, keras_own)
+  model = models.build(Config(model="improved_cnn", num_classes=3, image_size=16))
+  model.save(tmp_path / "model.keras")
+  loaded = keras.models.load_model(tmp_path / "model.keras")
+  assert sum(isinstance(l, ReplicaDropout) for l in loaded.layers) == 4

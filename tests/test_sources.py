@@ -414,3 +414,12 @@ def test_a_record_set_trains_from_a_file_system_tensorflow_reads(record_set, mak
   assert np.isfinite(loop.train(config).train_history[-1][1]["loss"])
   with pytest.raises(ValueError, match="write the record set to a local directory"):
     make_tfrecords.make("folder", record_set, "ram://sets/new")
+
+
+def test_workers_that_read_every_shard_say_so():
+  shards = records.Records(["a.tfrecord", "b.tfrecord"], [2, 2], [0, 1, 0, 1], 16)
+  assert data.shard_reading(shards, 2) == (
+      "each of the 2 workers reads all 2 shards of the record set (a step's examples come "
+      "from the shards in one sequence) and decodes only its share")
+  assert data.shard_reading(shards, 1) is None
+  assert data.shard_reading(data.synthetic(8, 16, 2)[0], 2) is None  # Read by index.

@@ -21,6 +21,7 @@ from keras import layers
 
 from research.config import ConfigError, item_name
 from research.models.batchnorm import fuse_batchnorms
+from research.models.dropout import ReplicaDropout
 from research.models.registry import MODELS, logits, training_defaults
 from research.registry import SpecError
 
@@ -131,7 +132,7 @@ def _classifier(name, num_classes, image_size, input_size, dropout):
   backbone.name = "backbone"
   x = backbone(x)
   if dropout:
-    x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = ReplicaDropout(dropout, name="head_dropout")(x)
   return keras.Model(inputs, logits(x, num_classes), name=name)
 
 

@@ -4,6 +4,7 @@ import keras
 from keras import layers
 
 from research.models.batchnorm import FusedBatchNorm
+from research.models.dropout import ReplicaDropout
 from research.models.registry import MODELS, logits, rescaled_input, training_defaults
 
 # The tutorial's training: Adam at 1e-3, batch 64, no augmentation (configs/baseline_cnn.flags).
@@ -39,11 +40,11 @@ def improved_cnn(num_classes, image_size):
                         activation="relu")(x)
       x = FusedBatchNorm()(x)
     x = layers.MaxPooling2D()(x)
-    x = layers.Dropout(dropout)(x)
+    x = ReplicaDropout(dropout)(x)
   x = layers.Flatten()(x)
   x = layers.Dense(128, activation="relu", kernel_initializer="he_uniform")(x)
   x = FusedBatchNorm()(x)  # 2-D: Keras' path (the fused op is for feature maps).
-  x = layers.Dropout(0.5)(x)
+  x = ReplicaDropout(0.5)(x)
   return keras.Model(inputs, logits(x, num_classes), name="improved_cnn")
 
 

@@ -39,6 +39,8 @@ class Source:
   # files were left out of it (--skip_bad_images): the validation split is drawn over
   # the whole listing, so that skipping a file moves no other file to the other side.
   listing = None
+  # A folder's files, relative to it, in the order listed (the split is drawn over it).
+  listed_files = None
 
   def __len__(self):
     return len(self.labels)
