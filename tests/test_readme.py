@@ -12,6 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
+USAGE = os.path.join(ROOT, "docs", "USAGE.md")  # The README's details: checked alike.
 PROGRAM = re.compile(r"^(train\.py|scripts/\w+\.py)$")
 ABSL_FLAG = re.compile(r"^\s+(?:-\S,)?--(?:\[no\])?(\w+):(?: <([^>]*)>:)?", re.M)
 ARGPARSE_FLAG = re.compile(r"--(\w+)")
@@ -26,8 +27,10 @@ def readme_commands(text):
   commands = []
   for line in lines:
     for part in re.split(r"&&|;|\|", line.split(" #")[0]):
+      if not part.strip().startswith("python "):
+        continue  # Prose in code blocks (the layout) may hold lone apostrophes.
       tokens = shlex.split(part)
-      if len(tokens) >= 2 and tokens[0] == "python" and PROGRAM.match(tokens[1]):
+      if len(tokens) >= 2 and PROGRAM.match(tokens[1]):
         commands.append(tokens[1:])
   return commands
 
@@ -93,7 +96,7 @@ def test_readme_commands_are_found():
 
 
 def test_every_flag_of_every_readme_command_is_defined_by_its_program():
-  commands = readme_commands(open(README).read())
+  commands = readme_commands(open(README).read()) + readme_commands(open(USAGE).read())
   for tokens in commands:
     assert os.path.isfile(os.path.join(ROOT, tokens[0])), f"no such program: {tokens[0]}"
   flags = defined_flags(sorted({tokens[0] for tokens in commands}))
