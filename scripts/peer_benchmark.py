@@ -63,10 +63,12 @@ def torch_python():
 
 def sizes():
   """{network: Sizes} from the flags, checked; exits with one `error:` line if wrong."""
+  known = ", ".join(peer_lib.NETWORKS)
   unknown = [n for n in FLAGS.networks if n not in peer_lib.NETWORKS]
-  if unknown or not FLAGS.networks:
-    sys.exit(f"error: --networks: unknown {', '.join(unknown) or '(none given)'}; "
-             f"known: {', '.join(peer_lib.NETWORKS)}")
+  if unknown:
+    sys.exit(f"error: --networks: unknown {', '.join(unknown)}; known: {known}")
+  if not FLAGS.networks:
+    sys.exit(f"error: --networks: name at least one of: {known}")
   for name in ("batch_size", "steps", "repeats", "matmul_size"):
     if FLAGS[name].value is not None and FLAGS[name].value < 1:
       sys.exit(f"error: --{name} must be >= 1, got {FLAGS[name].value}")

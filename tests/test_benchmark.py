@@ -96,6 +96,7 @@ def test_peer_benchmark_without_torch_says_how_to_get_it_and_exits_3():
     ("--networks=vgg", "error: --networks: unknown vgg; known: airbench, resnet20"),
     ("--batch_size=0", "error: --batch_size must be >= 1, got 0"),
     ("--image_size=8", "error: --image_size must be >= 9"),
+    ("--networks=", "error: --networks: name at least one of: airbench, resnet20"),
 ])
 def test_peer_benchmark_refuses_bad_sizes_before_any_work(flag, message):
   result = run("scripts/peer_benchmark.py", "--quick", flag, "--torch_python=/no/such")
