@@ -1,7 +1,7 @@
 """Our training loop against PyTorch on the same cores; see docs/BENCHMARKS.md.
 
   python scripts/peer_benchmark.py --torch_python=torch-venv/bin/python
-  python scripts/peer_benchmark.py --quick --networks=resnet20   # tiny sizes, seconds
+  python scripts/peer_benchmark.py --quick --networks=resnet20   # tiny sizes: checks it runs
 
 The same network (airbench94's, the fast recipe's; the CIFAR ResNet-20), batch,
 float32 precision and random in-memory data on both sides: ours through the compiled
