@@ -38,6 +38,15 @@ class NonFiniteError(RuntimeError):
   """Training produced non-finite steps and --on_nan gave up."""
 
 
+class UselessRun(NonFiniteError):
+  """The run reached its last step but trained on nothing useful (see `_uselessness`);
+  its checkpoints and model.keras are kept for inspection, and its `result` here."""
+
+  def __init__(self, message, result):
+    super().__init__(message)
+    self.result = result
+
+
 @dataclasses.dataclass
 class Result:
   step: int
@@ -212,8 +221,8 @@ def _train(config, strategy, chief):
         message = (f"{now_skipped - skipped} non-finite step(s) in steps "
                    f"{before + 1}..{step}")
         if config.on_nan == "halt":
-          raise NonFiniteError(f"{message}; halting (--on_nan=halt). The checkpoints "
-                               f"in {config.model_dir} hold only finite weights.")
+          raise NonFiniteError(f"{message}; halting (--on_nan=halt). "
+                               + _kept_checkpoint(config, interrupts.saved_step))
         if config.on_nan == "rollback":
           tries += 1
           if tries > config.nan_retries:
@@ -314,8 +323,42 @@ def _train(config, strategy, chief):
         raise checkpoints.CheckpointError(
             f"saving {path} failed: {e.strerror or e}; the checkpoint of step {step} is "
             "kept: free some space and rerun the same command to save it") from None
+  useless = _uselessness(config, step, int(state.skipped.numpy()), result.final_eval)
+  if useless:
+    raise UselessRun(useless, result)
   logging.info("done: step %d in %s", step, format_seconds(time.perf_counter() - began_run))
   return result
+
+
+def _kept_checkpoint(config, saved_step):
+  """What --on_nan=halt leaves: the newest checkpoint (every saved one is finite, as
+  non-finite steps are never applied), or none yet."""
+  advice = "a lower --learning_rate, or --on_nan=rollback"
+  if saved_step is None:
+    return (f"No checkpoint has been saved yet (--checkpoint_every={config.checkpoint_every}"
+            f"): a rerun starts from scratch; try {advice}")
+  return (f"The newest checkpoint in {config.model_dir}, of step {saved_step}, holds only "
+          f"finite weights: rerun to resume from it, with {advice}")
+
+
+def _uselessness(config, step, skipped, final_eval):
+  """Why a run that reached `step` trained on nothing useful, or None: its final
+  evaluation is not finite, or it skipped more than --max_skipped_fraction of its steps."""
+  reasons = []
+  if skipped > config.max_skipped_fraction * step:
+    reasons.append(f"{skipped} of its {step} steps ({skipped / step:.0%}) were skipped as "
+                   f"non-finite (--max_skipped_fraction={config.max_skipped_fraction:g})")
+  bad = [f"{name} {value}" for name, value in summaries.scalar_items(final_eval or {})
+         if not np.isfinite(value)]
+  if bad:
+    reasons.append(f"its final evaluation is not finite ({', '.join(bad)})")
+  if not reasons:
+    return None
+  retry = "" if config.on_nan == "rollback" else (
+      ", or --on_nan=rollback to retry non-finite steps from the last checkpoint")
+  return (f"the run trained on nothing useful: {' and '.join(reasons)}. Its checkpoints "
+          f"and model.keras in {config.model_dir} are kept for inspection; try a lower "
+          f"--learning_rate (this run's: {config.learning_rate:g}){retry}")
 
 
 def _check_free_space(model_dir, checkpoint_bytes):
