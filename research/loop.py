@@ -29,6 +29,11 @@ from research.summaries import Progress, Writers, format_seconds
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: rerun the same command to resume.
 
+# The newest run's training input, kept past its end: destroying a distributed
+# iterator can wait a minute for its prefetching threads, after the final line.
+# train.py then ends the process without destroying it; in-process, the next run does.
+_LAST_INPUT = []
+
 
 class Preempted(Exception):
   """SIGTERM/SIGINT arrived; a checkpoint of the current step has been saved."""
@@ -150,9 +155,11 @@ def _train(config, strategy, chief):
     writers.text("config", "```\n" + config.to_json() + "\n```")
 
   def batches(from_step, seed):
-    return iter(strategy.distribute_datasets_from_function(
+    _LAST_INPUT.clear()  # A rollback's new input replaces the old one here.
+    _LAST_INPUT.append(iter(strategy.distribute_datasets_from_function(
         lambda ctx: data_lib.train_dataset(data.train, config.replace(seed=seed), from_step,
-                                           ctx)))
+                                           ctx))))
+    return _LAST_INPUT[0]
 
   reseeded = lambda: config.seed + 1000 * int(state.rollbacks.numpy())  # By rollbacks.
   data_seed = reseeded()
@@ -236,6 +243,7 @@ def _train(config, strategy, chief):
           logging.warning("%s; rolled back to step %d%s, reseeding the data (try %d of %d)",
                           message, step, " (the initial weights)" if step == 0 else "",
                           tries, config.nan_retries)
+          progress.restart(step)  # The pace of the steps from the restored one on.
           data_seed = context.data_seed = reseeded()
           train_iter = batches(step, data_seed)
           state.train_metrics.reset()

@@ -1,6 +1,7 @@
 """Kills, preemption, corrupt checkpoints, non-finite steps, messy folders, determinism."""
 
 import glob
+import logging
 import os
 import re
 import shutil
@@ -319,9 +320,13 @@ def test_rollback_before_the_first_checkpoint_restarts_from_the_initial_weights(
     make_config, caplog):
   config = make_config(train_steps=6, checkpoint_every=6, inject_nan_step=2,
                        on_nan="rollback", nan_retries=1, steps_per_loop=1, log_every=1)
-  with pytest.raises(loop.NonFiniteError, match="gave up after 1 rollbacks"):
+  with pytest.raises(loop.NonFiniteError, match="gave up after 1 rollbacks"), \
+      caplog.at_level(logging.INFO):
     loop.train(config)
   assert "rolled back to step 0 (the initial weights)" in caplog.text
+  # The pace is measured from the restored step: step 1 again has an ETA.
+  after = caplog.text.split("rolled back to step 0")[1]
+  assert re.search(r"step 1/6 .* ETA \d+m\d\ds", after), after
 
 
 def test_same_seed_same_weights_other_seed_other_weights(make_config):

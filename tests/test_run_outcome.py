@@ -43,6 +43,9 @@ def test_a_few_skipped_steps_still_finish(make_config):
   config = make_config(train_steps=12, inject_nan_step=4, steps_per_loop=6, log_every=6,
                        eval_every=12, checkpoint_every=12)  # 1 of 12: under 10%.
   assert loop.train(config).step == 12
+  # Its input iterator outlives it, for train.py to exit without destroying it (that
+  # can wait a minute for its prefetching threads); the next run replaces it.
+  assert len(loop._LAST_INPUT) == 1  # pylint: disable=protected-access
 
 
 def test_a_huge_learning_rate_ends_with_one_error_line(tmp_path):
