@@ -341,12 +341,13 @@ def _train(config, strategy, chief):
 def _kept_checkpoint(config, saved_step):
   """What --on_nan=halt leaves: the newest checkpoint (every saved one is finite, as
   non-finite steps are never applied), or none yet."""
-  advice = "a lower --learning_rate, or --on_nan=rollback"
   if saved_step is None:
     return (f"No checkpoint has been saved yet (--checkpoint_every={config.checkpoint_every}"
-            f"): a rerun starts from scratch; try {advice}")
+            "): a rerun starts from scratch; try a lower --learning_rate, or "
+            "--on_nan=rollback")
   return (f"The newest checkpoint in {config.model_dir}, of step {saved_step}, holds only "
-          f"finite weights: rerun to resume from it, with {advice}")
+          "finite weights: rerun with --on_nan=rollback to resume from it with reseeded "
+          "data, or try a lower --learning_rate in a new --model_dir")
 
 
 def _uselessness(config, step, skipped, final_eval):
@@ -363,10 +364,11 @@ def _uselessness(config, step, skipped, final_eval):
   if not reasons:
     return None
   retry = "" if config.on_nan == "rollback" else (
-      ", or --on_nan=rollback to retry non-finite steps from the last checkpoint")
+      " or --on_nan=rollback (which retries non-finite steps from the last checkpoint)")
   return (f"the run trained on nothing useful: {' and '.join(reasons)}. Its checkpoints "
-          f"and model.keras in {config.model_dir} are kept for inspection; try a lower "
-          f"--learning_rate (this run's: {config.learning_rate:g}){retry}")
+          f"and model.keras in {config.model_dir} are kept for inspection; try a new "
+          f"--model_dir with a lower --learning_rate (this run's: "
+          f"{config.learning_rate:g}){retry}")
 
 
 def _check_free_space(model_dir, checkpoint_bytes):

@@ -211,7 +211,8 @@ def test_on_nan_halt_names_the_steps(make_config):
                        steps_per_loop=3)
   with pytest.raises(loop.NonFiniteError, match=r"1 non-finite step\(s\) in steps 5..6; "
                      r"halting \(--on_nan=halt\). The newest checkpoint in \S+, of step 4, "
-                     "holds only finite weights: rerun to resume from it"):
+                     "holds only finite weights: rerun with --on_nan=rollback to resume "
+                     "from it"):
     loop.train(config)
   assert _all_checkpoints_finite(config)
 

@@ -22,9 +22,9 @@ def test_the_share_of_skipped_steps_and_a_non_finite_evaluation_decide(make_conf
   assert useless(20, c=config.replace(max_skipped_fraction=1.0)) is None
   message = useless(3, {"loss": np.inf, "accuracy": 0.1})
   assert " and its final evaluation is not finite (loss inf)" in message
-  assert message.endswith("kept for inspection; try a lower --learning_rate (this run's: "
-                          "0.05), or --on_nan=rollback to retry non-finite steps from the "
-                          "last checkpoint")
+  assert message.endswith("kept for inspection; try a new --model_dir with a lower "
+                          "--learning_rate (this run's: 0.05) or --on_nan=rollback (which "
+                          "retries non-finite steps from the last checkpoint)")
   for bad in (-0.1, 1.5):
     with pytest.raises(ConfigError, match="--max_skipped_fraction must be in"):
       config.replace(max_skipped_fraction=bad).validate()
