@@ -90,22 +90,36 @@ def main(argv):
       sys.exit(f"error: --list={FLAGS.list!r} is not one of: all, {', '.join(known)}")
     print(plugins.listing(None if FLAGS.list == "all" else FLAGS.list))
     return
+  # Python's teardown would then destroy the distributed input iterator, which can wait
+  # a minute for its prefetching threads (seen after 2 of 5 stops, --strategy=mirrored):
+  # a single-host run ends at once instead, everything written and flushed by then.
+  end = sys.exit if config.strategy == "multi_worker" else exit_now
   try:
     loop.train(config)
   except loop.Preempted as e:
     logging.warning("preempted: %s", e)
-    sys.exit(loop.PREEMPTED_EXIT_CODE)
+    end(loop.PREEMPTED_EXIT_CODE)
   except distribute.LostWorker as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.stderr.flush()
     # Not sys.exit: the runtime's shutdown would wait on the lost worker.
-    os._exit(distribute.LOST_WORKER_EXIT_CODE)  # pylint: disable=protected-access
+    exit_now(distribute.LOST_WORKER_EXIT_CODE)
   except KeyboardInterrupt:  # Ctrl-C outside the loop, which answers signals itself.
     print("error: interrupted; the newest checkpoint in the model dir is kept", file=sys.stderr)
     sys.exit(interrupts.INTERRUPTED_EXIT_CODE)
   except (config_lib.ConfigError, data.DataError, loop.NonFiniteError,
           checkpoints.CheckpointError) as e:
-    sys.exit(f"error: {e}")
+    print(f"error: {e}", file=sys.stderr)
+    end(1)
+  end(0)
+
+
+def exit_now(code):
+  """Ends the process with `code` once the logs are flushed, without Python's teardown
+  (every file of the run is closed or flushed before the loop returns)."""
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def parse_flags(argv):

@@ -191,6 +191,9 @@ class Config:
                        "is not applied; then: skip it, rollback to the last checkpoint "
                        "with reseeded data, or halt")
   nan_retries: int = _field(3, "rollbacks before --on_nan=rollback gives up")
+  max_skipped_fraction: float = _field(0.1, "a run that skipped more than this share of "
+                                       "its steps as non-finite ends with an error (its "
+                                       "checkpoints and model kept; 1: never)")
   inject_nan_step: int = _field(0, "fault injection for testing --on_nan: make the loss "
                                 "of this step (1-based) NaN (0: never)")
   hooks: str = _field(DEFAULT_HOOKS, "comma-separated hooks run at loop points (none: "
@@ -288,6 +291,9 @@ class Config:
                         "averaging: choose one")
     _at_least("seed", self.seed, 0)
     _at_least("nan_retries", self.nan_retries, 0)
+    if not 0.0 <= self.max_skipped_fraction <= 1.0:
+      raise ConfigError(f"--max_skipped_fraction must be in [0, 1], got "
+                        f"{self.max_skipped_fraction}")
     _at_least("inject_nan_step", self.inject_nan_step, 0)
     _at_least("batch_size", self.batch_size, 1)
     _at_least("grad_accum_steps", self.grad_accum_steps, 1)

@@ -31,6 +31,11 @@ from research.summaries import Progress, Writers, format_seconds
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: rerun the same command to resume.
 
+# The newest run's training input, kept past its end: destroying a distributed
+# iterator can wait a minute for its prefetching threads, after the final line.
+# train.py then ends the process without destroying it; in-process, the next run does.
+_LAST_INPUT = []
+
 
 class Preempted(Exception):
   """SIGTERM/SIGINT arrived; a checkpoint of the current step has been saved."""
@@ -38,6 +43,15 @@ class Preempted(Exception):
 
 class NonFiniteError(RuntimeError):
   """Training produced non-finite steps and --on_nan gave up."""
+
+
+class UselessRun(NonFiniteError):
+  """The run reached its last step but trained on nothing useful (see `_uselessness`);
+  its checkpoints and model.keras are kept for inspection, and its `result` here."""
+
+  def __init__(self, message, result):
+    super().__init__(message)
+    self.result = result
 
 
 @dataclasses.dataclass
@@ -153,9 +167,11 @@ def _train(config, strategy, chief):
     writers.text("config", "```\n" + config.to_json() + "\n```")
 
   def batches(from_step, seed):
-    return iter(strategy.distribute_datasets_from_function(
+    _LAST_INPUT.clear()  # A rollback's new input replaces the old one here.
+    _LAST_INPUT.append(iter(strategy.distribute_datasets_from_function(
         lambda ctx: data_lib.train_dataset(data.train, config.replace(seed=seed), from_step,
-                                           ctx)))
+                                           ctx))))
+    return _LAST_INPUT[0]
 
   reseeded = lambda: config.seed + 1000 * int(state.rollbacks.numpy())  # By rollbacks.
   data_seed = reseeded()
@@ -224,8 +240,8 @@ def _train(config, strategy, chief):
         message = (f"{now_skipped - skipped} non-finite step(s) in steps "
                    f"{before + 1}..{step}")
         if config.on_nan == "halt":
-          raise NonFiniteError(f"{message}; halting (--on_nan=halt). The checkpoints "
-                               f"in {config.model_dir} hold only finite weights.")
+          raise NonFiniteError(f"{message}; halting (--on_nan=halt). "
+                               + _kept_checkpoint(config, interrupts.saved_step))
         if config.on_nan == "rollback":
           tries += 1
           if tries > config.nan_retries:
@@ -239,6 +255,7 @@ def _train(config, strategy, chief):
           logging.warning("%s; rolled back to step %d%s, reseeding the data (try %d of %d)",
                           message, step, " (the initial weights)" if step == 0 else "",
                           tries, config.nan_retries)
+          progress.restart(step)  # The pace of the steps from the restored one on.
           data_seed = context.data_seed = reseeded()
           train_iter = batches(step, data_seed)
           state.train_metrics.reset()
@@ -326,6 +343,9 @@ def _train(config, strategy, chief):
         raise checkpoints.CheckpointError(
             f"saving {path} failed: {e.strerror or e}; the checkpoint of step {step} is "
             "kept: free some space and rerun the same command to save it") from None
+  useless = _uselessness(config, step, int(state.skipped.numpy()), result.final_eval)
+  if useless:
+    raise UselessRun(useless, result)
   logging.info("done: step %d in %s", step, format_seconds(time.perf_counter() - began_run))
   return result
 
@@ -339,6 +359,39 @@ def _check_activations(config, model):
   too_large = footprint.activations_error(config, model, config.batch_size)
   if too_large:
     raise ConfigError(too_large)
+
+
+def _kept_checkpoint(config, saved_step):
+  """What --on_nan=halt leaves: the newest checkpoint (every saved one is finite, as
+  non-finite steps are never applied), or none yet."""
+  if saved_step is None:
+    return (f"No checkpoint has been saved yet (--checkpoint_every={config.checkpoint_every}"
+            "): a rerun starts from scratch; try a lower --learning_rate, or "
+            "--on_nan=rollback")
+  return (f"The newest checkpoint in {config.model_dir}, of step {saved_step}, holds only "
+          "finite weights: rerun with --on_nan=rollback to resume from it with reseeded "
+          "data, or try a lower --learning_rate in a new --model_dir")
+
+
+def _uselessness(config, step, skipped, final_eval):
+  """Why a run that reached `step` trained on nothing useful, or None: its final
+  evaluation is not finite, or it skipped more than --max_skipped_fraction of its steps."""
+  reasons = []
+  if skipped > config.max_skipped_fraction * step:
+    reasons.append(f"{skipped} of its {step} steps ({skipped / step:.0%}) were skipped as "
+                   f"non-finite (--max_skipped_fraction={config.max_skipped_fraction:g})")
+  bad = [f"{name} {value}" for name, value in summaries.scalar_items(final_eval or {})
+         if not np.isfinite(value)]
+  if bad:
+    reasons.append(f"its final evaluation is not finite ({', '.join(bad)})")
+  if not reasons:
+    return None
+  retry = "" if config.on_nan == "rollback" else (
+      " or --on_nan=rollback (which retries non-finite steps from the last checkpoint)")
+  return (f"the run trained on nothing useful: {' and '.join(reasons)}. Its checkpoints "
+          f"and model.keras in {config.model_dir} are kept for inspection; try a new "
+          f"--model_dir with a lower --learning_rate (this run's: "
+          f"{config.learning_rate:g}){retry}")
 
 
 def _check_free_space(model_dir, checkpoint_bytes):

@@ -1,6 +1,7 @@
 """Kills, preemption, corrupt checkpoints, non-finite steps, messy folders, determinism."""
 
 import glob
+import logging
 import os
 import re
 import shutil
@@ -190,7 +191,9 @@ def test_the_first_log_after_a_resume_averages_the_same_steps(make_config, caplo
 
 
 def test_on_nan_skip_skips_and_counts(make_config):
-  config = make_config(train_steps=6, checkpoint_every=2, inject_nan_step=4, on_nan="skip")
+  # 1 of 6 steps: a run that still finishes, under --max_skipped_fraction=0.2.
+  config = make_config(train_steps=6, checkpoint_every=2, inject_nan_step=4, on_nan="skip",
+                       max_skipped_fraction=0.2)
   result = loop.train(config)
   assert result.step == 6
   assert all(np.isfinite(m["loss"]) for _, m in result.train_history)
@@ -206,9 +209,22 @@ def test_on_nan_skip_skips_and_counts(make_config):
 def test_on_nan_halt_names_the_steps(make_config):
   config = make_config(train_steps=6, checkpoint_every=2, inject_nan_step=5, on_nan="halt",
                        steps_per_loop=3)
-  with pytest.raises(loop.NonFiniteError, match=r"1 non-finite step\(s\) in steps 5..6"):
+  with pytest.raises(loop.NonFiniteError, match=r"1 non-finite step\(s\) in steps 5..6; "
+                     r"halting \(--on_nan=halt\). The newest checkpoint in \S+, of step 4, "
+                     "holds only finite weights: rerun with --on_nan=rollback to resume "
+                     "from it"):
     loop.train(config)
   assert _all_checkpoints_finite(config)
+
+
+def test_on_nan_halt_before_any_checkpoint_says_there_is_none(make_config):
+  config = make_config(train_steps=6, checkpoint_every=6, inject_nan_step=2, on_nan="halt",
+                       steps_per_loop=1)
+  with pytest.raises(loop.NonFiniteError, match=r"steps 2..2; halting \(--on_nan=halt\). "
+                     r"No checkpoint has been saved yet \(--checkpoint_every=6\): a rerun "
+                     "starts from scratch; try a lower --learning_rate"):
+    loop.train(config)
+  assert checkpointed_steps(config.model_dir) == []
 
 
 def test_on_nan_rollback_restores_then_gives_up(make_config, caplog):
@@ -281,7 +297,9 @@ def test_an_update_that_overflows_the_weights_is_not_applied(make_config):
   # sgd step would move the weights by 1e40, past float32's range.
   config = make_config(train_steps=4, checkpoint_every=2, regularizers="l1(scale=1e30)",
                        learning_rate=1e10, on_nan="skip", deterministic=True)
-  result = loop.train(config)
+  with pytest.raises(loop.UselessRun, match="4 of its 4 steps") as failed:
+    loop.train(config)  # Its checkpoints and model.keras are kept: inspected below.
+  result = failed.value.result
   assert result.step == 4 and all(np.isfinite(m["loss"]) for _, m in result.train_history)
   assert _all_checkpoints_finite(config)
   skipped = tf.train.load_checkpoint(f"{config.model_dir}/checkpoints/ckpt-4")
@@ -303,9 +321,13 @@ def test_rollback_before_the_first_checkpoint_restarts_from_the_initial_weights(
     make_config, caplog):
   config = make_config(train_steps=6, checkpoint_every=6, inject_nan_step=2,
                        on_nan="rollback", nan_retries=1, steps_per_loop=1, log_every=1)
-  with pytest.raises(loop.NonFiniteError, match="gave up after 1 rollbacks"):
+  with pytest.raises(loop.NonFiniteError, match="gave up after 1 rollbacks"), \
+      caplog.at_level(logging.INFO):
     loop.train(config)
   assert "rolled back to step 0 (the initial weights)" in caplog.text
+  # The pace is measured from the restored step: step 1 again has an ETA.
+  after = caplog.text.split("rolled back to step 0")[1]
+  assert re.search(r"step 1/6 .* ETA \d+m\d\ds", after), after
 
 
 def test_same_seed_same_weights_other_seed_other_weights(make_config):
