@@ -33,7 +33,10 @@ class Checkpointer:
                                        "only its steps after the resume",
               "train_metrics": "the training metrics' sums since the last log (or "
                                "--metrics changed since), so the first log after the "
-                               "resume averages only its steps after it"}
+                               "resume averages only its steps after it",
+              "probes": "the probes' sums since the last log (or --probes changed "
+                        "since), so the first log after the resume averages only its "
+                        "steps after it"}
 
   def __init__(self, directory, max_to_keep, scratch=None, **trackables):
     self.trackables, self.directory, self.scratch = trackables, directory, scratch
@@ -72,10 +75,10 @@ class Checkpointer:
     saved = {name.split("/")[0] for name in names}
     missing = [name for name in self.OPTIONAL if name in self.trackables
                and name not in saved]
-    if "train_metrics" in saved and "train_metrics" in self.trackables:
-      kept = {name.split("/")[1] for name in names if name.startswith("train_metrics/")}
-      if kept != set(self.trackables["train_metrics"]):  # Other --metrics now.
-        missing.append("train_metrics")
+    for sums in ("train_metrics", "probes"):  # Other --metrics or --probes now.
+      kept = {name.split("/")[1] for name in names if name.startswith(f"{sums}/")}
+      if sums in saved and sums in self.trackables and kept != set(self.trackables[sums]):
+        missing.append(sums)
     if not missing:
       return self.checkpoint
     for name in missing:

@@ -196,7 +196,6 @@ def _train(config, strategy, chief):
   step_seconds = None  # Per step, from the last call; the first call also compiles.
   last_line = None  # When the last progress line was printed.
   skipped, tries = int(state.skipped.numpy()), 0
-  logged_weights = _snapshot(state.model.trainable_variables)
   agree = distribute.Agreement(strategy)  # Workers run the same calls, stop together.
   with interrupts_lib.Interrupts() as interrupts:
     if restored or config.on_nan == "rollback":
@@ -259,9 +258,9 @@ def _train(config, strategy, chief):
           data_seed = context.data_seed = reseeded()
           train_iter = batches(step, data_seed)
           state.train_metrics.reset()
+          state.probes.reset()
           window_seconds, window_steps = 0.0, 0
           state.input_wait.assign(0.0)
-          logged_weights = _snapshot(state.model.trainable_variables)
           continue
         logging.warning("%s skipped (--on_nan=skip)", message)
         skipped = now_skipped
@@ -271,28 +270,25 @@ def _train(config, strategy, chief):
         metrics = state.train_metrics.result()
         state.train_metrics.reset()
         metrics.pop("examples")
-        timing = {"weight_norm": float(tf.linalg.global_norm(state.model.trainable_variables)),
-                  # Norm of the sum of the updates since the last log.
-                  "update_norm": float(tf.linalg.global_norm(
-                      [v - w for v, w in zip(state.model.trainable_variables, logged_weights)]))}
-        logged_weights = _snapshot(state.model.trainable_variables)
+        scalars = state.probes.result()  # Their means over the steps since the last log.
+        state.probes.reset()
         if runner.spec.regularizers:  # Added to the loss the step differentiates, not to
           # the logged `loss`: here at the current weights.
-          timing["regularization"] = float(tf.add_n(
+          scalars["regularization"] = float(tf.add_n(
               [penalty(state.model) for penalty in runner.spec.regularizers]))
         images_per_second = None  # Unknown while only the compiling call has run.
         if window_steps:
           images_per_second = window_steps * config.batch_size / window_seconds
-          timing.update(images_per_second=images_per_second,
-                        step_seconds=window_seconds / window_steps)
+          scalars.update(images_per_second=images_per_second,
+                         step_seconds=window_seconds / window_steps)
           if not steps.op_determinism_enabled():
-            timing["input_wait_fraction"] = float(state.input_wait.numpy()) / window_seconds
+            scalars["input_wait_fraction"] = float(state.input_wait.numpy()) / window_seconds
         state.input_wait.assign(0.0)
         window_seconds, window_steps = 0.0, 0
         result.train_history.append((step, metrics))
         context.train_metrics = metrics
         writers.scalars(writers.train, step, {
-            **metrics, **timing, "learning_rate": state.learning_rate(),
+            **metrics, **scalars, "learning_rate": state.learning_rate(),
             "skipped_steps": skipped, **state.loss_scale()})
         logging.info(progress.line(step, images_per_second, metrics))
         last_line = time.perf_counter()
@@ -403,10 +399,6 @@ def _check_free_space(model_dir, checkpoint_bytes):
                     "is written before the oldest is deleted: the run will likely stop at "
                     "its first save", model_dir, checkpoints.megabytes(free),
                     checkpoints.megabytes(checkpoint_bytes))
-
-
-def _snapshot(variables):
-  return [tf.identity(v) for v in variables]
 
 
 def _set_op_determinism(enabled):

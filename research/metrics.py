@@ -112,9 +112,9 @@ class Metrics:
 
   def __init__(self, metrics):
     self.metrics = metrics
-    self.sums = {(item, key): _sum_variable(f"{item}_{key}", shape)
+    self.sums = {(item, key): sum_variable(f"{item}_{key}", shape)
                  for item, metric in metrics.items() for key, shape in metric.shapes.items()}
-    self.examples = _sum_variable("examples", ())
+    self.examples = sum_variable("examples", ())
 
   def update(self, outputs, batch, per_example_loss, mask):
     """Adds a batch (replica context). `mask` float32 [B] weights examples: 0 for
@@ -147,7 +147,7 @@ class Metrics:
       v.assign(tf.zeros_like(v))
 
 
-def _sum_variable(name, shape):
+def sum_variable(name, shape):
   return tf.Variable(tf.zeros(shape), trainable=False, name=f"{name}_sum",
                      synchronization=tf.VariableSynchronization.ON_READ,
                      aggregation=tf.VariableAggregation.SUM)

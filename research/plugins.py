@@ -21,7 +21,7 @@ from research.registry import SpecError
 
 # Importing each fills its registries; `registries()` maps flags to them. Every module
 # of research/ideas (one idea per file) is imported after these.
-BUILTIN_MODULES = ("research.augment", "research.losses", "research.metrics",
+BUILTIN_MODULES = ("research.augment", "research.losses", "research.metrics", "research.probes",
                    "research.regularizers", "research.steps", "research.optim",
                    "research.models", "research.tensorboard_hooks")
 IDEAS_PACKAGE = "research.ideas"
@@ -107,7 +107,7 @@ def _REGISTRIES():  # pylint: disable=invalid-name
   costly (models). Metrics get the data's classes where they are known without reading
   it (research.data.class_names_of)."""
   from research import augment, hooks, losses, metrics, models, optim  # pylint: disable=g-import-not-at-top
-  from research import regularizers, steps  # pylint: disable=g-import-not-at-top
+  from research import probes, regularizers, steps  # pylint: disable=g-import-not-at-top
   settings_only = lambda config: ()
   return {"model": (models.MODELS, False, None),
           "loss": (losses.LOSSES, False, settings_only),
@@ -117,6 +117,7 @@ def _REGISTRIES():  # pylint: disable=invalid-name
           "step": (steps.STEPS, False, settings_only),
           "augment": (augment.AUGMENTATIONS, True, settings_only),
           "metrics": (metrics.METRICS, True, _classes),
+          "probes": (probes.PROBES, True, settings_only),
           "regularizers": (regularizers.REGULARIZERS, True, settings_only),
           "hooks": (hooks.HOOKS, True, lambda config: (config,))}
 

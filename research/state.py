@@ -5,6 +5,7 @@ import contextlib
 import tensorflow as tf
 
 from research import ema as ema_lib, metrics as metrics_lib, models, optim
+from research import probes as probes_lib
 
 
 class TrainState(tf.Module):
@@ -33,6 +34,7 @@ class TrainState(tf.Module):
       build = lambda extra=(): metrics_lib.build(config.metrics, config.num_classes,
                                                  class_names, extra)
       self.train_metrics = metrics_lib.Metrics(build())
+      self.probes = probes_lib.Probes(config.probes, self.model)
       self.eval_metrics = metrics_lib.Metrics(build(tuple(eval_metrics)))
       self.ema = ema_lib.build(self.model, config)  # EMA or Lookahead weights, or None.
       self.accumulation = None
@@ -55,6 +57,7 @@ class TrainState(tf.Module):
       items["random"] = random
     # The sums since the last log: the first log after a resume averages the same steps.
     items["train_metrics"] = self.train_metrics.variables()
+    items["probes"] = self.probes.variables()
     return items
 
   def random_state(self):

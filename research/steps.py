@@ -20,6 +20,7 @@ from tensorflow.python.framework import config as _tf_config  # pylint: disable=
 
 from research import context as context_lib
 from research import data as data_lib, losses, optim, predict, regularizers, transfer
+from research import probes as probes_lib
 from research.config import ConfigError
 from research.registry import Registry
 
@@ -158,10 +159,18 @@ def make_train_loop(state, spec, strategy):
       for total, g in zip(state.accumulation.sums, optim.unscaled(state.optimizer, grads)):
         if g is not None:
           total.assign_add(tf.where(finite, g, tf.zeros_like(g)))
-    tf.distribute.get_replica_context().merge_call(
-        _apply_if, args=(state, spec, grads, finite, overflow, stats))
+    variables = state.model.trainable_variables
+    before = [tf.identity(v) for v in variables] if state.probes.reads_before else None
+    skipped = state.skipped.read_value()
+    with tf.control_dependencies((before or []) + [skipped]):
+      tf.distribute.get_replica_context().merge_call(
+          _apply_if, args=(state, spec, grads, finite, overflow, stats))
+    applied = finite & tf.equal(state.skipped.read_value(), skipped)  # Not undone either.
     mask = tf.fill(tf.shape(result.per_example), tf.cast(finite, tf.float32))
     state.train_metrics.update(result.outputs, batch, result.per_example, mask)
+    state.probes.add(probes_lib.Step(
+        state.model, batch, result.outputs, variables,
+        optim.unscaled(state.optimizer, result.grads), before, spec.context(state)), applied)
 
   def next_batch(iterator):
     """The next batch, adding the seconds spent waiting for it to `input_wait`."""
