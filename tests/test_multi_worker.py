@@ -124,10 +124,12 @@ def _two_workers_train_like_one_process(tmp_path):
   assert (tmp_path / "multi" / "checkpoints" / "ckpt-6.index").exists()
   # The same weights and optimizer slots to float32 rounding: a real difference between
   # the strategies (a gradient scaled by the worker count, another batch) is far larger.
+  # On AVX-512 oneDNN sums a half batch in another order than the whole one: 6 steps
+  # drift by up to about 3e-6 (6e-5 relative), which 1e-4 still tells from a real one.
   multi, one = _weights(tmp_path / "multi"), _weights(tmp_path / "single")
   assert multi.keys() == one.keys() and len(one) > 10
   for key, value in one.items():
-    np.testing.assert_allclose(multi[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(multi[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 def _a_lost_worker_ends_the_other_and_every_rerun_resumes_exactly(tmp_path, reference):

@@ -245,6 +245,7 @@ CALLS = []
 
 @hooks.HOOKS.register("test_counting_hook")
 def _counting_hook(config):
+  """Records every callback with its step."""
   del config
   record = lambda event: lambda ctx: CALLS.append((event, ctx.step))
   return hooks.Hook(every=4, at_steps=(5, 7), on_step=record("step"),
