@@ -1,7 +1,9 @@
 """Shared test set-up: two logical CPU devices, so MirroredStrategy runs in-process."""
 
 import os
+import signal
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,7 +18,7 @@ from research.config import Config  # noqa: E402
 # chatter (CUDA probes) kept out of the test output, as train.py keeps it out of runs.
 startup.import_tensorflow(cpu_devices=2)
 
-from research import plugins  # noqa: E402
+from research import hooks, plugins  # noqa: E402
 from research.registry import split_list  # noqa: E402
 
 
@@ -34,6 +36,18 @@ def pytest_configure(config):
     plugins.load(split_list(config.getoption("research_plugins")))
   except plugins.PluginError as e:
     raise pytest.UsageError(str(e)) from None
+
+
+@hooks.HOOKS.register("test_sigterm_at")
+def sigterm_at(config, step=5):
+  """Sends this process a SIGTERM after `step`, as a preemption would: the run saves a
+  checkpoint of that step and stops, its length (and so its schedules) unchanged."""
+  del config
+
+  def stop(ctx):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(1)  # The interrupts' watcher thread records it before the loop looks.
+  return hooks.Hook(at_steps=(step,), on_step=stop)
 
 
 def tiny_config(tmp_path, **overrides):

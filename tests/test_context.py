@@ -1,15 +1,11 @@
 """The step context: compiled code and the input pipeline know where training is."""
 
-import os
-import signal
-import time
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import augment, context, data, distribute, hooks, loop, losses
+from research import augment, context, data, distribute, loop, losses
 from research.models.drop_path import DropPath
 from tests.conftest import make_runner
 
@@ -85,25 +81,13 @@ def test_drop_path_follows_the_run_and_is_the_identity_outside_it():
   assert restored.rate == 0.8
 
 
-@hooks.HOOKS.register("test_interrupt_at")
-def interrupt_at(config, step=3):
-  """A SIGTERM to this process after `step`: the run saves a checkpoint and stops there,
-  with its length (and so its schedules) unchanged."""
-  del config
-
-  def stop(ctx):
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(1)  # The interrupts' watcher thread records it.
-  return hooks.Hook(at_steps=(step,), on_step=stop)
-
-
 def test_resnet_drop_path_resumes_exactly(make_config):
   config = make_config(model="resnet8(drop_path=0.5)", train_steps=6, checkpoint_every=6,
                        eval_every=6, deterministic=True)
   loop.train(config.replace(model_dir=config.model_dir + "_whole"))
   whole = keras.models.load_model(config.model_dir + "_whole/model.keras").get_weights()
   with pytest.raises(loop.Preempted):
-    loop.train(config.replace(hooks="test_interrupt_at(step=3)"))
+    loop.train(config.replace(hooks="test_sigterm_at(step=3)"))
   loop.train(config)
   resumed = keras.models.load_model(config.model_dir + "/model.keras")
   assert sum(isinstance(l, DropPath) for l in resumed.layers) == 3

@@ -5,7 +5,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 
 import keras
 import numpy as np
@@ -13,7 +12,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from research import data, evaluation, hooks, loop
+from research import data, evaluation, loop
 from research.config import Config
 from research.sources import files, records
 from scripts import make_tfrecords
@@ -340,14 +339,6 @@ def test_a_data_service_makes_every_batch_exactly_once(monkeypatch, block):
   key = lambda batch: batch["index"].tobytes()
   _assert_same(sorted(served, key=key), sorted(local, key=key))
   del workers
-
-
-@hooks.HOOKS.register("test_sigterm_at")
-def _sigterm_at(config, step=5):
-  """Sends this process a SIGTERM after `step`, as a preemption would."""
-  del config
-  return hooks.Hook(at_steps=(step,),
-                    on_step=lambda ctx: os.kill(os.getpid(), signal.SIGTERM))
 
 
 def test_a_preempted_run_resumes_bitwise_from_a_record_set(record_set, make_config):
