@@ -126,9 +126,9 @@ class Config:
                              "e.g. l2(scale=1e-4)")
   metrics: str = _field("", "comma-separated metrics beyond loss/accuracy/top5, e.g. "
                         "ece,per_class_accuracy")
-  probes: str = _field("weight_norm,update_norm,grad_norm", "comma-separated values "
-                       "computed inside the step after each update, averaged over the "
-                       "steps of each --log_every, e.g. update_ratio (none: no probes)")
+  probes: str = _field("weight_norm,update_norm", "comma-separated values computed "
+                       "inside the step after each update, averaged over the steps of each "
+                       "--log_every, e.g. grad_norm, update_ratio (none: no probes)")
   optimizer: str = _field("sgd", "optimizer name from the optimizer registry")
   learning_rate: float = _field(0.1, "peak learning rate, for --batch_size examples")
   momentum: float = _field(0.9, "momentum of sgd, beta_1 of adam/adamw")

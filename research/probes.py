@@ -5,7 +5,9 @@ replicas, the weights before and after the update) and returns scalars
 `{key: float32 tensor}`. They are added up exactly in the step, over the applied steps
 since the last log (a skipped, non-finite step adds nothing), and their means reach
 TensorBoard and the console at every `--log_every`: no copy of a weight leaves the
-step. `--probes` chooses them (`weight_norm,update_norm,grad_norm` by default).
+step. `--probes` chooses them (`weight_norm,update_norm` by default: `grad_norm` costs
+a second all-reduce of the gradients per step under `mirrored` and `multi_worker`,
+where the optimizer's own sum is not at hand).
 
     @PROBES.register("kernel_norm")
     def kernel_norm():  # The global norm of the convolution kernels after each update.
