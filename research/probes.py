@@ -137,18 +137,3 @@ def grad_norm():
   """Global norm of the gradient of the global batch (before clipping and lr scales)."""
   return Probe(lambda step: {"grad_norm": tf.linalg.global_norm(
       [g for g in step.grads if g is not None])})
-
-
-@PROBES.register("update_ratio")
-def update_ratio():
-  """Per layer, the norm of each step's update over the norm of the weights:
-  `update_ratio/<layer>` (about 1e-3 is the usual healthy size)."""
-  def values(step):
-    by_layer = {}
-    for variable, update in zip(step.variables, step.updates):
-      by_layer.setdefault(layer_of(variable), []).append((variable, update))
-    return {f"update_ratio/{layer}": tf.linalg.global_norm([u for _, u in pairs])
-            / (tf.linalg.global_norm([v for v, _ in pairs]) + 1e-12)
-            for layer, pairs in by_layer.items()}
-  keys = lambda model: sorted({f"update_ratio/{layer_of(v)}" for v in model.trainable_variables})
-  return Probe(values, keys, reads_before=True)

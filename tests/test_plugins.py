@@ -104,9 +104,8 @@ def test_the_model_listing_shows_each_models_training_defaults(monkeypatch):
   from research import models  # pylint: disable=g-import-not-at-top
   monkeypatch.delitem(models.TRAINING_DEFAULTS, "baseline_cnn_aux")  # As a plugin's model.
   text = plugins.listing("model")
-  assert ("  resnet8(zero_init_residual=False, drop_path=0.0)  He et al.'s CIFAR ResNet-8: "
-          "1 basic block per stage, widths 16/32/64; drop_path=0.1: stochastic depth "
-          "ramped up over the run.\n      training defaults: --augment=crop,flip "
+  assert ("  resnet8(zero_init_residual=False)  He et al.'s CIFAR ResNet-8: "
+          "1 basic block per stage, widths 16/32/64.\n      training defaults: --augment=crop,flip "
           "--batch_size=128 --epochs=30.0 ") in text
   assert "baseline_cnn_aux()  The tutorial's CNN with an auxiliary classifier on its " \
          "second conv block.\n      training defaults: none (the flags' own)" in text

@@ -27,19 +27,14 @@ def test_norms_are_those_of_the_step_and_its_global_gradient(strategy, make_conf
   # Plain SGD: the update is -lr x the gradient of the global batch, on every replica.
   config = make_config(model="baseline_cnn", image_size=32, optimizer="sgd", momentum=0.0,
                        weight_decay=0.0, learning_rate=0.5,
-                       probes="weight_norm,update_norm,grad_norm,update_ratio")
+                       probes="weight_norm,update_norm,grad_norm")
   means, before, after, _ = _one_step(config, distribute.make_strategy(strategy))
   norm = lambda arrays: np.sqrt(sum(float(np.sum(np.square(a))) for a in arrays))
   np.testing.assert_allclose(means["weight_norm"], norm(after), rtol=1e-5)
   np.testing.assert_allclose(means["update_norm"], norm([a - b for a, b in zip(after, before)]),
                              rtol=1e-5)
   np.testing.assert_allclose(means["grad_norm"], means["update_norm"] / 0.5, rtol=1e-4)
-  ratios = {k: v for k, v in means.items() if k.startswith("update_ratio/")}
-  assert len(ratios) == 5 and all(v > 0 for v in ratios.values())  # 4 convs and a dense.
-  kernel, bias = after[0], after[1]  # The first conv layer's.
-  expected = norm([kernel - before[0], bias - before[1]]) / norm([kernel, bias])
-  first = sorted(ratios)[0]
-  np.testing.assert_allclose(ratios[first], expected, rtol=1e-4)
+
 
 
 def test_a_skipped_step_adds_nothing_and_no_probes_is_none(make_config):
