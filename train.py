@@ -68,12 +68,11 @@ def main(argv):
   logging.info("loading TensorFlow and the registries")
   startup.import_tensorflow(FLAGS.verbose, config.cpu_devices,
                             init_devices=config.strategy != "multi_worker")
-  from research import checkpoints, data, distribute, interrupts, loop, models, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
+  from research import checkpoints, data, distribute, interrupts, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
   try:
-    plugins.validate(config)  # Every registry item the flags name, before any data.
-    defaults = models.defaults_of(config.model)
+    defaults = model_defaults(config)
     config = config.with_model_defaults(defaults, explicit)
-    plugins.validate(config.validate())
+    plugins.validate(config.validate())  # Every registry item and the model, before any data.
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
   if config.model_defaults and not FLAGS.list:
@@ -111,6 +110,18 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     end(1)
   end(0)
+
+
+def model_defaults(config):
+  """The training defaults of --model, its plugins imported (a plugin may register it)."""
+  from research import models, plugins, registry  # pylint: disable=g-import-not-at-top  (slow imports)
+  try:
+    plugins.load(config.plugin_modules)
+    return models.defaults_of(config.model)
+  except plugins.PluginError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  except registry.SpecError as e:
+    raise config_lib.ConfigError(f"--model: {e}") from None
 
 
 def exit_now(code):
