@@ -58,7 +58,7 @@ def main(argv):
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (flags start with --, in "
              "a flagfile too)")
   # Set on the command line or in a flagfile: the model's training defaults fill the rest.
-  explicit = {name for name, *_ in config_lib.fields() if FLAGS[name].present}
+  explicit = config_lib.explicit_fields(FLAGS)
   try:
     config = config_lib.from_flags(FLAGS).validate()  # The core values, in a moment.
     if not FLAGS.list:
@@ -70,7 +70,7 @@ def main(argv):
                             init_devices=config.strategy != "multi_worker")
   from research import checkpoints, data, distribute, interrupts, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
   try:
-    defaults = model_defaults(config)
+    defaults = plugins.model_defaults(config)
     config = config.with_model_defaults(defaults, explicit)
     plugins.validate(config.validate())  # Every registry item and the model, before any data.
   except config_lib.ConfigError as e:
@@ -110,18 +110,6 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     end(1)
   end(0)
-
-
-def model_defaults(config):
-  """The training defaults of --model, its plugins imported (a plugin may register it)."""
-  from research import models, plugins, registry  # pylint: disable=g-import-not-at-top  (slow imports)
-  try:
-    plugins.load(config.plugin_modules)
-    return models.defaults_of(config.model)
-  except plugins.PluginError as e:
-    raise config_lib.ConfigError(str(e)) from None
-  except registry.SpecError as e:
-    raise config_lib.ConfigError(f"--model: {e}") from None
 
 
 def exit_now(code):

@@ -15,6 +15,7 @@ from research import files, footprint
 from research.registry import split_list
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+CLUSTER_RESOLVERS = ("tf_config", "slurm")
 DATASETS = ("cifar10", "cifar100", "folder", "tfrecord", "synthetic")
 DATA_CACHE = ("auto", "memory", "none")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -284,7 +285,7 @@ class Config:
   def _check_choices(self):
     """Fields that take one of a few names."""
     _choice("strategy", self.strategy, STRATEGIES)
-    _choice("cluster_resolver", self.cluster_resolver, ("tf_config", "slurm"))
+    _choice("cluster_resolver", self.cluster_resolver, CLUSTER_RESOLVERS)
     if not 1024 <= self.port_base <= 65535:
       raise ConfigError(f"--port_base must be in [1024, 65535], got {self.port_base}")
     if not self.dataset.startswith("tfds:") or self.dataset == "tfds:":
@@ -513,13 +514,21 @@ def is_plugin_file(entry):
   return entry.endswith(".py") or os.sep in entry
 
 
-def from_flagfile(path, **overrides):
-  """The Config a flagfile of configs/ describes, as `train.py --flagfile=path` reads it."""
+def explicit_fields(flag_values):
+  """The fields set on the command line or in a flagfile: the model's training defaults
+  fill the others."""
+  return {name for name, *_ in fields() if flag_values[name].present}
+
+
+def read_flagfile(path):
+  """(Config, the fields it sets) of a flagfile of configs/, as `train.py
+  --flagfile=path` reads it before --model's training defaults fill the others
+  (research.plugins.from_flagfile)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   values = flags.FlagValues()
   define_flags(values)
   values(["flagfile", f"--flagfile={path}"])
-  return from_flags(values).replace(**overrides)
+  return from_flags(values), explicit_fields(values)
 
 
 def fields():

@@ -19,7 +19,8 @@ import traceback
 import keras
 import tensorflow as tf
 
-from research import augment, data, footprint, hooks, losses, metrics, models, optim
+from research import augment, config as config_lib, data, footprint, hooks, losses, metrics
+from research import models, optim
 from research import precision, probes, regularizers, steps
 from research.config import ConfigError, as_flags, is_plugin_file, reason
 from research.models import backbones
@@ -249,6 +250,25 @@ def _one_line(error):
   where = [match.groups() for match in map(re.compile(r'File "(.+)", line (\d+)').match, lines)
            if match]
   return lines[-1] + (" at {}:{}".format(*where[-1]) if where else "")
+
+
+def model_defaults(config):
+  """The training defaults of --model, its --plugins imported (a plugin may register it)."""
+  try:
+    load(config.plugin_modules)
+    return models.defaults_of(config.model)
+  except PluginError as e:
+    raise ConfigError(str(e)) from None
+  except SpecError as e:
+    raise ConfigError(f"--model: {e}") from None
+
+
+def from_flagfile(path, **overrides):
+  """The Config `train.py --flagfile=path` runs: the flagfile's fields, then `overrides`
+  as flags after it, and --model's training defaults for the others."""
+  config, explicit = config_lib.read_flagfile(path)
+  config = config.replace(**overrides)
+  return config.with_model_defaults(model_defaults(config), explicit | set(overrides))
 
 
 def listing(flag=None):

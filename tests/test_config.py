@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from research import config as config_lib, plugins
+from research import config as config_lib, models, plugins
 from research.config import Config, ConfigError
 from tests.conftest import ROOT
 
@@ -113,7 +113,7 @@ def test_checkpoint_differences_name_fields():
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
 def test_every_flagfile_of_configs_is_a_valid_config(name):
-  config = config_lib.from_flagfile(os.path.join(ROOT, "configs", name), dataset="synthetic")
+  config = plugins.from_flagfile(os.path.join(ROOT, "configs", name), dataset="synthetic")
   plugins.validate(config.validate())
 
 
@@ -148,20 +148,32 @@ def test_model_defaults_tuned_for_another_optimizer_are_named():
   assert untuned(optimizer="adam(epsilon=1e-7)") == untuned() == []
 
 
-def test_every_model_default_is_valid_and_matches_its_flagfile():
-  from research import models  # pylint: disable=g-import-not-at-top
+def test_every_model_default_is_valid():
   for name, defaults in models.TRAINING_DEFAULTS.items():
     config = Config(model=name, dataset="synthetic").with_model_defaults(defaults, set())
     plugins.validate(config.validate())
-  for flagfile, model in (("baseline_cnn", "baseline_cnn"), ("improved_cnn", "improved_cnn"),
-                          ("cifar10_fast", "airbench"), ("cifar10_long", "airbench_wide"),
-                          ("finetune_imagenet", "efficientnet_b0")):
-    recipe = config_lib.from_flagfile(os.path.join(ROOT, "configs", f"{flagfile}.flags"))
-    for field, value in models.TRAINING_DEFAULTS[model].items():
-      assert getattr(recipe, field) == value, (flagfile, field)
-  # The Muon recipe is a flagfile only; its rules and optimizer item must parse and build.
-  muon = config_lib.from_flagfile(os.path.join(ROOT, "configs", "cifar10_muon.flags"))
-  plugins.validate(muon.replace(dataset="synthetic").validate())
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
+def test_each_recipe_is_written_once(name):
+  """A flagfile sets no field to the value its model's training defaults give it: the
+  recipe is written there or in the flagfile (as changes to them), not both."""
+  config, explicit = config_lib.read_flagfile(os.path.join(ROOT, "configs", name))
+  defaults = models.defaults_of(config.model)
+  assert [f for f in explicit & set(defaults) if getattr(config, f) == defaults[f]] == []
+
+
+@pytest.mark.parametrize("name, model", [
+    ("baseline_cnn", "baseline_cnn"), ("improved_cnn", "improved_cnn"),
+    ("cifar10_fast", "airbench"), ("cifar10_long", "airbench_wide"),
+    ("finetune_imagenet", "efficientnet_b0")])
+def test_a_models_flagfile_runs_its_training_defaults(name, model):
+  """The flagfile of a model's recipe runs what `--model=MODEL` runs, but for cadence."""
+  recipe = plugins.from_flagfile(os.path.join(ROOT, "configs", f"{name}.flags"))
+  defaults = models.defaults_of(model)
+  assert recipe == Config(model=model).with_model_defaults(defaults, {"model"}).replace(
+      steps_per_loop=recipe.steps_per_loop, log_every=recipe.log_every)
+  assert {field: getattr(recipe, field) for field in defaults} == defaults
 
 
 @pytest.mark.parametrize("error, expected", [
