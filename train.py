@@ -58,7 +58,7 @@ def main(argv):
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])} (flags start with --, in "
              "a flagfile too)")
   # Set on the command line or in a flagfile: the model's training defaults fill the rest.
-  explicit = {name for name, *_ in config_lib.fields() if FLAGS[name].present}
+  explicit = config_lib.explicit_fields(FLAGS)
   try:
     config = config_lib.from_flags(FLAGS).validate()  # The core values, in a moment.
     if not FLAGS.list:
@@ -68,12 +68,11 @@ def main(argv):
   logging.info("loading TensorFlow and the registries")
   startup.import_tensorflow(FLAGS.verbose, config.cpu_devices,
                             init_devices=config.strategy != "multi_worker")
-  from research import checkpoints, data, distribute, interrupts, loop, models, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
+  from research import checkpoints, data, distribute, interrupts, loop, plugins  # pylint: disable=g-import-not-at-top  (slow imports)
   try:
-    plugins.validate(config)  # Every registry item the flags name, before any data.
-    defaults = models.defaults_of(config.model)
+    defaults = plugins.model_defaults(config)
     config = config.with_model_defaults(defaults, explicit)
-    plugins.validate(config.validate())
+    plugins.validate(config.validate())  # Every registry item and the model, before any data.
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
   if config.model_defaults and not FLAGS.list:

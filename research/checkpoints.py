@@ -75,7 +75,7 @@ class Checkpointer:
     saved = {name.split("/")[0] for name in names}
     missing = [name for name in self.OPTIONAL if name in self.trackables
                and name not in saved]
-    for sums in ("train_metrics", "probes"):  # Other --metrics or --probes now.
+    for sums in ("train_metrics", "probes"):  # This run's --metrics or --probes may differ.
       kept = {name.split("/")[1] for name in names if name.startswith(f"{sums}/")}
       if sums in saved and sums in self.trackables and kept != set(self.trackables[sums]):
         missing.append(sums)

@@ -15,6 +15,7 @@ from research import files, footprint
 from research.registry import split_list
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+CLUSTER_RESOLVERS = ("tf_config", "slurm")
 DATASETS = ("cifar10", "cifar100", "folder", "tfrecord", "synthetic")
 DATA_CACHE = ("auto", "memory", "none")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -267,24 +268,35 @@ class Config:
     Registry items (--model, --augment, ...) are checked by research.plugins.validate,
     once the plugins are imported.
     """
-    for field in dataclasses.fields(self):  # inf and nan pass every range check below.
+    for check in (self._check_finite, self._check_choices, self._check_averaging,
+                  self._check_counts, self._check_length, self._check_optimization,
+                  self._validate_initialization, self._check_data):
+      check()
+    _safe_dir("model_dir", self.model_dir)
+    return self
+
+  def _check_finite(self):
+    """inf and nan pass every range check: a float field must be finite first."""
+    for field in dataclasses.fields(self):
       value = getattr(self, field.name)
       if field.type is float and not math.isfinite(value):
         raise ConfigError(f"--{field.name} must be a finite number, got {value}")
+
+  def _check_choices(self):
+    """Fields that take one of a few names."""
     _choice("strategy", self.strategy, STRATEGIES)
-    _choice("cluster_resolver", self.cluster_resolver, ("tf_config", "slurm"))
+    _choice("cluster_resolver", self.cluster_resolver, CLUSTER_RESOLVERS)
     if not 1024 <= self.port_base <= 65535:
       raise ConfigError(f"--port_base must be in [1024, 65535], got {self.port_base}")
     if not self.dataset.startswith("tfds:") or self.dataset == "tfds:":
       _choice("dataset", self.dataset, DATASETS + ("tfds:NAME",))
     _choice("data_cache", self.data_cache, DATA_CACHE)
-    if self.data_service and self.deterministic:
-      raise ConfigError("--data_service hands out batches in the order its workers finish "
-                        "them, so a run with it is not deterministic: drop "
-                        "--deterministic, or --data_service")
     _choice("precision", self.precision, PRECISIONS)
     _choice("on_nan", self.on_nan, ON_NAN)
     _choice("tta", self.tta, TTA)
+
+  def _check_averaging(self):
+    """At most one kind of weight averaging, with its decay in range."""
     if not 0.0 <= self.ema_decay < 1.0:
       raise ConfigError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
     if self.lookahead_every < 0 or not 0.0 <= self.lookahead_decay <= 1.0:
@@ -292,34 +304,27 @@ class Config:
     if self.lookahead_every and self.ema_decay:
       raise ConfigError("--lookahead_every and --ema_decay are two kinds of weight "
                         "averaging: choose one")
-    _at_least("seed", self.seed, 0)
-    _at_least("nan_retries", self.nan_retries, 0)
+
+  def _check_counts(self):
+    """Counts, sizes and cadences with their lower bounds; fractions within [0, 1]."""
+    for name, low in _AT_LEAST:
+      _at_least(name, getattr(self, name), low)
     if not 0.0 <= self.max_skipped_fraction <= 1.0:
       raise ConfigError(f"--max_skipped_fraction must be in [0, 1], got "
                         f"{self.max_skipped_fraction}")
-    _at_least("inject_nan_step", self.inject_nan_step, 0)
-    _at_least("batch_size", self.batch_size, 1)
-    _at_least("grad_accum_steps", self.grad_accum_steps, 1)
-    _at_least("eval_batch_size", self.eval_batch_size, 0)
-    _at_least("steps_per_loop", self.steps_per_loop, 1)
-    _at_least("loop_seconds", self.loop_seconds, 0)
-    _at_least("progress_seconds", self.progress_seconds, 0)
-    _at_least("log_every", self.log_every, 1)
-    _at_least("eval_every", self.eval_every, 0)
-    _at_least("checkpoint_every", self.checkpoint_every, 0)
-    _at_least("keep_checkpoints", self.keep_checkpoints, 1)
-    _at_least("train_steps", self.train_steps, 0)
-    _at_least("cpu_devices", self.cpu_devices, 0)
-    _at_least("image_size", self.image_size, 8)
-    _at_least("synthetic_examples", self.synthetic_examples, 1)
-    _at_least("num_classes", self.num_classes, 0)
+    if not 0.0 <= self.val_split < 1.0:
+      raise ConfigError(f"--val_split must be in [0, 1), got {self.val_split}")
+
+  def _check_length(self):
+    """A run has a length, and its batches fit in memory."""
     if self.train_steps == 0 and not self.epochs > 0:
       raise ConfigError(f"--epochs must be > 0 when --train_steps=0, got {self.epochs}")
     too_large = footprint.batch_error(self)  # Before anything is built for such images.
     if too_large:
       raise ConfigError(too_large)
-    if not 0.0 <= self.val_split < 1.0:
-      raise ConfigError(f"--val_split must be in [0, 1), got {self.val_split}")
+
+  def _check_optimization(self):
+    """The learning rate, its schedule's shape, momentum and weight decay."""
     if not self.learning_rate > 0:
       raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
     if self.weight_decay < 0 or self.warmup_epochs < 0 or self.freeze_epochs < 0:
@@ -327,12 +332,18 @@ class Config:
     if not self.backbone_lr_scale > 0:
       raise ConfigError(f"--backbone_lr_scale must be > 0, got {self.backbone_lr_scale} "
                         "(to keep the backbone fixed all run: --freeze_epochs=--epochs)")
-    self._validate_initialization()
     for name in ("warmup_from", "decay_to"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
     if not 0.0 <= self.momentum < 1.0:
       raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+
+  def _check_data(self):
+    """The data's folders exist where the dataset reads them; its splits can be drawn."""
+    if self.data_service and self.deterministic:
+      raise ConfigError("--data_service hands out batches in the order its workers finish "
+                        "them, so a run with it is not deterministic: drop "
+                        "--deterministic, or --data_service")
     if self.dataset in ("folder", "tfrecord"):
       if not self.data_dir:
         raise ConfigError(f"--dataset={self.dataset} needs --data_dir=DIR ("
@@ -350,10 +361,9 @@ class Config:
         raise ConfigError(f"--eval_data_dir {self.eval_data_dir!r} is not a directory")
     if self.dataset == "synthetic" and self.val_split == 0:
       raise ConfigError("--dataset=synthetic has no test split; set --val_split > 0")
-    _safe_dir("model_dir", self.model_dir)
-    return self
 
   def _validate_initialization(self):
+    """--weights, --init_from and --init_weights name one start that exists."""
     if self.weights not in ("none", "imagenet") and not os.path.isfile(self.weights):
       raise ConfigError(f"--weights={self.weights!r} is not none, imagenet or a weights file")
     _choice("init_weights", self.init_weights, ("model", "checkpoint"))
@@ -504,13 +514,21 @@ def is_plugin_file(entry):
   return entry.endswith(".py") or os.sep in entry
 
 
-def from_flagfile(path, **overrides):
-  """The Config a flagfile of configs/ describes, as `train.py --flagfile=path` reads it."""
+def explicit_fields(flag_values):
+  """The fields set on the command line or in a flagfile: the model's training defaults
+  fill the others."""
+  return {name for name, *_ in fields() if flag_values[name].present}
+
+
+def read_flagfile(path):
+  """(Config, the fields it sets) of a flagfile of configs/, as `train.py
+  --flagfile=path` reads it before --model's training defaults fill the others
+  (research.plugins.from_flagfile)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   values = flags.FlagValues()
   define_flags(values)
   values(["flagfile", f"--flagfile={path}"])
-  return from_flags(values).replace(**overrides)
+  return from_flags(values), explicit_fields(values)
 
 
 def fields():
@@ -518,6 +536,15 @@ def fields():
   derived = {"steps_per_epoch", "warmup_steps", "freeze_steps", "model_defaults"}
   return [(f.name, f.type, f.default, f.metadata["help"])
           for f in dataclasses.fields(Config) if f.name not in derived]
+
+
+# Fields with a lower bound: (name, smallest value).
+_AT_LEAST = (("seed", 0), ("nan_retries", 0), ("inject_nan_step", 0), ("batch_size", 1),
+             ("grad_accum_steps", 1), ("eval_batch_size", 0), ("steps_per_loop", 1),
+             ("loop_seconds", 0), ("progress_seconds", 0), ("log_every", 1),
+             ("eval_every", 0), ("checkpoint_every", 0), ("keep_checkpoints", 1),
+             ("train_steps", 0), ("cpu_devices", 0), ("image_size", 8),
+             ("synthetic_examples", 1), ("num_classes", 0))
 
 
 def _choice(name, value, choices):

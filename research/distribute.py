@@ -11,9 +11,6 @@ import tensorflow as tf
 
 from research.config import ConfigError
 
-CLUSTER_RESOLVERS = ("tf_config", "slurm")
-
-
 def split_cpu(num_devices):
   """Splits the first CPU into `num_devices` logical devices.
 

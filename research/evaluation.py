@@ -17,7 +17,7 @@ class Unfinished(data_lib.DataError):
 
 
 # What a script scores of a run: model.keras, or the newest checkpoint's raw weights.
-# "final" is model.keras's older name, still accepted.
+# "final" is another name of "model" (model.keras), accepted in commands that use it.
 WEIGHTS = ("model", "checkpoint", "final")
 
 

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from research import data as data_lib, evaluation, models, predict
+from research import data as data_lib, evaluation, models, predict, tfjs
 from research.config import TTA, reason
 
 FORMATS = ("saved_model", "keras", "litert", "litert_int8", "onnx", "tfjs")
@@ -150,8 +150,17 @@ def _export_onnx(model, output, tta, **_):
 
 
 def _export_tfjs(model, output, tta, **_):
-  from research import tfjs  # pylint: disable=g-import-not-at-top
-  tfjs.convert(lambda path: _saved_model(model, path, tta=tta), output)
+  with _tfjs_errors():
+    tfjs.convert(lambda path: _saved_model(model, path, tta=tta), output)
+
+
+@contextlib.contextmanager
+def _tfjs_errors():
+  """TF.js's errors as ExportError, which the scripts report as one line."""
+  try:
+    yield
+  except tfjs.TfjsError as e:
+    raise ExportError(str(e)) from None
 
 
 EXPORTERS = {"saved_model": _export_saved_model, "keras": _export_keras,
@@ -258,11 +267,14 @@ def _onnx_runner(path):
 
 
 def _tfjs_runner(path):
-  from research import tfjs  # pylint: disable=g-import-not-at-top
   missing = tfjs.missing()
   if missing:  # Found when the export is opened, not at its first prediction.
     raise ExportError(f"{path} is a TF.js export: {missing}")
-  return _batched(lambda x: tfjs.predict(path, x), batch_size=1000)
+
+  def run(images):
+    with _tfjs_errors():
+      return tfjs.predict(path, images)
+  return _batched(run, batch_size=1000)
 
 
 # --- export and check --------------------------------------------------------------

@@ -18,13 +18,11 @@ import tensorflow as tf
 from tensorflow.python.framework import config as _tf_config  # pylint: disable=g-direct-tensorflow-import
 
 from research import checkpoints, data as data_lib, distribute, files, hooks as hooks_lib
-from research import footprint
 from research import interrupts as interrupts_lib
 from research import model_dir as model_dir_lib, models, optim
 from research import plugins, steps, transfer
 from research import precision as precision_lib
 from research import summaries
-from research.config import ConfigError
 from research.state import TrainState
 from research.summaries import Progress, Writers, format_seconds
 
@@ -101,7 +99,6 @@ def _train(config, strategy, chief):
   hooks = hooks_lib.build(config)
   state = TrainState(config, strategy, data.class_names,
                      eval_metrics=[m for h in hooks for m in h.eval_metrics])
-  _check_activations(config, state.model)
   runner = steps.Runner(state, steps.StepSpec.from_config(config, state.model), strategy)
   with strategy.scope():
     # Every worker saves (saving is collective); only the chief's copy is kept, and
@@ -344,17 +341,6 @@ def _train(config, strategy, chief):
     raise UselessRun(useless, result)
   logging.info("done: step %d in %s", step, format_seconds(time.perf_counter() - began_run))
   return result
-
-
-def _check_activations(config, model):
-  """Refuses a training batch whose activations cannot fit in this machine's memory,
-  before the first step runs out of it. Not on GPUs (their memory is another), nor
-  under multi_worker (each worker's machine has its own)."""
-  if config.strategy == "multi_worker" or tf.config.list_physical_devices("GPU"):
-    return
-  too_large = footprint.activations_error(config, model, config.batch_size)
-  if too_large:
-    raise ConfigError(too_large)
 
 
 def _kept_checkpoint(config, saved_step):

@@ -144,8 +144,8 @@ def check_config(config):
 
 
 def _same(name, saved, now):
-  """Equal values; paths equal when they name the same directory (a run recorded before
-  paths were made absolute kept them as typed, relative to where it was started)."""
+  """Equal values; paths equal when they name the same directory (a recorded path may
+  be relative, to where its run was started)."""
   if saved == now:
     return True
   if name not in PATH_FIELDS or not saved or not now or "://" in saved + now:

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import keras
 import tensorflow as tf
 
+from research import models
 from research.config import ConfigError
 from research.registry import Registry
 
@@ -162,7 +163,6 @@ def whitening_bias(config, epochs=3.0, optimizer="", lr_scale=1.0, decay=False,
   """airbench's patch-whitening bias, trained for the first `epochs` only; `decay=True`
   gives it its own schedule that ends with those epochs (airbench94_muon's), instead of
   the run's schedule cut off there."""
-  from research import models  # pylint: disable=g-import-not-at-top  (models import optim)
   if decay and not epochs:
     raise ValueError("whitening_bias: decay=True needs epochs > 0")
   match = lambda model, v: any(v is b for b in models.whitening_biases(model))
@@ -268,7 +268,7 @@ def build(config, model):
   groups = {key: members for key, members in groups.items() if members}
   optimizers = []
   for (item, peak, steps), members in groups.items():
-    try:  # Built here, not in plugins.validate: a variable would start the runtime.
+    try:
       optimizer = OPTIMIZERS.build(item, schedule(config, peak, steps), config)
     except ValueError as e:  # The builder's own checks of its settings.
       raise ConfigError(f"optimizer {item}: {e}") from None

@@ -16,7 +16,14 @@ import sys
 import sysconfig
 import traceback
 
+import keras
+import tensorflow as tf
+
+from research import augment, config as config_lib, data, footprint, hooks, losses, metrics
+from research import models, optim
+from research import precision, probes, regularizers, steps
 from research.config import ConfigError, as_flags, is_plugin_file, reason
+from research.models import backbones
 from research.registry import SpecError
 
 # Importing each fills its registries; `registries()` maps flags to them. Every module
@@ -98,46 +105,53 @@ _NOT_USER_CODE = ("<", os.path.dirname(os.path.abspath(__file__)) + os.sep) + tu
 
 def registries():
   """{flag name: (registry, takes a list)} of every flag that names registry items."""
-  return {flag: (registry, many) for flag, (registry, many, _) in _REGISTRIES().items()}
-
-
-def _REGISTRIES():  # pylint: disable=invalid-name
-  """{flag: (registry, takes a list, how validation builds an item)}: a function of the
-  config giving the builder's code-supplied arguments, or None where building is
-  costly (models). Metrics get the data's classes where they are known without reading
-  it (research.data.class_names_of)."""
-  from research import augment, hooks, losses, metrics, models, optim  # pylint: disable=g-import-not-at-top
-  from research import probes, regularizers, steps  # pylint: disable=g-import-not-at-top
-  settings_only = lambda config: ()
-  return {"model": (models.MODELS, False, None),
-          "loss": (losses.LOSSES, False, settings_only),
-          "optimizer": (optim.OPTIMIZERS, False, None),
-          "param_rules": (optim.RULES, True, lambda config: (config,)),
-          "schedule": (optim.SCHEDULES, False, None),
-          "step": (steps.STEPS, False, settings_only),
-          "augment": (augment.AUGMENTATIONS, True, settings_only),
-          "metrics": (metrics.METRICS, True, _classes),
-          "probes": (probes.PROBES, True, settings_only),
-          "regularizers": (regularizers.REGULARIZERS, True, settings_only),
-          "hooks": (hooks.HOOKS, True, lambda config: (config,))}
+  return {flag: (registry, many) for flag, (registry, many, _) in _REGISTRIES.items()}
 
 
 def _classes(config):
   """(count, names) of the data's classes where known before reading it; else two
   placeholders."""
-  from research import data  # pylint: disable=g-import-not-at-top
   names = data.class_names_of(config) or ["class_0", "class_1"]
   return len(names), names
 
 
+def _settings_only(config):  # pylint: disable=unused-argument
+  return ()
+
+
+def _the_config(config):
+  return (config,)
+
+
+# {flag: (registry, takes a list, how validation builds an item)}: a function of the
+# config giving the builder's code-supplied arguments, or None where `validate` builds
+# it otherwise (the model and the optimizers, with the variables). Metrics get the
+# data's classes where they are known without reading it (research.data.class_names_of).
+_REGISTRIES = {"model": (models.MODELS, False, None),
+               "loss": (losses.LOSSES, False, _settings_only),
+               "optimizer": (optim.OPTIMIZERS, False, None),
+               "param_rules": (optim.RULES, True, _the_config),
+               "schedule": (optim.SCHEDULES, False, None),
+               "step": (steps.STEPS, False, _settings_only),
+               "augment": (augment.AUGMENTATIONS, True, _settings_only),
+               "metrics": (metrics.METRICS, True, _classes),
+               "probes": (probes.PROBES, True, _settings_only),
+               "regularizers": (regularizers.REGULARIZERS, True, _settings_only),
+               "hooks": (hooks.HOOKS, True, _the_config)}
+
+
 def validate(config):
   """Imports `config.plugins` and checks every registry item the config names (name,
-  parameters, value types, and each builder's own checks); returns the config."""
+  parameters, value types, and each builder's own checks) and the model they make,
+  before any data is read; returns the config. Once per config: train.py and loop.train
+  both ask."""
+  if config in _VALID:
+    return config
   try:
     load(config.plugin_modules)
   except PluginError as e:
     raise ConfigError(str(e)) from None
-  for flag, (registry, many, arguments) in _REGISTRIES().items():
+  for flag, (registry, many, arguments) in _REGISTRIES.items():
     try:
       specs = registry.parse_list(getattr(config, flag)) if many else [
           registry.parse(getattr(config, flag))]
@@ -152,9 +166,38 @@ def validate(config):
   _build_optimizers(config)
   _run_augmentations(config)
   if config.weights == "imagenet":  # Refused before any data is read, not after.
-    from research.models import backbones  # pylint: disable=g-import-not-at-top
     backbones.imagenet_backbone(config.model)
+  _check_model(config)
+  _VALID.add(config)
   return config
+
+
+_VALID = set()  # The configs `validate` passed.
+
+
+def _check_model(config):
+  """Builds --model on the data's classes (as known before reading it) and the step and
+  optimizers around it, so that what depends on its layers is refused before any data
+  is read: a builder's refusal or the image size, a head for --freeze_epochs, a variable
+  for each --param_rules item, one optimizer under mixed_float16, the activations'
+  memory on a CPU. Keras' names and seeds start afresh after it, as they would without it. Not
+  under multi_worker (see _build_optimizers)."""
+  if config.strategy == "multi_worker":
+    return
+  nominal = config.resolve(config.batch_size, _classes(config)[0]).replace(
+      precision=precision.chosen(config.precision))
+  policy = keras.mixed_precision.global_policy()
+  try:
+    model = models.build(nominal)
+    steps.StepSpec.from_config(nominal, model)
+    optim.build(nominal, model)
+    too_large = (not tf.config.list_physical_devices("GPU")
+                 and footprint.activations_error(nominal, model, nominal.batch_size))
+  finally:
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy(policy)
+  if too_large:
+    raise ConfigError(too_large)
 
 
 def _build_optimizers(config):
@@ -163,7 +206,6 @@ def _build_optimizers(config):
   multi_worker: the optimizer's variable would start the runtime before the strategy."""
   if config.strategy == "multi_worker":
     return
-  from research import optim  # pylint: disable=g-import-not-at-top
   items = {config.optimizer: "optimizer"}
   for spec in optim.rule_specs(config):
     items.setdefault(optim.RULES.build(spec, config).optimizer or config.optimizer,
@@ -179,11 +221,8 @@ def _run_augmentations(config):
   """Runs --augment once on two blank images as training runs it (in a tf.data map),
   so that an op that cannot run (a plugin's bug) is one error line before any data is
   read, not a traceback after it. Not under multi_worker (see _build_optimizers)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from research import augment  # pylint: disable=g-import-not-at-top
   size, count = config.image_size, _classes(config)[0]
-  key = (config.augment, config.seed, size, count)
-  if config.strategy == "multi_worker" or not config.augment or key in _RAN:
+  if config.strategy == "multi_worker" or not config.augment:
     return
   ops = augment.pipeline(config.augment, config.seed)
   blank = {"image": tf.zeros([2, size, size, 3]), "label": tf.zeros([2], tf.int32),
@@ -200,10 +239,6 @@ def _run_augmentations(config):
     raise ConfigError(f"--augment: {config.augment} turns float32 images of shape "
                       f"(2, {size}, {size}, 3) into {images.dtype.name} of shape "
                       f"{tuple(images.shape)}; the model takes the former")
-  _RAN.add(key)
-
-
-_RAN = set()  # The augmentations that ran: validate runs more than once per start.
 
 
 def _one_line(error):
@@ -217,10 +252,28 @@ def _one_line(error):
   return lines[-1] + (" at {}:{}".format(*where[-1]) if where else "")
 
 
+def model_defaults(config):
+  """The training defaults of --model, its --plugins imported (a plugin may register it)."""
+  try:
+    load(config.plugin_modules)
+    return models.defaults_of(config.model)
+  except PluginError as e:
+    raise ConfigError(str(e)) from None
+  except SpecError as e:
+    raise ConfigError(f"--model: {e}") from None
+
+
+def from_flagfile(path, **overrides):
+  """The Config `train.py --flagfile=path` runs: the flagfile's fields, then `overrides`
+  as flags after it, and --model's training defaults for the others."""
+  config, explicit = config_lib.read_flagfile(path)
+  config = config.replace(**overrides)
+  return config.with_model_defaults(model_defaults(config), explicit | set(overrides))
+
+
 def listing(flag=None):
   """Every registered item of `flag` (or of every flag) with its parameters; each model
   with the training defaults it takes for the flags a run does not set."""
-  from research import models  # pylint: disable=g-import-not-at-top
   notes = {"model": {name: "training defaults: " + (as_flags(models.defaults_of(name))
                                                     or "none (the flags' own)")
                      for name in models.MODELS.names()}}

@@ -68,6 +68,11 @@ def onednn_enabled():
   return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def chosen(requested):
+  """The policy `requested` runs (as `resolve`, without logging it)."""
+  return choose(gpu_capabilities(), cpu_flags())[0] if requested == "auto" else requested
+
+
 def resolve(requested):
   """The policy to run for `requested` (`auto` or a policy), logging the choice.
 

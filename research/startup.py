@@ -21,6 +21,8 @@ import socket
 import sys
 import tempfile
 
+from research.config import ConfigError
+
 NOISE = re.compile("|".join((
     r"All log messages before absl::InitializeLog\(\) is called",
     r"cudart_stub\.cc.*Could not find cuda drivers",
@@ -71,6 +73,7 @@ def import_tensorflow(verbose=False, cpu_devices=0, init_devices=True):
     return
   with _captured_stderr() as lines:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # distribute imports TensorFlow: here, inside the capture, not at the top.
     from research import distribute  # pylint: disable=g-import-not-at-top
     if init_devices:
       distribute.split_cpu(cpu_devices)
@@ -93,7 +96,6 @@ DOWNLOAD_HOST = ("www.cs.toronto.edu", 443)
 def check_download(dataset):
   """Raises ConfigError at once (not after importing TensorFlow) when `dataset` must be
   downloaded and its host cannot be reached."""
-  from research.config import ConfigError  # pylint: disable=g-import-not-at-top
   if dataset not in KERAS_CACHE:
     return
   home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as _tf_config  # pylint: disable=g-direct-tensorflow-import
 
 from research import context as context_lib
-from research import data as data_lib, losses, optim, predict, regularizers, transfer
+from research import data as data_lib, losses, models, optim, predict, regularizers
 from research import probes as probes_lib
 from research.config import ConfigError
 from research.registry import Registry
@@ -61,10 +61,10 @@ class StepSpec:
     rules = optim.variable_rules(config, model)
     head = ()
     if config.freeze_steps or config.backbone_lr_scale != 1.0:
-      head = transfer.head_indices(model)
+      head = models.head_indices(model)
       if not head:
         raise ConfigError(f"--freeze_epochs and --backbone_lr_scale need a head: --model="
-                          f"{config.model} has no layer named {transfer.HEAD_LAYER!r}")
+                          f"{config.model} has no layer named {models.HEAD_LAYER!r}")
     backbone = [i for i in range(len(rules)) if i not in head]
     return cls(
         kind=STEPS.build(config.step), loss=losses.LOSSES.build(config.loss),

@@ -14,11 +14,13 @@ import tempfile
 
 import numpy as np
 
-from research import export
-
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "research")
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfjs_predict.js")
 SETUP = "make it once with scripts/setup_tfjs.sh (docs/EXPORT.md)"
+
+
+class TfjsError(Exception):
+  """TF.js cannot convert or run a model here; the message says why and what to do."""
 
 
 def _places():
@@ -45,7 +47,7 @@ def convert(write_saved_model, output):
   in the directory `output`."""
   reason = missing()
   if reason:
-    raise export.ExportError(reason)
+    raise TfjsError(reason)
   env, _ = _places()
   with tempfile.TemporaryDirectory() as tmp:
     saved = os.path.join(tmp, "saved_model")
@@ -56,14 +58,14 @@ def convert(write_saved_model, output):
         capture_output=True, text=True, check=False)
   if done.returncode:
     last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    raise export.ExportError(f"tensorflowjs_converter failed: {last}")
+    raise TfjsError(f"tensorflowjs_converter failed: {last}")
 
 
 def predict(path, images):
   """Probabilities [N, K] of the graph model in `path` on uint8 images, run in Node."""
   reason = missing()
   if reason:
-    raise export.ExportError(reason)
+    raise TfjsError(reason)
   _, node = _places()
   with tempfile.TemporaryDirectory() as tmp:
     given, out = os.path.join(tmp, "images.bin"), os.path.join(tmp, "probabilities.bin")
@@ -74,5 +76,5 @@ def predict(path, images):
         capture_output=True, text=True, check=False)
     if done.returncode:
       last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-      raise export.ExportError(f"the TF.js model failed in Node: {last}")
+      raise TfjsError(f"the TF.js model failed in Node: {last}")
     return np.fromfile(out, np.float32).reshape(len(images), -1)

@@ -14,17 +14,11 @@ import warnings
 from absl import logging
 import numpy as np
 
-from research import files
+from research import evaluation, files
 from research.config import ConfigError, reason
+from research.models import HEAD_LAYER, backbones
 
-HEAD_LAYER = "logits"
 RECORD_FILE = "initialization.json"
-
-
-def head_indices(model):
-  """Indices in `model.trainable_variables` of the head's variables."""
-  return tuple(i for i, v in enumerate(model.trainable_variables)
-               if v.path.split("/")[0] == HEAD_LAYER)
 
 
 def initialize(model, config, class_names, write=True):
@@ -52,7 +46,6 @@ def initialize(model, config, class_names, write=True):
 def load_weights(model, weights, model_name):
   """ImageNet weights (downloaded through keras.applications) or a weights file into the
   model's `backbone` layer; a file goes into the whole model if it has no backbone."""
-  from research.models import backbones  # pylint: disable=g-import-not-at-top
   target = _backbone(model)
   if weights == "imagenet":
     name = backbones.imagenet_backbone(model_name)
@@ -113,7 +106,6 @@ def init_from(model, run_dir, class_names, weights="model"):
   agree, except between nested models of different architectures (two backbones), which
   share nothing. The head is new unless the source run had exactly these classes.
   """
-  from research import evaluation  # pylint: disable=g-import-not-at-top  (imports data)
   _, source_classes, source = evaluation.load_run(run_dir, weights, flag="--init_weights")
   matched_by, loaded, new = copy_weights(model, source,
                                          list(source_classes) == list(class_names))

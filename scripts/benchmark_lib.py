@@ -209,8 +209,8 @@ def loop_vs_fit(settings, model, log=print):
 
 def airbench_config(settings, precision):
   """The fast recipe of configs/cifar10_fast.flags at the benchmark's sizes."""
-  recipe = config_lib.from_flagfile(FAST_RECIPE_FLAGS).to_dict()
-  kept = {k: v for k, v in recipe.items() if k not in _TIMED and k != "model"
+  recipe = plugins.from_flagfile(FAST_RECIPE_FLAGS).to_dict()
+  kept = {k: v for k, v in recipe.items() if k not in _TIMED and k not in ("model", "model_defaults")
           and k in config_lib.Config.__dataclass_fields__}
   return make_config(settings, recipe["model"], settings.airbench_batch_size,
                      settings.airbench_steps, precision, **kept)

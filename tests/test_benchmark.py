@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from research import config as config_lib, data
+from research import config as config_lib, data, plugins
 from scripts import benchmark_lib as benchmark, peer_lib
 from tests.test_cli import run
 
@@ -65,7 +65,7 @@ def test_tutorial_fit_script_refuses_a_missing_folder(tmp_path):
 
 
 def test_the_benchmark_times_the_flagfiles_recipe():
-  recipe = config_lib.from_flagfile(benchmark.FAST_RECIPE_FLAGS)
+  recipe = plugins.from_flagfile(benchmark.FAST_RECIPE_FLAGS)
   timed = benchmark.airbench_config(benchmark.Settings.quick(), "float32")
   for field in ("model", "augment", "loss", "optimizer", "momentum", "weight_decay",
                 "param_rules", "lookahead_every", "tta"):

@@ -1,9 +1,10 @@
 import json
 import os
 
+import keras
 import pytest
 
-from research import config as config_lib, plugins
+from research import config as config_lib, data, loop, models, plugins
 from research.config import Config, ConfigError
 from tests.conftest import ROOT
 
@@ -59,6 +60,14 @@ def test_augmentations_as_large_as_the_images_validate():
     (dict(dataset="tfds:"), "--dataset='tfds:' is not one of"),
     (dict(strategy="multi_worker", cluster_resolver="k8s"), "--cluster_resolver='k8s'"),
     (dict(epochs=0.0), "--epochs must be > 0"),
+    # What depends on the model's layers, from the model built before any data is read.
+    (dict(model="baseline_cnn", image_size=16), "--model=baseline_cnn cannot be built for "
+                                                "--image_size=16"),
+    (dict(model="resnet8", param_rules="whitening_bias"),
+     "--param_rules: whitening_bias matches no trainable variable of --model=resnet8"),
+    (dict(model="resnet8", precision="mixed_float16",
+          param_rules="kernels(rank=4, optimizer='adam')"),
+     "--param_rules with several optimizers cannot run under mixed_float16"),
 ])
 def test_bad_values_name_the_flag(changes, message):
   with pytest.raises(ConfigError, match=None) as error:
@@ -113,7 +122,7 @@ def test_checkpoint_differences_name_fields():
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
 def test_every_flagfile_of_configs_is_a_valid_config(name):
-  config = config_lib.from_flagfile(os.path.join(ROOT, "configs", name), dataset="synthetic")
+  config = plugins.from_flagfile(os.path.join(ROOT, "configs", name), dataset="synthetic")
   plugins.validate(config.validate())
 
 
@@ -148,20 +157,32 @@ def test_model_defaults_tuned_for_another_optimizer_are_named():
   assert untuned(optimizer="adam(epsilon=1e-7)") == untuned() == []
 
 
-def test_every_model_default_is_valid_and_matches_its_flagfile():
-  from research import models  # pylint: disable=g-import-not-at-top
+def test_every_model_default_is_valid():
   for name, defaults in models.TRAINING_DEFAULTS.items():
     config = Config(model=name, dataset="synthetic").with_model_defaults(defaults, set())
     plugins.validate(config.validate())
-  for flagfile, model in (("baseline_cnn", "baseline_cnn"), ("improved_cnn", "improved_cnn"),
-                          ("cifar10_fast", "airbench"), ("cifar10_long", "airbench_wide"),
-                          ("finetune_imagenet", "efficientnet_b0")):
-    recipe = config_lib.from_flagfile(os.path.join(ROOT, "configs", f"{flagfile}.flags"))
-    for field, value in models.TRAINING_DEFAULTS[model].items():
-      assert getattr(recipe, field) == value, (flagfile, field)
-  # The Muon recipe is a flagfile only; its rules and optimizer item must parse and build.
-  muon = config_lib.from_flagfile(os.path.join(ROOT, "configs", "cifar10_muon.flags"))
-  plugins.validate(muon.replace(dataset="synthetic").validate())
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
+def test_each_recipe_is_written_once(name):
+  """A flagfile sets no field to the value its model's training defaults give it: the
+  recipe is written there or in the flagfile (as changes to them), not both."""
+  config, explicit = config_lib.read_flagfile(os.path.join(ROOT, "configs", name))
+  defaults = models.defaults_of(config.model)
+  assert [f for f in explicit & set(defaults) if getattr(config, f) == defaults[f]] == []
+
+
+@pytest.mark.parametrize("name, model", [
+    ("baseline_cnn", "baseline_cnn"), ("improved_cnn", "improved_cnn"),
+    ("cifar10_fast", "airbench"), ("cifar10_long", "airbench_wide"),
+    ("finetune_imagenet", "efficientnet_b0")])
+def test_a_models_flagfile_runs_its_training_defaults(name, model):
+  """The flagfile of a model's recipe runs what `--model=MODEL` runs, but for cadence."""
+  recipe = plugins.from_flagfile(os.path.join(ROOT, "configs", f"{name}.flags"))
+  defaults = models.defaults_of(model)
+  assert recipe == Config(model=model).with_model_defaults(defaults, {"model"}).replace(
+      steps_per_loop=recipe.steps_per_loop, log_every=recipe.log_every)
+  assert {field: getattr(recipe, field) for field in defaults} == defaults
 
 
 @pytest.mark.parametrize("error, expected", [
@@ -188,3 +209,29 @@ def test_plugin_files_and_data_paths_are_kept_as_absolute_paths(tmp_path, monkey
   assert config.plugins == f"{tmp_path / 'ideas' / 'mine.py'},my_package.ideas"
   assert config.data_dir == str(tmp_path.parent / "images")
   assert config.eval_data_dir == "gs://bucket/test"
+
+
+def test_what_needs_the_models_layers_is_refused_before_the_data(tmp_path, monkeypatch):
+  def headless(num_classes, image_size):  # A plugin's model whose head is not `logits`.
+    inputs = keras.Input((image_size, image_size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="out")(pooled))
+  monkeypatch.setitem(models.MODELS._entries, "headless_for_test", headless)  # pylint: disable=protected-access
+  loaded = []
+  monkeypatch.setattr(data, "load", lambda config: loaded.append(config))
+  config = Config(dataset="synthetic", model="headless_for_test", freeze_epochs=1.0,
+                  model_dir=str(tmp_path / "run")).validate()
+  with pytest.raises(ConfigError, match="--freeze_epochs and --backbone_lr_scale need a "
+                     "head: --model=headless_for_test has no layer named 'logits'"):
+    loop.train(config)
+  assert not loaded and not (tmp_path / "run").exists()
+
+
+def test_validation_runs_once_per_config(monkeypatch):
+  built = []
+  build = models.build
+  monkeypatch.setattr(models, "build", lambda config: built.append(config) or build(config))
+  config = Config(dataset="synthetic", model="resnet8", image_size=16, seed=12345).validate()
+  plugins.validate(config)
+  plugins.validate(config)
+  assert len(built) == 1

@@ -32,12 +32,14 @@ def test_activations_count_the_convolutions_outputs():
   assert footprint.activations_error(half, model, 20, available=10 * per_image) is None
 
 
-def test_training_refuses_activations_that_cannot_fit(make_config, monkeypatch):
-  config = make_config()
+def test_training_refuses_activations_that_cannot_fit(tmp_path, monkeypatch):
   # Room for the batch of images (98 KB), not for resnet8's activations for it.
   monkeypatch.setattr(footprint, "available_memory", lambda: 200_000)
+  config = Config(dataset="synthetic", model="resnet8", image_size=16, batch_size=32,
+                  precision="float32", model_dir=str(tmp_path / "run")).validate()
   with pytest.raises(ConfigError, match="the model's activations in a training step"):
     loop.train(config)
+  assert not (tmp_path / "run").exists()  # Refused before the model dir or the data.
 
 
 def test_size_text():

@@ -145,8 +145,9 @@ def _register(name):
   return build
 
 
-# Fine-tuning from ImageNet (configs/finetune_imagenet.flags): the head alone for 2
-# epochs, then everything, the backbone at a tenth of Adam's learning rate.
+# Fine-tuning from ImageNet, the classic tutorial's transfer recipe
+# (configs/finetune_imagenet.flags names it): the head alone for 2 epochs, then
+# everything, the backbone at a tenth of Adam's learning rate.
 FINE_TUNING = dict(weights="imagenet", freeze_epochs=2.0, backbone_lr_scale=0.1,
                    optimizer="adam", learning_rate=1e-3, momentum=0.9, weight_decay=0.0,
                    schedule="cosine", warmup_epochs=0.0, batch_size=64,

@@ -7,7 +7,8 @@ from research.models.batchnorm import FusedBatchNorm
 from research.models.dropout import ReplicaDropout
 from research.models.registry import MODELS, logits, rescaled_input, training_defaults
 
-# The tutorial's training: Adam at 1e-3, batch 64, no augmentation (configs/baseline_cnn.flags).
+# The tutorial's training: Adam at 1e-3, batch 64, no augmentation, 20 epochs, for 65-70%
+# validation accuracy on CIFAR-10 (configs/baseline_cnn.flags names it).
 TUTORIAL = dict(optimizer="adam", learning_rate=1e-3, momentum=0.9, weight_decay=0.0,
                 schedule="constant", warmup_epochs=0.0, batch_size=64, augment="",
                 epochs=20.0)
@@ -48,8 +49,9 @@ def improved_cnn(num_classes, image_size):
   return keras.Model(inputs, logits(x, num_classes), name="improved_cnn")
 
 
-# Nesterov SGD with warmup and cosine decay and crop+flip (configs/improved_cnn.flags),
-# instead of the tutorial's 400 epochs of plain SGD.
+# Nesterov SGD with warmup and cosine decay and crop+flip instead of the tutorial's 400
+# epochs of plain SGD: >= 80% validation accuracy in 50 epochs (configs/improved_cnn.flags
+# names it).
 training_defaults("improved_cnn", optimizer="sgd", learning_rate=0.05, momentum=0.9,
                   nesterov=True, weight_decay=5e-4, schedule="cosine", warmup_epochs=2.0,
                   batch_size=128, augment="crop,flip", epochs=50.0)

@@ -58,9 +58,20 @@ def rescaled_input(image_size, name="images"):
   return inputs, layers.Rescaling(1.0 / 255, name="rescale")(inputs)
 
 
+# The classifier head's layer: what --freeze_epochs trains alone, --backbone_lr_scale
+# leaves at the full rate and --init_from makes new when the classes differ.
+HEAD_LAYER = "logits"
+
+
 def logits(x, num_classes):
   """The classifier head; float32 so the softmax and loss never run in half precision."""
-  return layers.Dense(num_classes, dtype="float32", name="logits")(x)
+  return layers.Dense(num_classes, dtype="float32", name=HEAD_LAYER)(x)
+
+
+def head_indices(model):
+  """Indices in `model.trainable_variables` of the head's variables."""
+  return tuple(i for i, v in enumerate(model.trainable_variables)
+               if v.path.split("/")[0] == HEAD_LAYER)
 
 
 def init_from_data(model, images):
