@@ -15,7 +15,6 @@ from research import files, footprint
 from research.registry import split_list
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
-DATASETS = ("cifar10", "cifar100", "folder", "tfrecord", "synthetic")
 DATA_CACHE = ("auto", "memory", "none")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 TTA = ("none", "flip", "flip_translate")
@@ -86,8 +85,10 @@ class Config:
                                    "evaluate on images it trained on)")
 
   # Data.
-  dataset: str = _field("cifar10", "|".join(DATASETS) + "|tfds:NAME (TensorFlow "
-                        "Datasets, prepared in --data_dir or TFDS's default dir)")
+  dataset: str = _field("cifar10", "cifar10, cifar100, folder, tfrecord, synthetic, "
+                        "tfds:NAME (TensorFlow Datasets, prepared in --data_dir or TFDS's "
+                        "default dir) or a plugin's, with its arguments as "
+                        "synthetic(num_examples=256) (--list=dataset)")
   data_dir: str = _field("", "image folder for --dataset=folder (class subfolders), "
                          "record set for --dataset=tfrecord (scripts/make_tfrecords.py), "
                          "prepared TFDS data for --dataset=tfds:NAME")
@@ -275,8 +276,6 @@ class Config:
     _choice("cluster_resolver", self.cluster_resolver, ("tf_config", "slurm"))
     if not 1024 <= self.port_base <= 65535:
       raise ConfigError(f"--port_base must be in [1024, 65535], got {self.port_base}")
-    if not self.dataset.startswith("tfds:") or self.dataset == "tfds:":
-      _choice("dataset", self.dataset, DATASETS + ("tfds:NAME",))
     _choice("data_cache", self.data_cache, DATA_CACHE)
     if self.data_service and self.deterministic:
       raise ConfigError("--data_service hands out batches in the order its workers finish "
@@ -333,23 +332,9 @@ class Config:
         raise ConfigError(f"--{name} must be in [0, 1], got {getattr(self, name)}")
     if not 0.0 <= self.momentum < 1.0:
       raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
-    if self.dataset in ("folder", "tfrecord"):
-      if not self.data_dir:
-        raise ConfigError(f"--dataset={self.dataset} needs --data_dir=DIR ("
-                          + ("class subfolders)" if self.dataset == "folder" else
-                             "a record set of scripts/make_tfrecords.py)"))
-      # A record set may be on a file system TensorFlow reads (gs://...): checked there.
-      remote = self.dataset == "tfrecord" and "://" in self.data_dir
-      if not remote and not os.path.isdir(self.data_dir):
-        raise ConfigError(f"--data_dir {self.data_dir!r} is not a directory")
-    if self.eval_data_dir:
-      if self.dataset not in ("folder", "tfrecord") or self.val_split:
-        raise ConfigError("--eval_data_dir is for --dataset=folder or tfrecord with "
-                          "--val_split=0 (it replaces the validation split)")
-      if not os.path.isdir(self.eval_data_dir):
-        raise ConfigError(f"--eval_data_dir {self.eval_data_dir!r} is not a directory")
-    if self.dataset == "synthetic" and self.val_split == 0:
-      raise ConfigError("--dataset=synthetic has no test split; set --val_split > 0")
+    # --dataset and its use of --data_dir are checked by its kind (research/sources).
+    if self.eval_data_dir and not os.path.isdir(self.eval_data_dir):
+      raise ConfigError(f"--eval_data_dir {self.eval_data_dir!r} is not a directory")
     _safe_dir("model_dir", self.model_dir)
     return self
 
@@ -423,7 +408,7 @@ class Config:
   def run_dir(self):
     """--model_dir, or its default."""
     model = item_name(self.model)
-    dataset = self.dataset.replace("tfds:", "tfds_").replace("/", "_")
+    dataset = item_name(self.dataset).replace("tfds:", "tfds_").replace("/", "_")
     return self.model_dir or os.path.join("runs", f"{model}_{dataset}")
 
   # --- serialization ---------------------------------------------------------

@@ -23,7 +23,8 @@ from research.registry import SpecError
 # of research/ideas (one idea per file) is imported after these.
 BUILTIN_MODULES = ("research.augment", "research.losses", "research.metrics", "research.probes",
                    "research.regularizers", "research.steps", "research.optim",
-                   "research.models", "research.tensorboard_hooks")
+                   "research.models", "research.tensorboard_hooks",
+                   "research.sources.datasets")
 IDEAS_PACKAGE = "research.ideas"
 
 
@@ -107,9 +108,10 @@ def _REGISTRIES():  # pylint: disable=invalid-name
   costly (models). Metrics get the data's classes where they are known without reading
   it (research.data.class_names_of)."""
   from research import augment, hooks, losses, metrics, models, optim  # pylint: disable=g-import-not-at-top
-  from research import probes, regularizers, steps  # pylint: disable=g-import-not-at-top
+  from research import probes, regularizers, sources, steps  # pylint: disable=g-import-not-at-top
   settings_only = lambda config: ()
-  return {"model": (models.MODELS, False, None),
+  return {"dataset": (sources.DATASETS, False, lambda config: (config,)),
+          "model": (models.MODELS, False, None),
           "loss": (losses.LOSSES, False, settings_only),
           "optimizer": (optim.OPTIMIZERS, False, None),
           "param_rules": (optim.RULES, True, lambda config: (config,)),
