@@ -85,10 +85,9 @@ class Config:
                                    "evaluate on images it trained on)")
 
   # Data.
-  dataset: str = _field("cifar10", "cifar10, cifar100, folder, tfrecord, synthetic, "
-                        "tfds:NAME (TensorFlow Datasets, prepared in --data_dir or TFDS's "
-                        "default dir) or a plugin's, with its arguments as "
-                        "synthetic(num_examples=256) (--list=dataset)")
+  dataset: str = _field("cifar10", "the data: NAME or NAME(key=value, ...) of the dataset "
+                        "registry (--list=dataset); tfds:NAME is a TensorFlow Datasets "
+                        "dataset, prepared in --data_dir or TFDS's default dir")
   data_dir: str = _field("", "image folder for --dataset=folder (class subfolders), "
                          "record set for --dataset=tfrecord (scripts/make_tfrecords.py), "
                          "prepared TFDS data for --dataset=tfds:NAME")

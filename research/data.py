@@ -25,6 +25,7 @@ from research.sources.memory import Arrays
 
 _SPLIT_SEED = 20240917  # fixed: the validation split never depends on --seed
 
+
 @dataclasses.dataclass
 class Data:
   train: object        # a research.sources kind
@@ -39,8 +40,13 @@ class Data:
 
 
 def dataset_of(config):
-  """The `sources.Dataset` of `config.dataset`, its use by the run checked (ValueError)."""
-  return DATASETS.build(config.dataset, config)
+  """The `sources.Dataset` of `config.dataset`, its use by the run checked (DataError)."""
+  try:
+    return DATASETS.build(config.dataset, config)
+  except DataError:
+    raise
+  except ValueError as e:  # Its arguments, or its builder's checks.
+    raise DataError(f"--dataset: {e}") from None
 
 
 def class_names_of(config):
@@ -90,7 +96,6 @@ def load_eval_folder(eval_dir, class_names, image_size, cache_dir="", config=Non
                     f"{', '.join(unknown)}")
   split.labels = np.array([class_names.index(n) for n in names], np.int32)[split.labels]
   return split
-
 
 
 def step_payloads(source, batch_size, seed, first, last):

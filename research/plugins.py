@@ -110,8 +110,7 @@ def _REGISTRIES():  # pylint: disable=invalid-name
   from research import augment, hooks, losses, metrics, models, optim  # pylint: disable=g-import-not-at-top
   from research import probes, regularizers, sources, steps  # pylint: disable=g-import-not-at-top
   settings_only = lambda config: ()
-  return {"dataset": (sources.DATASETS, False, lambda config: (config,)),
-          "model": (models.MODELS, False, None),
+  return {"model": (models.MODELS, False, None),
           "loss": (losses.LOSSES, False, settings_only),
           "optimizer": (optim.OPTIMIZERS, False, None),
           "param_rules": (optim.RULES, True, lambda config: (config,)),
@@ -121,7 +120,8 @@ def _REGISTRIES():  # pylint: disable=invalid-name
           "metrics": (metrics.METRICS, True, _classes),
           "probes": (probes.PROBES, True, settings_only),
           "regularizers": (regularizers.REGULARIZERS, True, settings_only),
-          "hooks": (hooks.HOOKS, True, lambda config: (config,))}
+          "hooks": (hooks.HOOKS, True, lambda config: (config,)),
+          "dataset": (sources.DATASETS, False, lambda config: (config,))}
 
 
 def _classes(config):

@@ -20,7 +20,7 @@ so validation splits and class counts never touch an image) and streams an epoch
 examples in that epoch's order as dicts of `index` (the example's id), `label` and
 `payload`: whatever is cheap to carry until the pipeline has cut the global batch to its
 own replicas' share, when `read(payloads)` makes the uint8 images. A payload is an
-example id for arrays in memory, a path for files, encoded bytes for records.
+example id for arrays in memory and image files, encoded bytes for records.
 
     len(source), source.labels, source.image_size
     source.epoch(seed, epoch, skip)  the examples of epoch `epoch` from the `skip`th on
