@@ -16,7 +16,6 @@ from research.registry import split_list
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 CLUSTER_RESOLVERS = ("tf_config", "slurm")
-DATASETS = ("cifar10", "cifar100", "folder", "tfrecord", "synthetic")
 DATA_CACHE = ("auto", "memory", "none")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 TTA = ("none", "flip", "flip_translate")
@@ -87,8 +86,9 @@ class Config:
                                    "evaluate on images it trained on)")
 
   # Data.
-  dataset: str = _field("cifar10", "|".join(DATASETS) + "|tfds:NAME (TensorFlow "
-                        "Datasets, prepared in --data_dir or TFDS's default dir)")
+  dataset: str = _field("cifar10", "the data: NAME or NAME(key=value, ...) of the dataset "
+                        "registry (--list=dataset); tfds:NAME is a TensorFlow Datasets "
+                        "dataset, prepared in --data_dir or TFDS's default dir")
   data_dir: str = _field("", "image folder for --dataset=folder (class subfolders), "
                          "record set for --dataset=tfrecord (scripts/make_tfrecords.py), "
                          "prepared TFDS data for --dataset=tfds:NAME")
@@ -288,8 +288,6 @@ class Config:
     _choice("cluster_resolver", self.cluster_resolver, CLUSTER_RESOLVERS)
     if not 1024 <= self.port_base <= 65535:
       raise ConfigError(f"--port_base must be in [1024, 65535], got {self.port_base}")
-    if not self.dataset.startswith("tfds:") or self.dataset == "tfds:":
-      _choice("dataset", self.dataset, DATASETS + ("tfds:NAME",))
     _choice("data_cache", self.data_cache, DATA_CACHE)
     _choice("precision", self.precision, PRECISIONS)
     _choice("on_nan", self.on_nan, ON_NAN)
@@ -339,28 +337,14 @@ class Config:
       raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
 
   def _check_data(self):
-    """The data's folders exist where the dataset reads them; its splits can be drawn."""
+    """What the data's kind does not check itself (--dataset and its --data_dir are
+    checked by the kind: research/sources)."""
     if self.data_service and self.deterministic:
       raise ConfigError("--data_service hands out batches in the order its workers finish "
                         "them, so a run with it is not deterministic: drop "
                         "--deterministic, or --data_service")
-    if self.dataset in ("folder", "tfrecord"):
-      if not self.data_dir:
-        raise ConfigError(f"--dataset={self.dataset} needs --data_dir=DIR ("
-                          + ("class subfolders)" if self.dataset == "folder" else
-                             "a record set of scripts/make_tfrecords.py)"))
-      # A record set may be on a file system TensorFlow reads (gs://...): checked there.
-      remote = self.dataset == "tfrecord" and "://" in self.data_dir
-      if not remote and not os.path.isdir(self.data_dir):
-        raise ConfigError(f"--data_dir {self.data_dir!r} is not a directory")
-    if self.eval_data_dir:
-      if self.dataset not in ("folder", "tfrecord") or self.val_split:
-        raise ConfigError("--eval_data_dir is for --dataset=folder or tfrecord with "
-                          "--val_split=0 (it replaces the validation split)")
-      if not os.path.isdir(self.eval_data_dir):
-        raise ConfigError(f"--eval_data_dir {self.eval_data_dir!r} is not a directory")
-    if self.dataset == "synthetic" and self.val_split == 0:
-      raise ConfigError("--dataset=synthetic has no test split; set --val_split > 0")
+    if self.eval_data_dir and not os.path.isdir(self.eval_data_dir):
+      raise ConfigError(f"--eval_data_dir {self.eval_data_dir!r} is not a directory")
 
   def _validate_initialization(self):
     """--weights, --init_from and --init_weights name one start that exists."""
@@ -433,7 +417,7 @@ class Config:
   def run_dir(self):
     """--model_dir, or its default."""
     model = item_name(self.model)
-    dataset = self.dataset.replace("tfds:", "tfds_").replace("/", "_")
+    dataset = item_name(self.dataset).replace("tfds:", "tfds_").replace("/", "_")
     return self.model_dir or os.path.join("runs", f"{model}_{dataset}")
 
   # --- serialization ---------------------------------------------------------

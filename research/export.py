@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from research import data as data_lib, evaluation, models, predict, tfjs
 from research.config import TTA, reason
+from research.sources.images import decode_image
 
 FORMATS = ("saved_model", "keras", "litert", "litert_int8", "onnx", "tfjs")
 
@@ -93,7 +94,7 @@ def _saved_model(model, output, class_names=None, dtype=tf.uint8, tta="none"):
     return {"probabilities": probs, "class": tf.gather(names, tf.argmax(probs, -1))}
 
   def from_bytes(encoded):
-    return outputs(tf.map_fn(lambda b: data_lib.decode_image(b, size), encoded,
+    return outputs(tf.map_fn(lambda b: decode_image(b, size), encoded,
                              fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8)))
 
   archive = keras.export.ExportArchive()

@@ -20,7 +20,7 @@ from tensorflow.python.framework import config as _tf_config  # pylint: disable=
 from research import checkpoints, data as data_lib, distribute, files, hooks as hooks_lib
 from research import interrupts as interrupts_lib
 from research import model_dir as model_dir_lib, models, optim
-from research import plugins, steps, transfer
+from research import plugins, sources, steps, transfer
 from research import precision as precision_lib
 from research import summaries
 from research.state import TrainState
@@ -114,8 +114,8 @@ def _train(config, strategy, chief):
   start = int(state.step.numpy())
   if not restored:
     sample = data.train.sample(5000)  # airbench's 5,000, of every class.
-    with data_lib.naming_bad_files(sample, lambda: np.arange(len(sample)),
-                                   "initializing from the data"):
+    with sources.naming_bad_files(sample, lambda: np.arange(len(sample)),
+                                  "initializing from the data"):
       initialized = models.init_from_data(state.model, lambda: sample.head(len(sample)))
     if initialized:
       logging.info("initialized from data: %s", ", ".join(initialized))
@@ -166,8 +166,7 @@ def _train(config, strategy, chief):
   def batches(from_step, seed):
     _LAST_INPUT.clear()  # A rollback's new input replaces the old one here.
     _LAST_INPUT.append(iter(strategy.distribute_datasets_from_function(
-        lambda ctx: data_lib.train_dataset(data.train, config.replace(seed=seed), from_step,
-                                           ctx))))
+        lambda ctx: data_lib.train_dataset(data.train, config, from_step, ctx, seed=seed))))
     return _LAST_INPUT[0]
 
   reseeded = lambda: config.seed + 1000 * int(state.rollbacks.numpy())  # By rollbacks.
@@ -177,7 +176,7 @@ def _train(config, strategy, chief):
   def read_by(step, num):
     """The example ids the train call of steps step + 1.. step + num reads, and the
     prefetched ones after them (a bad file there can fail this call too)."""
-    return data_lib.step_payloads(data.train, config.replace(seed=data_seed), step,
+    return data_lib.step_payloads(data.train, config.batch_size, data_seed, step,
                                   min(step + num + config.steps_per_loop, config.train_steps))
 
   context = hooks_lib.HookContext(start, config, state, runner, data, writers, chief=chief,
@@ -209,8 +208,8 @@ def _train(config, strategy, chief):
       num = agree(0, num)[1]
       interrupts.running(step + num, num, step_seconds and num * step_seconds)
       began = time.perf_counter()
-      with data_lib.naming_bad_files(data.train, functools.partial(read_by, step, num),
-                                     f"in training after step {step}"):
+      with sources.naming_bad_files(data.train, functools.partial(read_by, step, num),
+                                    f"in training after step {step}"):
         runner.train_loop(train_iter, tf.constant(num))
         before, step = step, int(state.step.numpy())  # Reading waits for the call.
       interrupts.finishing(step)
@@ -297,8 +296,8 @@ def _train(config, strategy, chief):
 
       if data.eval is not None and (step % config.eval_every == 0 or done):
         tta = "none" if config.tta_final_only and not done else config.tta
-        with data_lib.naming_bad_files(data.eval, lambda: np.arange(len(data.eval)),
-                                       f"evaluating at step {step}"):
+        with sources.naming_bad_files(data.eval, lambda: np.arange(len(data.eval)),
+                                      f"evaluating at step {step}"):
           metrics = runner.evaluate(data.eval, config.global_eval_batch_size, tta)
         result.eval_history.append((step, metrics))
         context.eval_metrics, context.eval_tta = metrics, tta

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from research import augment, config as config_lib, data, footprint, hooks, losses, metrics
 from research import models, optim
-from research import precision, probes, regularizers, steps
+from research import precision, probes, regularizers, sources, steps
 from research.config import ConfigError, as_flags, is_plugin_file, reason
 from research.models import backbones
 from research.registry import SpecError
@@ -30,7 +30,8 @@ from research.registry import SpecError
 # of research/ideas (one idea per file) is imported after these.
 BUILTIN_MODULES = ("research.augment", "research.losses", "research.metrics", "research.probes",
                    "research.regularizers", "research.steps", "research.optim",
-                   "research.models", "research.tensorboard_hooks")
+                   "research.models", "research.tensorboard_hooks",
+                   "research.sources.datasets")
 IDEAS_PACKAGE = "research.ideas"
 
 
@@ -137,7 +138,8 @@ _REGISTRIES = {"model": (models.MODELS, False, None),
                "metrics": (metrics.METRICS, True, _classes),
                "probes": (probes.PROBES, True, _settings_only),
                "regularizers": (regularizers.REGULARIZERS, True, _settings_only),
-               "hooks": (hooks.HOOKS, True, _the_config)}
+               "hooks": (hooks.HOOKS, True, _the_config),
+               "dataset": (sources.DATASETS, False, _the_config)}
 
 
 def validate(config):

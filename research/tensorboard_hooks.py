@@ -29,9 +29,8 @@ MISTAKES = 16                    # most confidently wrong examples shown
 
 def train_batch(ctx):
   """The augmented global batch dict of step `ctx.step` as the step sees it."""
-  config = ctx.config.replace(train_steps=ctx.step + 1,  # Just this one batch.
-                              seed=ctx.config.seed if ctx.data_seed is None else ctx.data_seed)
-  dataset = data_lib.train_dataset(ctx.data.train, config, ctx.step, None)
+  dataset = data_lib.train_dataset(ctx.data.train, ctx.config, ctx.step, None,
+                                   seed=ctx.data_seed, stop_step=ctx.step + 1)
   return next(iter(dataset))
 
 

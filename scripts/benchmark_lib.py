@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from research import data as data_lib, flops, loop, models, optim, plugins
+from research.sources.datasets import synthetic
 from research import steps as steps_lib
 from research.state import TrainState
 from research import precision as precision_lib
@@ -108,7 +109,7 @@ def make_config(settings, model, batch_size, steps, precision, **overrides):
 
 def in_memory_dataset(batch_size, image_size, num_batches=4, seed=0):
   """Repeated float32 batches already in memory: neither side pays for input."""
-  split, _ = data_lib.synthetic(batch_size * num_batches, image_size, NUM_CLASSES, seed)
+  split, _ = synthetic(batch_size * num_batches, image_size, NUM_CLASSES, seed)
   images = split.images.astype(np.float32).reshape(
       (num_batches, batch_size) + split.images.shape[1:])
   labels = split.labels.reshape(num_batches, batch_size)
@@ -254,7 +255,7 @@ def pipeline_rate(split, config, steps, repeats, extra=None):
 def pipeline_rates(settings, log=print):
   """Images/s of our fast-recipe, crop+flip and `tutorial` pipelines, and the Keras
   tutorial's preprocessing layers mapped over the same (unaugmented) batches."""
-  split, _ = data_lib.synthetic(settings.pipeline_examples, settings.image_size,
+  split, _ = synthetic(settings.pipeline_examples, settings.image_size,
                                 NUM_CLASSES)
   keras.mixed_precision.set_global_policy("float32")
   base = airbench_config(settings, "float32")
@@ -296,7 +297,7 @@ def determinism_cost(settings, dataset, log=print):
                              "on": toggled(True, loop_window(config, dataset))},
                             settings.airbench_steps * settings.airbench_batch_size,
                             settings.repeats)
-  split, _ = data_lib.synthetic(settings.pipeline_examples, settings.image_size,
+  split, _ = synthetic(settings.pipeline_examples, settings.image_size,
                                 NUM_CLASSES)
   for enabled in (False, True):
     loop._set_op_determinism(enabled)  # pylint: disable=protected-access
@@ -430,8 +431,8 @@ def tutorial_fit(train, val, epochs, batch_size=64, learning_rate=1e-3,
   """The classic tutorial's improved CNN trained the tutorial's way: `model.fit` with
   Keras preprocessing-layer augmentation (TUTORIAL_LAYERS, in the input pipeline as
   the tutorial's ImageDataGenerator was), plain momentum SGD at a constant rate,
-  validation every epoch. `train`, `val`: data.Split. Returns the time-to-accuracy
-  record: {"epochs": [...], "reached": {target: {"epoch", "seconds"}}, ...}."""
+  validation every epoch. `train`, `val`: research.sources.memory.Arrays. Returns the
+  time-to-accuracy record: {"epochs": [...], "reached": {target: {"epoch", "seconds"}}, ...}."""
   keras.mixed_precision.set_global_policy(precision)
   model = models.MODELS.get("improved_cnn")(NUM_CLASSES, train.images.shape[1])
   model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9),

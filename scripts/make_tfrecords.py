@@ -56,12 +56,11 @@ def make(dataset, data_dir, output, shards=0, split="train", image_size=32,
     known = builder.info.splits[split].num_bytes if builder.info.splits else 0
   else:
     config = Config(dataset=dataset, data_dir=data_dir, image_size=image_size,
-                    val_split=0, data_cache="none", skip_bad_images=skip_bad_images)
-    if dataset == "folder":
-      source, names = data.open_folder(data_dir, config)
+                    data_cache="none", skip_bad_images=skip_bad_images)
+    source, _, names = data.dataset_of(config).open()
+    if dataset == "folder":  # Streamed files (--data_cache=none), stored as they are.
       known = sum(os.path.getsize(p) for p in source.paths)
     else:
-      source, _, names = data.open_source(config)
       known = len(source) * image_size ** 2 * 3 // 2  # PNG: about half the raw bytes.
     examples = records.examples_of(source)
   shards = shards or max(1, -(-known // SHARD_BYTES))

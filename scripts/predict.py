@@ -46,9 +46,10 @@ def predictions(model, files, top_k):
   """(one JSON entry per file, in order; the `error:` line of non-finite outputs or None).
 
   Raises export.ExportError when the model's runtime fails on the images."""
-  from research import data, predict  # pylint: disable=g-import-not-at-top
+  from research import predict  # pylint: disable=g-import-not-at-top
+  from research.sources.images import decode_images  # pylint: disable=g-import-not-at-top
   readable = [path for path, error in files if error is None]
-  images, ok = data.decode_images(readable, model.image_size) if readable else ([], [])
+  images, ok = decode_images(readable, model.image_size) if readable else ([], [])
   decoded = [path for i, path in enumerate(readable) if ok[i]]
   probabilities = model.probabilities(images[ok]) if decoded else np.zeros([0, 1])
   row = {path: n for n, path in enumerate(decoded)}

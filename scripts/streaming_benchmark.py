@@ -99,7 +99,7 @@ def train(folder, cache, model_dir, cache_dir):
 def decode_ms(folder, count=2000):
   """Milliseconds to read and decode one JPEG and resize it, on one core."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from research.sources.files import decode_image  # pylint: disable=g-import-not-at-top
+  from research.sources.images import decode_image  # pylint: disable=g-import-not-at-top
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
   paths = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs][:count]
@@ -117,10 +117,11 @@ def share_steps_per_second(folder, steps=40):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from research import data  # pylint: disable=g-import-not-at-top
   from research.config import Config  # pylint: disable=g-import-not-at-top
+  from research.sources.cache import open_folder  # pylint: disable=g-import-not-at-top
   config = Config(dataset="folder", data_dir=folder, image_size=FLAGS.image_size,
                   data_cache="none", batch_size=2 * FLAGS.batch_size, train_steps=steps + 5,
                   augment="crop,flip", num_classes=CLASSES)
-  source, _ = data.open_folder(folder, config)
+  source, _ = open_folder(folder, config)
   worker = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=0,
                                       num_replicas_in_sync=2)
   rates = {}
@@ -148,8 +149,8 @@ def main(argv):
                               ("in memory, big folder", big, "memory")):
     if cache == "memory":  # Decode and cache first, so the run is timed on training alone.
       measured([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
-                "from research import data; "
-                f"data.load_folder({big!r}, {FLAGS.image_size}, {cache_dir!r})"])
+                "from research.sources.cache import load_folder; "
+                f"load_folder({big!r}, {FLAGS.image_size}, {cache_dir!r})"])
     model_dir = os.path.join(FLAGS.work_dir, "runs", re.sub(r"\W+", "_", name))
     shutil.rmtree(model_dir, ignore_errors=True)  # A fresh run each time, never a resume.
     runs[name] = train(folder, cache, model_dir, cache_dir)

@@ -37,8 +37,8 @@ def _define_flags():
 def subset(data_dir, output, classes, skip=0, count=0):
   """Links the chosen images of `classes` into `output`; returns how many. Every pick is
   checked before anything is made."""
-  from research import data  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  paths, labels, names = data.list_folder(str(data_dir))  # The images training reads.
+  from research.sources.folder import list_folder  # pylint: disable=g-import-not-at-top
+  paths, labels, names = list_folder(str(data_dir))  # The images training reads.
   missing = [c for c in classes if c not in names]
   if missing:
     raise ValueError(f"no class folder {', '.join(missing)} in {data_dir} "

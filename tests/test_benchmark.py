@@ -7,6 +7,7 @@ import os
 import pytest
 
 from research import config as config_lib, data, plugins
+from research.sources.datasets import synthetic
 from scripts import benchmark_lib as benchmark, peer_lib
 from tests.test_cli import run
 
@@ -48,7 +49,7 @@ def test_format_table_lists_rows_and_headline_ratios():
 
 
 def test_tutorial_fit_records_time_to_each_target():
-  split, _ = data.synthetic(96, 32, 10, seed=0)
+  split, _ = synthetic(96, 32, 10, seed=0)
   train, val = data.split_validation(split, 0.25)
   record = benchmark.tutorial_fit(train, val, epochs=2, batch_size=32, precision="float32",
                                   targets=(0.0, 1.01), log=lambda line: None)

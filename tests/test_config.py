@@ -49,7 +49,7 @@ def test_augmentations_as_large_as_the_images_validate():
     (dict(batch_size=0), "--batch_size must be >= 1"),
     (dict(learning_rate=-1.0), "--learning_rate must be > 0"),
     (dict(loss="cross_entropy(label_smoothing=1.0)"), "--loss: cross_entropy: label_smoothing"),
-    (dict(dataset="folder"), "--dataset=folder needs --data_dir"),
+    (dict(dataset="folder"), "--dataset: folder needs --data_dir=DIR (class subfolders)"),
     (dict(dataset="folder", data_dir="/no/such/dir"), "is not a directory"),
     (dict(dataset="folder", data_dir="/", eval_data_dir="/"),
      "--eval_data_dir is for --dataset=folder or tfrecord with --val_split=0"),
@@ -57,7 +57,7 @@ def test_augmentations_as_large_as_the_images_validate():
     (dict(data_service="grpc://localhost:5050", deterministic=True),
      "--data_service hands out batches in the order its workers finish"),
     (dict(data_cache="disk"), "--data_cache='disk' is not one of: auto, memory, none"),
-    (dict(dataset="tfds:"), "--dataset='tfds:' is not one of"),
+    (dict(dataset="tfds:"), "--dataset: tfds needs the dataset's name: --dataset=tfds:NAME"),
     (dict(strategy="multi_worker", cluster_resolver="k8s"), "--cluster_resolver='k8s'"),
     (dict(epochs=0.0), "--epochs must be > 0"),
     # What depends on the model's layers, from the model built before any data is read.

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from research import augment, context, data, distribute, loop, losses
+from research.sources.datasets import synthetic
 
 SEEN = {}  # run name -> tf.Variable of the steps a loss saw, by step
 
@@ -58,7 +59,7 @@ def fraction_as_image():
 
 def test_an_augmentation_sees_its_own_batchs_step(make_config):
   config = make_config(augment="test_fraction_as_image", train_steps=12).resolve(192, 4)
-  split, _ = data.synthetic(192, 16, 4)
+  split, _ = synthetic(192, 16, 4)
   batches = data.train_dataset(split, config, 3, tf.distribute.InputContext())
   fractions = [float(b["image"][0, 0, 0, 0]) for b in batches.take(4)]
   np.testing.assert_allclose(fractions, np.arange(3, 7) / 12, rtol=1e-6)

@@ -9,6 +9,11 @@ import tensorflow as tf
 
 from research import data
 from research.config import Config
+from research.sources import cache
+from research.sources.cache import load_folder
+from research.sources.datasets import synthetic
+from research.sources.folder import list_folder
+from research.sources.memory import Arrays
 
 
 def make_folder(root, per_class=3):
@@ -28,7 +33,7 @@ def make_folder(root, per_class=3):
 
 def test_folder_of_mixed_images(tmp_path):
   root = make_folder(tmp_path / "images")
-  split, names = data.load_folder(str(root), 24, cache_dir=str(tmp_path / "cache"))
+  split, names = load_folder(str(root), 24, cache_dir=str(tmp_path / "cache"))
   assert names == ["ant", "bee", "cat"]
   assert split.images.shape == (9, 24, 24, 3) and split.images.dtype == np.uint8
   np.testing.assert_array_equal(split.labels, [0, 0, 0, 1, 1, 1, 2, 2, 2])
@@ -36,14 +41,14 @@ def test_folder_of_mixed_images(tmp_path):
 
 def test_folder_is_decoded_once_then_cached(tmp_path, monkeypatch):
   root = make_folder(tmp_path / "images")
-  first, _ = data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+  first, _ = load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
   assert len(os.listdir(tmp_path / "cache")) == 1
 
   def no_decoding(*args):
     raise AssertionError("decoded again")
 
-  monkeypatch.setattr(data, "decode_images", no_decoding)
-  again, _ = data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+  monkeypatch.setattr(cache, "decode_images", no_decoding)
+  again, _ = load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
   np.testing.assert_array_equal(first.images, again.images)
 
 
@@ -55,10 +60,10 @@ def test_hidden_files_and_folders_are_not_data(tmp_path):
     os.makedirs(root / os.path.dirname(copy), exist_ok=True)
     Image.fromarray(pixels).save(root / copy)
   (root / "cat" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(80))  # AppleDouble.
-  paths, labels, names = data.list_folder(str(root))
+  paths, labels, names = list_folder(str(root))
   assert names == ["ant", "bee", "cat"] and len(paths) == len(labels) == 9
   assert not any(part.startswith(".") for p in paths for part in p.split(os.sep)[-2:])
-  split, _ = data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+  split, _ = load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
   assert len(split.labels) == 9
 
 
@@ -67,7 +72,7 @@ def test_linked_folders_are_read_once_and_links_up_the_tree_do_not_loop(tmp_path
   more = make_folder(tmp_path / "more")
   os.symlink(more / "cat", root / "cat" / "more")  # scripts/subset_folder.py makes these.
   os.symlink(root / "cat", root / "cat" / "more_again")  # Back up: read once, no loop.
-  paths, labels, _ = data.list_folder(str(root))
+  paths, labels, _ = list_folder(str(root))
   assert len(paths) == 12 and list(labels).count(2) == 6
   assert sum("/cat/more/" in p for p in paths) == 3
 
@@ -77,7 +82,7 @@ def test_files_of_other_types_are_counted_in_one_warning(tmp_path, caplog):
   for name in ("0.tif", "1.TIF", "README"):
     (root / "ant" / name).write_bytes(b"II*\x00")
   with caplog.at_level(logging.WARNING):
-    paths, _, _ = data.list_folder(str(root))
+    paths, _, _ = list_folder(str(root))
   assert len(paths) == 9
   assert "ignored 4 files of unsupported types (.tif: 2, (no extension): 1, .txt: 1)" in (
       caplog.text)
@@ -89,7 +94,7 @@ def test_a_link_to_another_class_counts_its_images_once_under_their_own_class(tm
   os.symlink("..", root / "ant" / "loop")  # ant/loop/bee/0.bmp is bee's 0.bmp.
   os.symlink("../cat/0.jpg", root / "bee" / "same.jpg")  # A file linked into another class.
   with caplog.at_level(logging.WARNING):
-    paths, labels, names = data.list_folder(str(root))
+    paths, labels, names = list_folder(str(root))
   assert len(paths) == 9 and list(labels) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
   assert not any("loop" in p or "same" in p for p in paths)
   assert ("links lead to images listed already; each is read once, under the class folder "
@@ -104,15 +109,15 @@ def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
   os.rename(os.fsencode(root / "bee" / "0.jpg"), latin1)
   with pytest.raises(data.DataError, match=r"1 file name\(s\) in .* are not UTF-8: "
                                            r".*caf\\udce9\.jpg.*rename them"):
-    data.list_folder(str(root))
+    list_folder(str(root))
 
 
 def test_a_broken_link_is_named_like_an_unreadable_image(tmp_path):
   root = make_folder(tmp_path / "images")
   os.symlink(tmp_path / "moved_away.jpg", root / "bee" / "link.jpg")
   with pytest.raises(data.DataError, match="1 image file.*link.jpg"):
-    data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
-  split, _ = data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"),
+    load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+  split, _ = load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"),
                               skip_bad_images=True)
   assert len(split.labels) == 9
 
@@ -121,7 +126,7 @@ def test_a_cache_that_cannot_be_written_is_a_warning(tmp_path, caplog):
   root = make_folder(tmp_path / "images")
   (tmp_path / "cache").write_text("a file where the cache dir would be")
   with caplog.at_level(logging.WARNING):
-    split, _ = data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+    split, _ = load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
   assert len(split.labels) == 9
   assert "could not cache the decoded images" in caplog.text
 
@@ -130,19 +135,19 @@ def test_corrupt_image_is_named(tmp_path):
   root = make_folder(tmp_path / "images")
   (root / "bee" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
   with pytest.raises(data.DataError, match="1 image file.*broken.jpg"):
-    data.load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
+    load_folder(str(root), 16, cache_dir=str(tmp_path / "cache"))
 
 
 def test_missing_or_empty_folders_are_refused(tmp_path):
   with pytest.raises(data.DataError, match="does not exist"):
-    data.list_folder(str(tmp_path / "nope"))
+    list_folder(str(tmp_path / "nope"))
   (tmp_path / "empty").mkdir()
   with pytest.raises(data.DataError, match="no class subfolders"):
-    data.list_folder(str(tmp_path / "empty"))
+    list_folder(str(tmp_path / "empty"))
   root = make_folder(tmp_path / "images")
   (root / "wasp").mkdir()
   with pytest.raises(data.DataError, match="without images.*wasp"):
-    data.list_folder(str(root))
+    list_folder(str(root))
 
 
 def test_a_single_class_is_refused_for_training(tmp_path):
@@ -181,7 +186,7 @@ def test_a_folder_trains_whole_and_evaluates_on_another_or_not_at_all(tmp_path,
 
 
 def test_validation_split_is_stratified_disjoint_and_fixed():
-  split, _ = data.synthetic(1000, 8, 10, seed=3)
+  split, _ = synthetic(1000, 8, 10, seed=3)
   split.images[:, 0, 0, 0] = np.arange(1000) % 256  # Tag examples to trace them.
   split.images[:, 0, 1, 0] = np.arange(1000) // 256
   train, val = data.split_validation(split, 0.2)
@@ -211,7 +216,7 @@ def _batches(split, config, start):
 
 
 def test_train_batches_are_a_function_of_the_step():
-  split, _ = data.synthetic(100, 8, 4)
+  split, _ = synthetic(100, 8, 4)
   config = Config(batch_size=16, train_steps=20, augment="crop,flip,mixup", seed=5,
                   num_classes=4)
   full = _batches(split, config, 0)
@@ -226,7 +231,7 @@ def test_train_batches_are_a_function_of_the_step():
 
 
 def test_each_epoch_visits_each_example_at_most_once():
-  split, _ = data.synthetic(64, 8, 4)
+  split, _ = synthetic(64, 8, 4)
   split.images[:, 0, 0, 0] = np.arange(64)
   config = Config(batch_size=10, train_steps=12, augment="", seed=0, num_classes=4)
   batches = _batches(split, config, 0)
@@ -237,7 +242,7 @@ def test_each_epoch_visits_each_example_at_most_once():
 
 @pytest.mark.parametrize("batch", [10, 7, 128])
 def test_eval_covers_every_example_once(batch):
-  split, _ = data.synthetic(50, 8, 4)
+  split, _ = synthetic(50, 8, 4)
   ds = data.eval_dataset(split, batch, 4, None)
   masks = [b["mask"].numpy() for b in ds]
   assert len(masks) == data.eval_steps(50, batch)
@@ -248,7 +253,7 @@ def test_eval_covers_every_example_once(batch):
 def test_per_replica_slicing():
   ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
                                    num_replicas_in_sync=2)
-  split, _ = data.synthetic(40, 8, 4)
+  split, _ = synthetic(40, 8, 4)
   config = Config(batch_size=8, train_steps=2, augment="mixup", num_classes=4)
   per_replica = list(data.train_dataset(split, config, 0, ctx))
   whole = list(data.train_dataset(split, config, 0, None))
@@ -259,7 +264,7 @@ def test_per_replica_slicing():
 
 
 def test_arrays_are_resized_in_chunks_as_they_would_be_whole():
-  split, _ = data.synthetic(10, 16, 3)
+  split, _ = synthetic(10, 16, 3)
   whole = data._resize_split(split, 24, chunk=len(split.images))  # pylint: disable=protected-access
   chunked = data._resize_split(split, 24, chunk=3)  # pylint: disable=protected-access
   assert chunked.images.shape == (10, 24, 24, 3) and chunked.images.dtype == np.uint8
@@ -270,7 +275,7 @@ def test_arrays_are_resized_in_chunks_as_they_would_be_whole():
 @pytest.mark.parametrize("fraction, empty", [(0.1, "validation"), (0.999, "training")])
 def test_a_val_split_too_small_or_large_for_the_classes_says_what_would_work(fraction, empty):
   labels = np.repeat(np.arange(3000), 2).astype(np.int32)  # 3,000 classes of 2 images.
-  split = data.Split(np.zeros((6000, 1, 1, 3), np.uint8), labels)
+  split = Arrays(np.zeros((6000, 1, 1, 3), np.uint8), labels)
   names = [f"class_{i:04d}" for i in range(3000)]
   with pytest.raises(data.DataError, match=(
       rf"--val_split={fraction} leaves an empty {empty} set of 6000 examples: .* the 3000 "
@@ -282,7 +287,7 @@ def test_a_val_split_too_small_or_large_for_the_classes_says_what_would_work(fra
 
 
 def test_a_class_held_out_whole_is_named(caplog):
-  split = data.Split(np.zeros((5, 1, 1, 3), np.uint8), np.array([0, 0, 0, 0, 1], np.int32))
+  split = Arrays(np.zeros((5, 1, 1, 3), np.uint8), np.array([0, 0, 0, 0, 1], np.int32))
   with caplog.at_level(logging.WARNING):
     train, _ = data.split_validation(split, 0.6, ["ant", "bee"])
   assert list(train.labels) == [0, 0]
@@ -293,15 +298,15 @@ def test_a_class_held_out_whole_is_named(caplog):
 def test_what_a_folder_cannot_hold_is_said(tmp_path, caplog, monkeypatch):
   root = make_folder(tmp_path / "images")
   with pytest.raises(data.DataError, match="is a file, not a folder of class subfolders"):
-    data.list_folder(str(root / "cat" / "0.jpg"))
+    list_folder(str(root / "cat" / "0.jpg"))
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "stray.png")
   with caplog.at_level(logging.WARNING):
-    assert len(data.list_folder(str(root))[0]) == 9
+    assert len(list_folder(str(root))[0]) == 9
   assert "ignored 1 image(s) in no class folder (stray.png)" in caplog.text
   os.symlink(tmp_path / "unmounted" / "dog", root / "dog")  # A class that would be lost.
   with pytest.raises(data.DataError, match=r"1 link\(s\) in .* lead to nothing: dog -> "
                                            r".*unmounted/dog; point them"):
-    data.list_folder(str(root))
+    list_folder(str(root))
   os.remove(root / "dog")
   scandir = os.scandir
 
@@ -313,4 +318,4 @@ def test_what_a_folder_cannot_hold_is_said(tmp_path, caplog, monkeypatch):
   monkeypatch.setattr(os, "scandir", denied)
   with pytest.raises(data.DataError, match=r"cannot list the folder '.*bee' \(Permission "
                                            r"denied\); make it readable"):
-    data.list_folder(str(root))
+    list_folder(str(root))

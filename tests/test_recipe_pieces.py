@@ -12,13 +12,14 @@ from research import data, distribute, ema, loop, losses, models, optim, predict
 from research.config import Config, ConfigError
 from research.models import airbench
 from research.models.batchnorm import FusedBatchNorm
+from research.sources.datasets import synthetic
 from tests.conftest import make_runner
 
 
 def test_patch_whitening_decorrelates_patches():
   keras.mixed_precision.set_global_policy("float32")
   model = models.MODELS.get("airbench")(10, 16)
-  split, _ = data.synthetic(256, 16, 10)
+  split, _ = synthetic(256, 16, 10)
   assert models.init_from_data(model, split.images) == ["whiten"]
   whitened = keras.Model(model.inputs, model.get_layer("whiten").output)
   out = whitened.predict(split.images.astype(np.float32), verbose=0).reshape(-1, 24)

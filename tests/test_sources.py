@@ -14,7 +14,11 @@ import tensorflow as tf
 
 from research import data, evaluation, loop
 from research.config import Config
-from research.sources import files, records
+from research.sources import images, records
+from research.sources import cache
+from research.sources.cache import open_folder
+from research.sources.datasets import synthetic
+from research.sources.memory import Arrays
 from scripts import make_tfrecords
 from tests.test_data import make_folder
 
@@ -38,7 +42,7 @@ def record_set(folder, tmp_path_factory):
 def _open(folder, cache, tmp_path):
   config = Config(dataset="folder", data_dir=folder, image_size=16, data_cache=cache,
                   cache_dir=str(tmp_path / "cache"))
-  return data.open_folder(folder, config)[0]
+  return open_folder(folder, config)[0]
 
 
 def _train(source, train_steps, start=0, ctx=None, **overrides):
@@ -57,7 +61,7 @@ def _assert_same(batches, others):
 
 def test_a_streamed_folder_gives_exactly_the_batches_of_memory(folder, tmp_path):
   streamed, in_memory = _open(folder, "none", tmp_path), _open(folder, "memory", tmp_path)
-  assert isinstance(streamed, files.Files) and isinstance(in_memory, data.Split)
+  assert isinstance(streamed, images.Files) and isinstance(in_memory, Arrays)
   _assert_same(_train(streamed, 12), _train(in_memory, 12))
   evaluated = [list(data.eval_dataset(s, 4, 3, None)) for s in (streamed, in_memory)]
   _assert_same(*[[{k: v.numpy() for k, v in b.items()} for b in e] for e in evaluated])
@@ -67,10 +71,10 @@ def test_a_streamed_folder_gives_exactly_the_batches_of_memory(folder, tmp_path)
 def test_auto_streams_a_folder_that_would_not_fit_in_memory(folder, tmp_path, monkeypatch,
                                                            caplog):
   caplog.set_level(logging.INFO)
-  monkeypatch.setattr(data, "available_memory", lambda: 10 ** 9)
-  assert isinstance(_open(folder, "auto", tmp_path), data.Split)
-  monkeypatch.setattr(data, "available_memory", lambda: 4 * 16 * 16 * 3 * 20)
-  assert isinstance(_open(folder, "auto", tmp_path), files.Files)
+  monkeypatch.setattr(cache, "available_memory", lambda: 10 ** 9)
+  assert isinstance(_open(folder, "auto", tmp_path), Arrays)
+  monkeypatch.setattr(cache, "available_memory", lambda: 4 * 16 * 16 * 3 * 20)
+  assert isinstance(_open(folder, "auto", tmp_path), images.Files)
   assert "read from the files as training goes (--data_cache=auto)" in caplog.text
 
 
@@ -82,7 +86,7 @@ def test_a_streamed_folder_names_or_skips_unreadable_files(tmp_path):
     _open(str(root), "none", tmp_path)
   config = Config(dataset="folder", data_dir=str(root), image_size=16, data_cache="none",
                   skip_bad_images=True)
-  source, _ = data.open_folder(str(root), config)
+  source, _ = open_folder(str(root), config)
   assert len(source) == 9 and not any("cut.jpg" in p for p in source.paths)
 
 
@@ -101,7 +105,7 @@ def test_skipping_an_unreadable_file_moves_no_other_across_the_validation_split(
                   skip_bad_images=True, cache_dir=str(tmp_path / "cache"))
 
   def sides():
-    source, _ = data.open_folder(str(root), config)
+    source, _ = open_folder(str(root), config)
     return [set(part.head(len(part))[:, 0, 0, 0].tolist())
             for part in data.split_validation(source, 0.25)]
   train, val = sides()
@@ -119,19 +123,19 @@ def test_a_streamed_folder_keeps_the_files_a_decoded_one_keeps(tmp_path):
                  for suffix in (".jpg", ".png")]
   jpeg.write_bytes(jpeg.read_bytes() + bytes(200))  # After the end marker: still readable.
   png.write_bytes(png.read_bytes()[:-40])  # Cut off: unreadable.
-  assert files.looks_readable(str(jpeg)) and not files.looks_readable(str(png))
+  assert images.looks_readable(str(jpeg)) and not images.looks_readable(str(png))
   # WebP, which decode_image reads, whatever the file's name says.
   pixels = np.full((8, 8, 3), 200, np.uint8)
   for name in ("w.webp", "webp_named.jpg"):
     Image.fromarray(pixels).save(root / "ant" / name, "WEBP", lossless=True)
-  assert files.looks_readable(str(root / "ant" / "webp_named.jpg"))
+  assert images.looks_readable(str(root / "ant" / "webp_named.jpg"))
   # A 1-bit BMP: its header is whole, but TensorFlow does not decode it.
   Image.fromarray(pixels[..., 0] > 100).save(root / "bee" / "mono.bmp")
-  assert not files.looks_readable(str(root / "bee" / "mono.bmp"))
+  assert not images.looks_readable(str(root / "bee" / "mono.bmp"))
   config = Config(dataset="folder", data_dir=str(root), image_size=16,
                   skip_bad_images=True, cache_dir=str(tmp_path / "cache"))
-  streamed, _ = data.open_folder(str(root), config.replace(data_cache="none"))
-  in_memory, _ = data.open_folder(str(root), config.replace(data_cache="memory"))
+  streamed, _ = open_folder(str(root), config.replace(data_cache="none"))
+  in_memory, _ = open_folder(str(root), config.replace(data_cache="memory"))
   assert len(streamed) == len(in_memory) == 10
   np.testing.assert_array_equal(streamed.head(10), in_memory.head(10))
 
@@ -143,14 +147,14 @@ def test_whole_webp_and_bmp_files_are_vouched_for_by_their_headers(tmp_path, mon
     Image.fromarray(pixels).save(tmp_path / name, kind)
   webp, bmp = str(tmp_path / "w.webp"), str(tmp_path / "b.bmp")
   with monkeypatch.context() as patched:
-    patched.setattr(files, "_decodes", lambda path: False)
-    assert files.looks_readable(webp) and files.looks_readable(bmp)
+    patched.setattr(images, "_decodes", lambda path: False)
+    assert images.looks_readable(webp) and images.looks_readable(bmp)
   with open(webp, "ab") as f:  # No longer the size its header says: decoded to decide.
     f.write(b"x")
-  assert files.looks_readable(webp)
+  assert images.looks_readable(webp)
   whole = open(webp, "rb").read()
   open(webp, "wb").write(whole[:-31])
-  assert not files.looks_readable(webp)
+  assert not images.looks_readable(webp)
 
 
 def test_an_8_bit_bmp_decodes_to_its_colours_not_its_palette_indices(tmp_path):
@@ -160,7 +164,7 @@ def test_an_8_bit_bmp_decodes_to_its_colours_not_its_palette_indices(tmp_path):
   Image.fromarray(pixels[..., 1]).save(tmp_path / "grey.bmp")  # 8-bit too, a grey table
   Image.fromarray(pixels).save(tmp_path / "rgb.bmp")  # 24-bit: no table
   # At the images' own size: no resampling.
-  decode = lambda name: files.decode_image(tf.io.read_file(str(tmp_path / name)), 6).numpy()
+  decode = lambda name: images.decode_image(tf.io.read_file(str(tmp_path / name)), 6).numpy()
   np.testing.assert_array_equal(decode("palette.bmp"), pixels)
   np.testing.assert_array_equal(decode("grey.bmp")[..., 0], pixels[..., 1])
   np.testing.assert_array_equal(decode("rgb.bmp"), pixels)
@@ -172,7 +176,7 @@ def test_a_record_set_holds_the_files_unchanged_in_balanced_shards(folder, recor
   assert metadata["class_names"] == ["ant", "bee", "cat"]
   assert [s["count"] for s in metadata["shards"]] == [7, 7, 7]
   assert all(set(s["labels"]) == {0, 1, 2} for s in metadata["shards"])
-  source, _ = data.open_records(record_set, 16)
+  source, _ = records.Records.open(record_set, 16)
   streamed = _open(folder, "none", tmp_path)
   # The same images (bytes stored unchanged, decoded alike) under other indices.
   by_bytes = {open(p, "rb").read(): i for i, p in enumerate(streamed.paths)}
@@ -197,13 +201,13 @@ def test_a_sample_of_a_folder_spans_its_classes(folder, record_set, tmp_path, ca
   np.testing.assert_array_equal(source.labels[chosen], sample.labels)
   assert source.sample(21) is source
   # A record set is dealt over its shards when written: its first examples are a sample.
-  records_source, _ = data.open_records(record_set, 16)
+  records_source, _ = records.Records.open(record_set, 16)
   np.testing.assert_array_equal(records_source.sample(6).head(6), records_source.head(6))
   assert len(set(records_source.sample(6).labels)) > 1
 
 
 def test_records_resume_at_any_step_exactly_and_visit_each_example_once(record_set):
-  source, _ = data.open_records(record_set, 16)
+  source, _ = records.Records.open(record_set, 16)
   train, val = data.split_validation(source, 0.2)
   full = _train(train, 12)  # 16 examples, 4 steps an epoch, shards of 5-6 kept ones.
   for start in (1, 3, 4, 6, 9):  # Mid-shard, across shards, at and after epoch ends.
@@ -282,7 +286,7 @@ def test_a_damaged_record_set_stops_with_an_error_naming_what_is_wrong(record_se
     data.load(config)
 
 
-class CountingArrays(data.Split):
+class CountingArrays(Arrays):
   """Arrays that record how many examples each traced `read` asks for."""
 
   def read(self, payloads):
@@ -292,7 +296,7 @@ class CountingArrays(data.Split):
 
 @pytest.mark.parametrize("augment", ["crop(padding=2),flip,label_noise(rate=0.5)", "mixup"])
 def test_each_worker_builds_its_own_share_of_the_batch(augment):
-  split, _ = data.synthetic(48, 8, 3)
+  split, _ = synthetic(48, 8, 3)
   source = CountingArrays(split.images, split.labels)
   source.reads = []
   one_machine = tf.distribute.InputContext(1, 0, 2)  # 2 replicas, one pipeline.
@@ -332,7 +336,7 @@ def test_a_data_service_makes_every_batch_exactly_once(monkeypatch, block):
   address = dispatcher.target.split("://")[1]
   workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address))
              for _ in range(2)]
-  split, _ = data.synthetic(40, 8, 3)
+  split, _ = synthetic(40, 8, 3)
   local = _train(split, 12, start=3)
   served = _train(split, 12, start=3, data_service=dispatcher.target)
   # The workers race, so the order may differ; each batch is exactly the local one.
@@ -373,12 +377,12 @@ def test_a_streamed_file_that_fails_mid_run_is_named(split, during, unsaved, tmp
   config = make_config(dataset="folder", data_dir=str(root), data_cache="none",
                        val_split=0.25, batch_size=6, train_steps=6,
                        checkpoint_every=3, eval_every=6)
-  source, _ = data.open_folder(str(root), config)
+  source, _ = open_folder(str(root), config)
   jpegs = [p for p in data.split_validation(source, 0.25)[split].paths
            if p.endswith(".jpg") and os.path.getsize(p) > 1000]
-  assert files.looks_readable(jpegs[0])
+  assert images.looks_readable(jpegs[0])
   _corrupt_middle(jpegs[0])
-  assert files.looks_readable(jpegs[0])  # Only decoding finds it.
+  assert images.looks_readable(jpegs[0])  # Only decoding finds it.
   with pytest.raises(data.DataError, match=rf"1 image file\(s\) could not be read or "
                                            rf"decoded {during} (\d+): {jpegs[0]}\. Replace"
                       ) as error:
@@ -398,8 +402,8 @@ def test_a_record_set_trains_from_a_file_system_tensorflow_reads(record_set, mak
     tf.io.gfile.copy(os.path.join(record_set, name), f"{remote}/{name}", overwrite=True)
   config = make_config(dataset="tfrecord", data_dir=remote, val_split=0.25, batch_size=4,
                        train_steps=3, eval_every=3)
-  source, names = data.open_records(remote, 16)
-  local, _ = data.open_records(record_set, 16)
+  source, names = records.Records.open(remote, 16)
+  local, _ = records.Records.open(record_set, 16)
   assert names == ["ant", "bee", "cat"]
   np.testing.assert_array_equal(source.head(21), local.head(21))
   assert np.isfinite(loop.train(config).train_history[-1][1]["loss"])
@@ -413,4 +417,4 @@ def test_workers_that_read_every_shard_say_so():
       "each of the 2 workers reads all 2 shards of the record set (a step's examples come "
       "from the shards in one sequence) and decodes only its share")
   assert data.shard_reading(shards, 1) is None
-  assert data.shard_reading(data.synthetic(8, 16, 2)[0], 2) is None  # Read by index.
+  assert data.shard_reading(synthetic(8, 16, 2)[0], 2) is None  # Read by index.

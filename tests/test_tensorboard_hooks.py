@@ -14,6 +14,7 @@ from research import data, distribute, events, hooks, loop, plots, predict
 from research import tensorboard_hooks
 from tests.conftest import make_runner
 from research.config import ConfigError
+from research.sources.memory import Arrays
 
 ALL = ("train_images(every=3),predictions,histograms(every=3),hparams,"
        "profile(start=2, stop=4),model_summary")
@@ -87,7 +88,7 @@ def test_confusion_matrix_counts():
 
 
 def test_confident_mistakes_are_the_most_confident_wrong_guesses(monkeypatch):
-  split = data.Split(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 1, 1], np.int32))
+  split = Arrays(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 1, 1], np.int32))
   probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]], np.float32)
   monkeypatch.setattr(predict, "probabilities", lambda model, images, tta, **kw: probs)
   drawn = []

@@ -16,13 +16,14 @@ falls in.
 import contextlib
 import json
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
 
 from research import files
-from research.sources import Source
-from research.sources.files import decode_image
+from research.sources import DataError, Source
+from research.sources.images import decode_image
 
 METADATA = "metadata.json"
 FEATURES = {"image": tf.io.FixedLenFeature([], tf.string),
@@ -62,11 +63,25 @@ class Records(Source):
 
   @classmethod
   def open(cls, directory, image_size):
-    """(Records, class names) of the record set in `directory`."""
-    metadata = read_metadata(directory)
+    """(Records, class names) of the record set in `directory`; DataError if it is not
+    one, or lacks shards its metadata lists."""
+    try:
+      metadata = read_metadata(directory)
+    except FileNotFoundError as e:
+      raise DataError(f"{directory!r} is not a record set (no {METADATA}); write one "
+                      "with scripts/make_tfrecords.py --data_dir=FOLDER --output=DIR") from e
+    except (OSError, ValueError, KeyError) as e:
+      raise DataError(f"{directory!r}/{METADATA} is unreadable ({e}); write the "
+                      "record set again") from e
     shards = metadata["shards"]
-    return cls([os.path.join(directory, s["file"]) for s in shards],
-               [s["count"] for s in shards],
+    paths = [os.path.join(directory, s["file"]) for s in shards]
+    missing = [os.path.basename(p) for p in paths if not tf.io.gfile.exists(p)]
+    if missing:
+      raise DataError(f"{directory!r} lacks {len(missing)} of the {len(paths)} shards "
+                      f"its {METADATA} lists: {', '.join(missing[:5])}"
+                      f"{' ...' if len(missing) > 5 else ''}; copy them too, or write the "
+                      "record set again")
+    return cls(paths, [s["count"] for s in shards],
                np.concatenate([np.asarray(s["labels"], np.int32) for s in shards]),
                image_size), metadata["class_names"]
 
@@ -104,6 +119,17 @@ class Records(Source):
 
   def encoded(self, payloads):
     return payloads
+
+  def unreadable(self, error, payloads, during):
+    """A record set's damage (a cut-off or vanished shard, a record that does not
+    decode) as a DataError with TensorFlow's reason alone, without the traceback of the
+    graph's ops and their names."""
+    del payloads
+    reason = " ".join(re.sub(r"\{\{function_node [^}]*\}\}|\[\[\{\{node [^]]*\]\]|"
+                             r"\[Op:[^]]*\]", "", error.message.split("\n\n")[-1]).split())
+    return DataError(f"the record set could not be read {during}: {reason}. Write it "
+                     "again from readable images (scripts/make_tfrecords.py) and rerun the "
+                     "same command (a run resumes from its last checkpoint)")
 
   def _shard(self, shard):
     """The kept examples of shard number `shard` (an int64 tensor), in record order."""

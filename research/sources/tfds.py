@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from research.sources import DataError
-from research.sources.files import decode_image
+from research.sources.images import decode_image
 from research.sources.memory import Arrays
 
 PREFIX = "tfds:"

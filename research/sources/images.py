@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from research.sources import Indexed
+from research.sources import DataError, Indexed
 
 # Leading bytes of the formats tf.io.decode_image reads whose end is checked here
 # (whatever else it reads is decoded to decide).
@@ -59,7 +59,7 @@ def looks_readable(path):
   that does not end as its format does (a cut-off copy, or bytes after the image, as in
   a phone's motion photo) is decoded to decide, so a folder streamed from its files
   holds the files a decoded one does. Only damage in the middle passes; it is found
-  when the file is read (data.naming_bad_files)."""
+  when the file is read (research.sources.naming_bad_files)."""
   try:
     with open(path, "rb") as f:
       head = f.read(_HEAD_BYTES)
@@ -91,6 +91,25 @@ def _decodes(path):
     return False
 
 
+def decode_images(paths, image_size):
+  """Decodes image files to uint8 RGB [N,S,S,3] with `decode_image`.
+
+  Returns (images, ok): `ok[i]` is False where file i could not be decoded.
+  """
+  def decode(index, path):
+    return index, decode_image(tf.io.read_file(path), image_size)
+
+  ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.ignore_errors().batch(1024)
+  images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
+  seen = np.zeros(len(paths), bool)
+  for index, batch in ds.as_numpy_iterator():
+    images[index] = batch
+    seen[index] = True
+  return images, seen
+
+
 class Files(Indexed):
   """Image files, `paths` [N] with `labels` [N], decoded at `image_size` as they are
   read. The payload is the example id: the paths are held once, not in every epoch's
@@ -117,3 +136,17 @@ class Files(Indexed):
   def _paths_of(self, payloads):
     # From a list: a fixed-width numpy copy would give every path the longest one's room.
     return tf.gather(self.constant("_paths", self.paths.tolist()), payloads)
+
+  def unreadable(self, error, payloads, during):
+    """The DataError naming the files among `payloads()` that cannot be read or decoded,
+    found by decoding each on its own (TensorFlow's `error` names none); None if all
+    decode."""
+    del error
+    paths = self.paths[np.unique(payloads())].astype(str)
+    bad = list(paths[~decode_images(paths, self.image_size)[1]])
+    if not bad:
+      return None
+    listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return DataError(f"{len(bad)} image file(s) could not be read or decoded {during}: "
+                     f"{listed}. Replace them with readable copies and rerun the same "
+                     "command (a run resumes from its last checkpoint)")
