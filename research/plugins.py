@@ -23,7 +23,7 @@ from research.registry import SpecError
 # of research/ideas (one idea per file) is imported after these.
 BUILTIN_MODULES = ("research.augment", "research.losses", "research.metrics", "research.probes",
                    "research.regularizers", "research.steps", "research.optim",
-                   "research.models", "research.tensorboard_hooks")
+                   "research.models", "research.actions", "research.tensorboard_hooks")
 IDEAS_PACKAGE = "research.ideas"
 
 
@@ -119,7 +119,8 @@ def _REGISTRIES():  # pylint: disable=invalid-name
           "metrics": (metrics.METRICS, True, _classes),
           "probes": (probes.PROBES, True, settings_only),
           "regularizers": (regularizers.REGULARIZERS, True, settings_only),
-          "hooks": (hooks.HOOKS, True, lambda config: (config,))}
+          "hooks": (hooks.HOOKS, True, lambda config: (config,)),
+          "actions": (hooks.HOOKS, True, lambda config: (config,))}
 
 
 def _classes(config):
