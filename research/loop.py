@@ -29,7 +29,8 @@ from research import model_dir as model_dir_lib, models, optim
 from research import plugins, steps, transfer
 from research import precision as precision_lib
 from research import summaries
-from research.actions import NonFiniteError, Preempted, UselessRun  # noqa: F401  (train.py reads them here)
+# Raised by the default actions; train.py and the tests read them here.
+from research.actions import NonFiniteError, Preempted, UselessRun  # noqa: F401
 from research.config import ConfigError
 from research.state import TrainState
 from research.summaries import Writers, format_seconds
@@ -116,7 +117,8 @@ def _run_calls(config, actions, ctx, train_input):
     if ctx.call.compiling:
       logging.info("compiled the train loop and ran step %d in %s", ctx.step,
                    format_seconds(ctx.call.seconds))
-    step_seconds = ctx.call.seconds / num  # After compiling, an over-estimate: calls start short.
+    # After compiling, an over-estimate: calls start short.
+    step_seconds = ctx.call.seconds / num
     if ctx.step == config.freeze_steps and ctx.call.start < ctx.step:
       logging.info("step %d: the head-only phase (--freeze_epochs) is over; every "
                    "variable trains from here", ctx.step)

@@ -45,7 +45,8 @@ def test_the_default_actions_run_around_the_hooks_in_order(make_config):
 
 
 def test_a_hook_runs_behind_the_ones_it_names_and_a_cycle_or_unknown_name_is_refused():
-  order = lambda *specs: [h.name for h in hooks.order([Hook(name=n, after=a) for n, a in specs])]
+  order = lambda *specs: [h.name for h in hooks.order([Hook(name=n, after=a)
+                                                        for n, a in specs])]
   assert order(("a", ("c",)), ("b", ()), ("c", ())) == ["b", "c", "a"]
   assert order(("a", ()), ("b", ("a",))) == ["a", "b"]  # Already behind: not moved.
   with pytest.raises(ConfigError, match="a cycle.*: a after b; b after a"):
