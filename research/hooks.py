@@ -182,5 +182,5 @@ def order(hooks):
       raise ConfigError("hooks that each run after another (a cycle): " + "; ".join(
           f"{h.name} after {', '.join(h.after)}" for h in left if h.after))
     placed.append(ready)
-    left.remove(ready)
+    left = [h for h in left if h is not ready]
   return placed
