@@ -24,6 +24,8 @@ ON_NAN = ("skip", "rollback", "halt")
 # TensorBoard extras on by default: their measured cost is under 3% of a CIFAR run
 # (docs/TENSORBOARD.md); the profile stays opt-in.
 DEFAULT_HOOKS = "train_images,predictions,histograms,hparams,model_summary"
+# The loop's actions in order (research/hooks.py); `hooks` is where --hooks run.
+DEFAULT_ACTIONS = "nan_policy,log,evaluate,hooks,checkpoint,save_model,useless_run"
 
 # Fields of which a run sets one at most: a model's default for one of them is not taken
 # when a flag sets another (research/models: training defaults).
@@ -202,6 +204,9 @@ class Config:
                                 "of this step (1-based) NaN (0: never)")
   hooks: str = _field(DEFAULT_HOOKS, "comma-separated hooks run at loop points (none: "
                       "no hooks), e.g. histograms(every=500),profile(start=10,stop=20)")
+  actions: str = _field(DEFAULT_ACTIONS, "the loop's work between compiled calls, in "
+                        "order, `hooks` standing for --hooks: replace or add an item "
+                        "(docs/extending-actions.md)")
   plugins: str = _field("", "comma-separated modules (names on PYTHONPATH or .py paths) "
                         "whose registrations join the registries")
 

@@ -88,10 +88,9 @@ def is_multi_worker(strategy):
 
 
 class Agreement:
-  """`agree(signal, steps) -> (signal, steps)`: the largest signal number any worker has
-  received (0: none) and the fewest steps any worker proposes for the next call. Under
-  multi_worker, one all-gather of two numbers, so every worker runs calls of the same
-  length and all stop and save at the same step; elsewhere, the values given."""
+  """What every worker of a multi-worker run agrees on between calls, so all run calls
+  of the same length and stop and save at the same step: one all-gather of two numbers
+  each time; elsewhere, the values given."""
 
   def __init__(self, strategy):
     self.strategy = strategy if is_multi_worker(strategy) else None
@@ -104,7 +103,15 @@ class Agreement:
         args=(values,))
     return self.strategy.experimental_local_results(gathered)[0]
 
-  def __call__(self, signal, steps):
+  def fewest_steps(self, steps):
+    """The fewest steps any worker proposes for the next call."""
+    return self._gathered(0, steps)[1]
+
+  def largest_signal(self, signal):
+    """The largest signal number any worker has received (0: none)."""
+    return self._gathered(signal, 0)[0]
+
+  def _gathered(self, signal, steps):
     if self.strategy is None:
       return signal, steps
     values = self._gather(tf.constant([signal, steps], tf.int64)).numpy()

@@ -40,7 +40,7 @@ RUN_FIELDS = frozenset((
     "steps_per_loop", "loop_seconds", "progress_seconds", "eval_every", "log_every",
     "checkpoint_every", "keep_checkpoints", "on_nan", "nan_retries", "inject_nan_step",
     "max_skipped_fraction",
-    "hooks", "plugins", "metrics", "probes", "tta", "tta_final_only", "eval_data_dir",
+    "hooks", "actions", "plugins", "metrics", "probes", "tta", "tta_final_only", "eval_data_dir",
     "allow_config_change", "allow_data_change", "cluster_resolver", "port_base",
     "data_cache", "data_service",  # The same batches (data_service: in another order).
     "weights", "init_from", "init_weights",  # These only act at a fresh start.

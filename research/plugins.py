@@ -30,7 +30,7 @@ from research.registry import SpecError
 # of research/ideas (one idea per file) is imported after these.
 BUILTIN_MODULES = ("research.augment", "research.losses", "research.metrics", "research.probes",
                    "research.regularizers", "research.steps", "research.optim",
-                   "research.models", "research.tensorboard_hooks",
+                   "research.models", "research.actions", "research.tensorboard_hooks",
                    "research.sources.datasets")
 IDEAS_PACKAGE = "research.ideas"
 
@@ -139,6 +139,7 @@ _REGISTRIES = {"model": (models.MODELS, False, None),
                "probes": (probes.PROBES, True, _settings_only),
                "regularizers": (regularizers.REGULARIZERS, True, _settings_only),
                "hooks": (hooks.HOOKS, True, _the_config),
+               "actions": (hooks.HOOKS, True, _the_config),
                "dataset": (sources.DATASETS, False, _the_config)}
 
 

@@ -25,7 +25,6 @@ from scripts import cli  # noqa: E402
 
 HOOK_NAMES = ("train_images", "predictions", "histograms", "hparams", "profile",
               "model_summary")
-EVENTS = ("on_step", "at_start", "after_eval", "at_end")
 flags.DEFINE_integer("steps", 300, "training steps of each run")
 flags.DEFINE_string("model", "resnet20", "model of every run")
 flags.DEFINE_integer("batch_size", 32, "examples per step")
@@ -47,7 +46,7 @@ def register_timed(name, spec, seconds, calls):
 
   def build(config):
     hook = hooks.HOOKS.build(spec, config)
-    wrapped = {e: timed(getattr(hook, e)) for e in EVENTS if getattr(hook, e)}
+    wrapped = {e: timed(getattr(hook, e)) for e in hooks.EVENTS if getattr(hook, e)}
     return dataclasses.replace(hook, **wrapped)  # Same cadence and eval metrics, timed.
 
   hooks.HOOKS.register(f"timed_{name}")(build)

@@ -7,14 +7,14 @@ import sys
 import numpy as np
 import pytest
 
-from research import loop
+from research import actions, loop
 from research.config import ConfigError
 from tests.conftest import ROOT
 
 
 def test_the_share_of_skipped_steps_and_a_non_finite_evaluation_decide(make_config):
   config = make_config()  # --max_skipped_fraction=0.1
-  useless = lambda skipped, final_eval=None, c=config: loop._uselessness(  # pylint: disable=protected-access
+  useless = lambda skipped, final_eval=None, c=config: actions.uselessness(
       c, 20, skipped, final_eval)
   assert useless(2) is None and useless(2, {"loss": 0.5, "examples": 64}) is None
   assert "3 of its 20 steps (15%) were skipped as non-finite" in useless(3)

@@ -13,7 +13,6 @@ head scaled by 1/9. Each trick is separately switchable through its registered n
 import keras
 from keras import layers, ops
 import numpy as np
-import tensorflow as tf
 
 from research.models.batchnorm import FusedBatchNorm
 from research.models.registry import MODELS, training_defaults, standardized_input
