@@ -102,7 +102,7 @@ def _train(config, strategy, chief):
   state = TrainState(config, strategy, data.class_names,
                      eval_metrics=[m for h in hooks for m in h.eval_metrics])
   _check_activations(config, state.model)
-  runner = steps.Runner(state, steps.StepSpec.from_config(config, state.model), strategy)
+  runner = steps.Runner(state, steps.StepSpec.from_config(config, state.model, state.rules), strategy)
   with strategy.scope():
     # Every worker saves (saving is collective); only the chief's copy is kept, and
     # every worker restores from it (the model dir is on storage they share).

@@ -21,7 +21,8 @@ from research.registry import SpecError
 
 # Importing each fills its registries; `registries()` maps flags to them. Every module
 # of research/ideas (one idea per file) is imported after these.
-BUILTIN_MODULES = ("research.augment", "research.losses", "research.metrics", "research.probes",
+BUILTIN_MODULES = ("research.augment", "research.gradients", "research.losses",
+                   "research.metrics", "research.probes",
                    "research.regularizers", "research.steps", "research.optim",
                    "research.models", "research.tensorboard_hooks")
 IDEAS_PACKAGE = "research.ideas"
@@ -106,13 +107,14 @@ def _REGISTRIES():  # pylint: disable=invalid-name
   config giving the builder's code-supplied arguments, or None where building is
   costly (models). Metrics get the data's classes where they are known without reading
   it (research.data.class_names_of)."""
-  from research import augment, hooks, losses, metrics, models, optim  # pylint: disable=g-import-not-at-top
+  from research import augment, gradients, hooks, losses, metrics, models, optim  # pylint: disable=g-import-not-at-top
   from research import probes, regularizers, steps  # pylint: disable=g-import-not-at-top
   settings_only = lambda config: ()
   return {"model": (models.MODELS, False, None),
           "loss": (losses.LOSSES, False, settings_only),
           "optimizer": (optim.OPTIMIZERS, False, None),
           "param_rules": (optim.RULES, True, lambda config: (config,)),
+          "grad_transforms": (gradients.GRAD_TRANSFORMS, True, settings_only),
           "schedule": (optim.SCHEDULES, False, None),
           "step": (steps.STEPS, False, settings_only),
           "augment": (augment.AUGMENTATIONS, True, settings_only),
