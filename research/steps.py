@@ -59,10 +59,6 @@ class StepSpec:
   total_steps: int = 0        # the run's length, and an epoch's, for the step context
   steps_per_epoch: int = 0
   grad_transforms: Any = None  # research.gradients.Transforms of the update, or None
-  # The gradient path, in order: (state, spec, Gradients) -> Gradients on each replica,
-  # then, for each update applied, (Update) -> None in cross-replica context.
-  replica_path: tuple = ()
-  update_path: tuple = ()
 
   @classmethod
   def from_config(cls, config, model, rules):
@@ -74,7 +70,7 @@ class StepSpec:
         raise ConfigError(f"--freeze_epochs and --backbone_lr_scale need a head: --model="
                           f"{config.model} has no layer named {transfer.HEAD_LAYER!r}")
     backbone = [i for i in range(len(rules)) if i not in head]
-    spec = cls(
+    return cls(
         kind=STEPS.build(config.step), loss=losses.LOSSES.build(config.loss),
         regularizers=tuple(regularizers.REGULARIZERS.build(spec) for spec in
                            regularizers.REGULARIZERS.parse_list(config.regularizers)),
@@ -91,18 +87,21 @@ class StepSpec:
         inject_nan_step=config.inject_nan_step, jit_compile=config.jit_compile,
         total_steps=config.train_steps, steps_per_epoch=config.steps_per_epoch,
         grad_transforms=gradients.Transforms.build(config.grad_transforms, rules))
-    return dataclasses.replace(spec, replica_path=spec.replica_stages(),
-                               update_path=spec.update_stages())
 
-  def replica_stages(self):
-    """This spec's stages on each replica's gradients, in order."""
+  # The gradient path, in order: stages `(state, spec, Gradients) -> Gradients` on each
+  # replica, then for each update applied `(Update) -> None` in cross-replica context.
+
+  @property
+  def replica_path(self):
+    """The stages on each replica's gradients, in order."""
     stages = [check_finite] + ([accumulate] if self.grad_accum_steps > 1 else [])
     if self.grad_transforms is None and any(s != 1.0 for s in self.grad_scales):
       stages.insert(0, scale_by_rules)  # With transforms, after them (`transformed`).
     return tuple(stages)
 
-  def update_stages(self):
-    """This spec's stages of an update, in order."""
+  @property
+  def update_path(self):
+    """The stages of an update, in order."""
     stages = [apply_gradients if self.grad_transforms is None else transform_and_apply]
     stages += [scale_updates] if self.update_scales else []
     stages += [freeze] if self.frozen_after else []
