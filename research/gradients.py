@@ -56,8 +56,7 @@ class Transforms:
 
 @GRAD_TRANSFORMS.register("clip_norm")
 def clip_norm(max=1.0):  # pylint: disable=redefined-builtin  (the flag's word)
-  """Scales the gradients down to a global norm of at most `max` (over the variables it
-  applies to)."""
+  """Scales the gradients down to a global norm of at most `max`."""
   if not max > 0:
     raise ValueError(f"clip_norm: max must be > 0, got {max}")
   return lambda grads, variables: tf.clip_by_global_norm(grads, max)[0]
