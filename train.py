@@ -46,8 +46,8 @@ config_lib.define_flags(flags.FLAGS, *help_notes())
 flags.adopt_module_key_flags(config_lib)  # --help shows them, not only --helpfull.
 flags.DEFINE_string("list", None, "print the registered items of a flag (model, augment, "
                     "loss, step, metrics, probes, regularizers, hooks, actions, optimizer, "
-                    "schedule, param_rules, dataset; 'all' for every one) with their parameters, and "
-                    "each model's training defaults, and exit")
+                    "schedule, param_rules, grad_transforms, dataset; 'all' for every one) "
+                    "with their parameters, and each model's training defaults, and exit")
 flags.DEFINE_bool("verbose", False, "show TensorFlow's start-up and per-step INFO logs "
                   "(CUDA probes, all-reduces, checkpoint shards), hidden by default")
 FLAGS = flags.FLAGS

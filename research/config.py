@@ -139,9 +139,13 @@ class Config:
   weight_decay: float = _field(5e-4, "decoupled weight decay (0: none); "
                                "BatchNorm and biases are excluded")
   param_rules: str = _field("", "per-variable settings, first match wins: optimizer, "
-                            "lr_scale, weight_decay, epochs, e.g. "
+                            "lr_scale, weight_decay, epochs, grad, e.g. "
                             "kernels(rank=4,optimizer='muon'),batchnorm(lr_scale=64) "
                             "(--list=param_rules)")
+  grad_transforms: str = _field("", "comma-separated gradient transforms, in order, on the "
+                                "gradient of each update summed over replicas, e.g. "
+                                "clip_norm(max=1.0); per variable: a rule's grad='...' "
+                                "(--list=grad_transforms)")
   weights: str = _field("none", "initial weights at a fresh start: none, imagenet (the "
                         "keras.applications backbones; downloads) or PATH: a Keras weights "
                         "file of the backbone (of the whole model, for models without one)")

@@ -203,7 +203,8 @@ def _build(config, strategy, chief, data, actions):
   all under the strategy's scope."""
   state = TrainState(config, strategy, data.class_names,
                      eval_metrics=[m for h in actions for m in h.eval_metrics])
-  runner = steps.Runner(state, steps.StepSpec.from_config(config, state.model), strategy)
+  runner = steps.Runner(state, steps.StepSpec.from_config(config, state.model, state.rules),
+                        strategy)
   with strategy.scope():
     # Every worker saves (saving is collective); only the chief's copy is kept, and
     # every worker restores from it (the model dir is on storage they share).

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from research import models
 from research.config import ConfigError
+from research.gradients import GRAD_TRANSFORMS
 from research.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -111,13 +112,14 @@ class Rule:
   train_steps: int = 0         # > 0: they train for this many steps, then stay fixed
   learning_rate: float = 0.0   # > 0: the peak rate of their optimizer, its own instance
   schedule_steps: int = 0      # > 0: their own optimizer's schedule ends at this step
+  grad: str = ""               # a gradient transform item of theirs (research/gradients.py)
 
 
 DEFAULT_RULE = Rule("default")
 
 
 def _rule(name, match, optimizer, lr_scale, weight_decay=None, train_steps=0,
-          learning_rate=0.0, schedule_steps=0):
+          learning_rate=0.0, schedule_steps=0, grad=""):
   if weight_decay not in (None, True, False):
     raise ValueError(f"{name}: weight_decay must be True or False, got {weight_decay!r}")
   if not lr_scale > 0:
@@ -127,8 +129,10 @@ def _rule(name, match, optimizer, lr_scale, weight_decay=None, train_steps=0,
                      f"{learning_rate}")
   if optimizer:
     OPTIMIZERS.parse(optimizer)  # An unknown optimizer fails here, before any data.
+  if grad:
+    GRAD_TRANSFORMS.build(grad)  # Its parse and its builder's checks, before any data.
   return Rule(name, match, optimizer, float(lr_scale), weight_decay, train_steps,
-              float(learning_rate), schedule_steps)
+              float(learning_rate), schedule_steps, grad)
 
 
 def _steps(config, epochs):
@@ -140,21 +144,24 @@ def _steps(config, epochs):
 
 
 @RULES.register("batchnorm")
-def batchnorm(config, lr_scale=1.0, optimizer="", learning_rate=0.0, weight_decay=None):
+def batchnorm(config, lr_scale=1.0, optimizer="", learning_rate=0.0, weight_decay=None,
+              grad=""):
   """BatchNorm's learned scale and offset (airbench's bias_scaler: lr_scale=64);
   `weight_decay=True` decays them too (airbench decays its norm biases)."""
   del config
   return _rule("batchnorm", lambda model, v: v.name in BATCHNORM_PARAMS, optimizer, lr_scale,
-               weight_decay, learning_rate=learning_rate)
+               weight_decay, learning_rate=learning_rate, grad=grad)
 
 
 @RULES.register("kernels")
-def kernels(config, rank=0, optimizer="", lr_scale=1.0, weight_decay=None, learning_rate=0.0):
-  """Weight kernels of rank `rank` (4: conv filters, 2: dense; 0: both), e.g. Muon's."""
+def kernels(config, rank=0, optimizer="", lr_scale=1.0, weight_decay=None, learning_rate=0.0,
+            grad=""):
+  """Weight kernels of rank `rank` (4: conv filters, 2: dense; 0: both), e.g. Muon's;
+  `grad='agc(clipping=0.01)'` transforms their gradient."""
   del config
   match = lambda model, v: v.name == "kernel" and (not rank or len(v.shape) == rank)
   return _rule(f"kernels(rank={rank})", match, optimizer, lr_scale, weight_decay,
-               learning_rate=learning_rate)
+               learning_rate=learning_rate, grad=grad)
 
 
 @RULES.register("whitening_bias")
@@ -173,7 +180,7 @@ def whitening_bias(config, epochs=3.0, optimizer="", lr_scale=1.0, decay=False,
 
 @RULES.register("pattern")
 def pattern(config, regex="", optimizer="", lr_scale=1.0, weight_decay=None, epochs=0.0,
-            learning_rate=0.0):
+            learning_rate=0.0, grad=""):
   """Variables whose path matches `regex` (re.search), e.g. 'dense|logits'."""
   if not regex:
     raise ValueError("pattern: needs regex='...'")
@@ -182,7 +189,8 @@ def pattern(config, regex="", optimizer="", lr_scale=1.0, weight_decay=None, epo
   except re.error as e:
     raise ValueError(f"pattern: regex={regex!r} is not a regular expression ({e})") from None
   return _rule(f"pattern({regex!r})", lambda model, v: bool(compiled.search(v.path)),
-               optimizer, lr_scale, weight_decay, _steps(config, epochs), learning_rate)
+               optimizer, lr_scale, weight_decay, _steps(config, epochs), learning_rate,
+               grad=grad)
 
 
 def rule_specs(config):
@@ -254,12 +262,11 @@ class Optimizers(tf.Module):
         optimizer.iterations.assign_add(1)
 
 
-def build(config, model):
-  """The optimizer(s) of `model`'s variables by their rules; a LossScaleOptimizer under
-  mixed_float16. One optimizer unless rules name others or their own peak learning
-  rate or schedule (then `Optimizers`)."""
+def build(config, model, rules):
+  """The optimizer(s) of `model`'s variables by their `rules` (variable_rules'); a
+  LossScaleOptimizer under mixed_float16. One optimizer unless rules name others or
+  their own peak learning rate or schedule (then `Optimizers`)."""
   variables = model.trainable_variables
-  rules = variable_rules(config, model)
   groups = {}  # (optimizer item, peak rate, schedule steps) -> variables, --optimizer's first
   groups[config.optimizer, 0.0, 0] = []
   for variable, rule in zip(variables, rules):

@@ -19,7 +19,8 @@ import traceback
 import keras
 import tensorflow as tf
 
-from research import augment, config as config_lib, data, footprint, hooks, losses, metrics
+from research import augment, config as config_lib, data, footprint, gradients, hooks, losses
+from research import metrics
 from research import models, optim
 from research import precision, probes, regularizers, sources, steps
 from research.config import ConfigError, as_flags, is_plugin_file, reason
@@ -28,7 +29,8 @@ from research.registry import SpecError
 
 # Importing each fills its registries; `registries()` maps flags to them. Every module
 # of research/ideas (one idea per file) is imported after these.
-BUILTIN_MODULES = ("research.augment", "research.losses", "research.metrics", "research.probes",
+BUILTIN_MODULES = ("research.augment", "research.gradients", "research.losses",
+                   "research.metrics", "research.probes",
                    "research.regularizers", "research.steps", "research.optim",
                    "research.models", "research.actions", "research.tensorboard_hooks",
                    "research.sources.datasets")
@@ -132,6 +134,7 @@ _REGISTRIES = {"model": (models.MODELS, False, None),
                "loss": (losses.LOSSES, False, _settings_only),
                "optimizer": (optim.OPTIMIZERS, False, None),
                "param_rules": (optim.RULES, True, _the_config),
+               "grad_transforms": (gradients.GRAD_TRANSFORMS, True, _settings_only),
                "schedule": (optim.SCHEDULES, False, None),
                "step": (steps.STEPS, False, _settings_only),
                "augment": (augment.AUGMENTATIONS, True, _settings_only),
@@ -192,8 +195,9 @@ def _check_model(config):
   policy = keras.mixed_precision.global_policy()
   try:
     model = models.build(nominal)
-    steps.StepSpec.from_config(nominal, model)
-    optim.build(nominal, model)
+    rules = optim.variable_rules(nominal, model)
+    steps.StepSpec.from_config(nominal, model, rules)
+    optim.build(nominal, model, rules)
     too_large = (not tf.config.list_physical_devices("GPU")
                  and footprint.activations_error(nominal, model, nominal.batch_size))
   finally:

@@ -22,7 +22,7 @@ class TrainState(tf.Module):
     with strategy.scope():
       self.model = models.build(config)
       self.rules = optim.variable_rules(config, self.model)  # One per trainable variable.
-      self.optimizer = optim.build(config, self.model)
+      self.optimizer = optim.build(config, self.model, self.rules)
       self.optimizer.build(self.model.trainable_variables)
       counter = lambda name, dtype=tf.int64: tf.Variable(
           tf.zeros([], dtype), trainable=False, name=name,

@@ -3,9 +3,11 @@
 A step kind computes one replica's gradients: `kind(state, forward_backward, batch) ->
 Pass`, where `forward_backward(batch) -> Pass` is one pass at the current weights. The
 `standard` kind is one forward and backward pass; others (SAM's two passes, see
-research/ideas/sam.py) are one registered builder each. What happens after (the
-finiteness check, the update, frozen variables, weight averaging, metric sums) is the
-same for every kind, in `make_train_loop`.
+research/ideas/sam.py) are one registered builder each. What happens after is the
+same for every kind: the gradient path, a list of small stages in the StepSpec (on each
+replica: lr scales, the finiteness check, accumulation; then for each update: gradient
+transforms, the optimizer, update scales, frozen variables, keep-or-undo and weight
+averaging), and the metric and probe sums, in `make_train_loop`.
 
 Everything the compiled code reads is fixed before tracing in an immutable `StepSpec`
 built from the config once; no Config is read inside compiled code, and a step can be
@@ -19,7 +21,8 @@ import tensorflow as tf
 from tensorflow.python.framework import config as _tf_config  # pylint: disable=g-direct-tensorflow-import
 
 from research import context as context_lib
-from research import data as data_lib, losses, models, optim, predict, regularizers
+from research import data as data_lib, gradients, losses, models, optim, predict
+from research import regularizers
 from research import probes as probes_lib
 from research.config import ConfigError
 from research.registry import Registry
@@ -55,10 +58,11 @@ class StepSpec:
   jit_compile: bool = False   # XLA for the forward and backward pass
   total_steps: int = 0        # the run's length, and an epoch's, for the step context
   steps_per_epoch: int = 0
+  grad_transforms: Any = None  # research.gradients.Transforms of the update, or None
 
   @classmethod
-  def from_config(cls, config, model):
-    rules = optim.variable_rules(config, model)
+  def from_config(cls, config, model, rules):
+    """The spec of `config` for `model`, whose variables' Rules are `rules`."""
     head = ()
     if config.freeze_steps or config.backbone_lr_scale != 1.0:
       head = models.head_indices(model)
@@ -81,7 +85,27 @@ class StepSpec:
         grad_accum_steps=config.grad_accum_steps,
         tta=config.tta,
         inject_nan_step=config.inject_nan_step, jit_compile=config.jit_compile,
-        total_steps=config.train_steps, steps_per_epoch=config.steps_per_epoch)
+        total_steps=config.train_steps, steps_per_epoch=config.steps_per_epoch,
+        grad_transforms=gradients.Transforms.build(config.grad_transforms, rules))
+
+  # The gradient path, in order: stages `(state, spec, Gradients) -> Gradients` on each
+  # replica, then for each update applied `(Update) -> None` in cross-replica context.
+
+  @property
+  def replica_path(self):
+    """The stages on each replica's gradients, in order."""
+    stages = [check_finite] + ([accumulate] if self.grad_accum_steps > 1 else [])
+    if self.grad_transforms is None and any(s != 1.0 for s in self.grad_scales):
+      stages.insert(0, scale_by_rules)  # With transforms, after them (`transformed`).
+    return tuple(stages)
+
+  @property
+  def update_path(self):
+    """The stages of an update, in order."""
+    stages = [apply_gradients if self.grad_transforms is None else transform_and_apply]
+    stages += [scale_updates] if self.update_scales else []
+    stages += [freeze] if self.frozen_after else []
+    return tuple(stages + [keep_or_undo])
 
   def context(self, state):
     """The StepContext of the step the train loop runs: `state.step` read where it is
@@ -144,29 +168,17 @@ def make_train_loop(state, spec, strategy):
     stats = [tf.identity(v) for v in state.model.non_trainable_variables]
     with tf.control_dependencies(stats), context_lib.active(spec.context(state)):
       result = spec.kind(state, passes, batch)
-    grads = [g if scale == 1.0 or g is None else g * scale
-             for g, scale in zip(result.grads, spec.grad_scales)]
-    # Checked on every replica and all-reduced: under mixed_float16 too, where the loss
-    # scale's own check would see only the first replica's un-reduced gradients.
-    loss_finite, finite = finiteness(result.loss, grads)
-    # There a finite loss with non-finite gradients, at a scale above 1, is the scale's
-    # overflow, not a bad step: the scale is halved and the step not counted.
-    overflow = tf.constant(False)
-    if spec.loss_scaling:
-      overflow = loss_finite & ~finite & (optim.loss_scale(state.optimizer) > 1.0)
-    if state.accumulation is not None:  # This replica's share, unless the step is skipped.
-      # Unscaled: an overflow halves the loss scale between the steps of one update.
-      for total, g in zip(state.accumulation.sums, optim.unscaled(state.optimizer, grads)):
-        if g is not None:
-          total.assign_add(tf.where(finite, g, tf.zeros_like(g)))
+    path = Gradients(result.grads, result.loss)
+    for stage in spec.replica_path:
+      path = stage(state, spec, path)
     variables = state.model.trainable_variables
     before = [tf.identity(v) for v in variables] if state.probes.reads_before else None
     skipped = state.skipped.read_value()
     with tf.control_dependencies((before or []) + [skipped]):
       tf.distribute.get_replica_context().merge_call(
-          _apply_if, args=(state, spec, grads, finite, overflow, stats))
-    applied = finite & tf.equal(state.skipped.read_value(), skipped)  # Not undone either.
-    mask = tf.fill(tf.shape(result.per_example), tf.cast(finite, tf.float32))
+          _apply_if, args=(state, spec, path.grads, path.finite, path.overflow, stats))
+    applied = path.finite & tf.equal(state.skipped.read_value(), skipped)  # Not undone either.
+    mask = tf.fill(tf.shape(result.per_example), tf.cast(path.finite, tf.float32))
     state.train_metrics.update(result.outputs, batch, result.per_example, mask)
     state.probes.add(probes_lib.Step(
         state.model, batch, result.outputs, variables,
@@ -193,6 +205,155 @@ def make_train_loop(state, spec, strategy):
   return train_loop
 
 
+# --- the gradient path: replica stages, then the update's stages ---------------------
+
+
+class Gradients(NamedTuple):
+  """What the replica stages pass along: this replica's gradients and the verdicts."""
+  grads: list              # one per trainable variable (None: not trained)
+  loss: Any                # the replica's loss, checked with them
+  finite: Any = None       # bool: the loss and every replica's gradients are finite
+  overflow: Any = None     # bool: mixed_float16's loss scale overflowed (not a bad step)
+
+
+def scale_by_rules(state, spec, path):
+  """Multiplies each gradient by its rule's lr_scale."""
+  del state
+  return path._replace(grads=[g if scale == 1.0 or g is None else g * scale
+                              for g, scale in zip(path.grads, spec.grad_scales)])
+
+
+def check_finite(state, spec, path):
+  """Whether the step can be applied, the same on every replica: checked on each and
+  all-reduced, under mixed_float16 too, where the loss scale's own check would see only
+  the first replica's un-reduced gradients."""
+  loss_finite, finite = finiteness(path.loss, path.grads)
+  # There a finite loss with non-finite gradients, at a scale above 1, is the scale's
+  # overflow, not a bad step: the scale is halved and the step not counted.
+  overflow = tf.constant(False)
+  if spec.loss_scaling:
+    overflow = loss_finite & ~finite & (optim.loss_scale(state.optimizer) > 1.0)
+  return path._replace(finite=finite, overflow=overflow)
+
+
+def accumulate(state, spec, path):
+  """Adds this replica's gradients to its sums, unless the step is skipped; unscaled:
+  an overflow halves the loss scale between the steps of one update."""
+  del spec
+  for total, g in zip(state.accumulation.sums, optim.unscaled(state.optimizer, path.grads)):
+    if g is not None:
+      total.assign_add(tf.where(path.finite, g, tf.zeros_like(g)))
+  return path
+
+
+@dataclasses.dataclass
+class Update:
+  """One update as the update stages see it, in cross-replica context."""
+  strategy: Any
+  state: Any
+  spec: Any
+  replica_grads: Callable  # (*args) -> a replica's gradients to apply, in replica context
+  args: tuple              # the per-replica values `replica_grads` takes
+  updated: list            # the trainable variables and the optimizer's
+  before: list             # their values before the update
+  stats: list              # the non-trainable variables' values before the step
+
+
+def _trained(spec, count):
+  """Indices of the variables this phase trains: the head alone in the head-only phase
+  (not even weight decay moves the rest; accumulated gradients hold zeros for them)."""
+  return set(spec.head) if spec.head_only else set(range(count))
+
+
+def _hand_to_optimizer(state, spec, grads):
+  """Applies one replica's `grads`: Keras all-reduces them across replicas, and
+  LossScaleOptimizer unscales them (and raises its scale after enough finite steps)."""
+  variables = state.model.trainable_variables
+  trained = _trained(spec, len(variables))
+  state.optimizer.apply_gradients([(g, v) for i, (g, v) in enumerate(zip(grads, variables))
+                                   if g is not None and i in trained])
+
+
+def apply_gradients(update):
+  """Hands each replica's gradients to the optimizer."""
+  update.strategy.extended.call_for_each_replica(
+      lambda *a: _hand_to_optimizer(update.state, update.spec, update.replica_grads(*a)),
+      args=update.args)
+
+
+def transform_and_apply(update):
+  """`apply_gradients` with the spec's gradient transforms applied first (see
+  `transformed`), with the step context current."""
+  state, spec = update.state, update.spec
+
+  def replica(*args):
+    with context_lib.active(spec.context(state)):
+      grads = transformed(state, spec, update.replica_grads(*args))
+    _hand_to_optimizer(state, spec, grads)
+  update.strategy.extended.call_for_each_replica(replica, args=update.args)
+
+
+def transformed(state, spec, grads):
+  """One replica's gradients -> what it hands the optimizer, in replica context.
+
+  The transforms see the gradient of the update whole: all-reduced, without the loss
+  scale and before the rules' lr_scale (applied after them). The optimizer sums the
+  replicas' gradients again, so the first replica hands the result and the others
+  zeros; the optimizer's division by the loss scale undoes the multiplication here
+  exactly (the scale is a power of two).
+  """
+  trained = _trained(spec, len(grads))
+  present = [i for i, g in enumerate(grads) if g is not None and i in trained]
+  replica = tf.distribute.get_replica_context()
+  many = replica.num_replicas_in_sync > 1
+  summed = [grads[i] for i in present]
+  if many and summed:
+    summed = replica.all_reduce(tf.distribute.ReduceOp.SUM, summed)
+  full = [None] * len(grads)
+  for i, g in zip(present, optim.unscaled(state.optimizer, summed)):
+    full[i] = g
+  full = spec.grad_transforms(full, state.model.trainable_variables)
+  loss_scale, first = optim.loss_scale(state.optimizer), replica.replica_id_in_sync_group == 0
+  out = [None] * len(grads)
+  for i in present:
+    g = tf.cast(full[i] * (spec.grad_scales[i] * loss_scale), grads[i].dtype)
+    out[i] = tf.where(first, g, tf.zeros_like(g)) if many else g
+  return out
+
+
+def scale_updates(update):
+  """Scales the updates of --backbone_lr_scale's variables, exactly: the update is
+  linear in the learning rate."""
+  variables = update.state.model.trainable_variables
+  for i, scale in update.spec.update_scales:
+    variables[i].assign(update.before[i] + scale * (variables[i] - update.before[i]))
+
+
+def freeze(update):
+  """Puts back the variables past their rule's steps (`train_steps`) after the update."""
+  variables = update.state.model.trainable_variables
+  for i, steps in update.spec.frozen_after:
+    variables[i].assign(tf.where(update.state.step >= steps, update.before[i], variables[i]))
+
+
+def keep_or_undo(update):
+  """Keeps the update if every updated value is finite, and moves the weight averages
+  (EMA or Lookahead); otherwise puts everything back and counts a skipped step."""
+  state = update.state
+
+  def keep():
+    if state.ema is not None:
+      state.ema.update()
+
+  def undo():
+    for variable, value in zip(update.updated, update.before):
+      variable.assign(value)
+    _skip(update.strategy, state, update.stats)
+
+  tf.cond(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in update.updated
+                         if tf.as_dtype(v.dtype).is_floating]), keep, undo)
+
+
 def _apply_if(strategy, state, spec, grads, finite, overflow, stats):
   """Applies the update only if `finite`, and keeps it only if the updated weights and
   optimizer slots are finite too; otherwise puts back the non-trainable variables
@@ -206,83 +367,65 @@ def _apply_if(strategy, state, spec, grads, finite, overflow, stats):
   The condition runs in cross-replica context: a cond inside the replica
   function may not contain the optimizer's cross-replica synchronization.
   """
-  variables = state.model.trainable_variables
-  accumulation = state.accumulation
-
   first = lambda value: strategy.experimental_local_results(value)[0]
-
-  def put_back_stats():
-    # Replicas held the same values before the step: the first one's are everyone's.
-    for variable, value in zip(state.model.non_trainable_variables, stats):
-      variable.assign(first(value))
-
-  def skipped():
-    put_back_stats()
-    state.skipped.assign_add(1)
-
-  def lower_scale():
-    optim.lower_loss_scale(state.optimizer)
-    put_back_stats()
-
-  def update(replica_grads, args=()):
-    """Applies `replica_grads(*args)` of each replica (args: per-replica values)."""
-    # Finite gradients can still overflow the weights (a huge learning rate): keep
-    # the values before the update, to put back if any comes out non-finite.
-    updated = list(variables) + list(state.optimizer.variables)
-    before = [tf.identity(v) for v in updated]
-    frozen = [(variables[i], steps, before[i]) for i, steps in spec.frozen_after]
-    # Keras all-reduces the gradients across replicas; LossScaleOptimizer unscales
-    # them (and raises its scale after enough finite steps).
-    # The head-only phase updates the head alone: not even weight decay moves the rest
-    # (accumulated gradients hold zeros, not None, for it).
-    training = set(spec.head) if spec.head_only else set(range(len(variables)))
-    strategy.extended.call_for_each_replica(
-        lambda *a: state.optimizer.apply_gradients(
-            [(g, v) for i, (g, v) in enumerate(zip(replica_grads(*a), variables))
-             if g is not None and i in training]),
-        args=args)
-    for i, scale in spec.update_scales:  # Exact lr scaling: the update is linear in it.
-      variables[i].assign(before[i] + scale * (variables[i] - before[i]))
-    for variable, steps, value in frozen:  # Past its steps: put back after the update.
-      variable.assign(tf.where(state.step >= steps, value, variable))
-
-    def keep():
-      if state.ema is not None:
-        state.ema.update()
-
-    def undo():
-      for variable, value in zip(updated, before):
-        variable.assign(value)
-      skipped()
-
-    tf.cond(tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in updated
-                           if tf.as_dtype(v.dtype).is_floating]), keep, undo)
+  accumulation = state.accumulation
 
   def apply():
     if accumulation is None:
-      update(lambda g: g, (grads,))
+      _update(strategy, state, spec, stats, lambda g: g, (grads,))
     else:
       accumulation.count.assign_add(1)
 
-  tf.cond(first(finite), apply, lambda: tf.cond(first(overflow), lower_scale, skipped))
-  if accumulation is None:
-    return
+  tf.cond(first(finite), apply, lambda: tf.cond(
+      first(overflow), lambda: _lower_scale(strategy, state, stats),
+      lambda: _skip(strategy, state, stats)))
+  if accumulation is not None:
+    def update_and_restart():
+      _update(strategy, state, spec, stats, lambda: _mean_and_reset(state))
+      accumulation.count.assign(0)
+    last = (state.step + 1) % spec.grad_accum_steps == 0  # The step this call runs.
+    tf.cond(last & (accumulation.count > 0), update_and_restart, lambda: None)
 
-  def mean_and_reset():  # Called per replica: its own sums, then zeros.
-    # At the current loss scale, which the optimizer divides by.
-    scale = optim.loss_scale(state.optimizer) / tf.cast(accumulation.count, tf.float32)
-    mean = [total.read_value() * scale for total in accumulation.sums]
-    with tf.control_dependencies(mean):
-      resets = [total.assign(tf.zeros_like(total)) for total in accumulation.sums]
-    with tf.control_dependencies(resets):
-      return [tf.identity(m) for m in mean]
 
-  def update_and_restart():
-    update(mean_and_reset)
-    accumulation.count.assign(0)
+def _update(strategy, state, spec, stats, replica_grads, args=()):
+  """Runs the spec's update stages on `replica_grads(*args)` of each replica (args:
+  per-replica values)."""
+  # Finite gradients can still overflow the weights (a huge learning rate): keep
+  # the values before the update, to put back if any comes out non-finite.
+  updated = list(state.model.trainable_variables) + list(state.optimizer.variables)
+  update = Update(strategy, state, spec, replica_grads, args, updated,
+                  [tf.identity(v) for v in updated], stats)
+  for stage in spec.update_path:
+    stage(update)
 
-  last = (state.step + 1) % spec.grad_accum_steps == 0  # The step this call runs.
-  tf.cond(last & (accumulation.count > 0), update_and_restart, lambda: None)
+
+def _mean_and_reset(state):
+  """Called per replica: the mean of its own accumulated gradients, then zeros; at the
+  current loss scale, which the optimizer divides by."""
+  accumulation = state.accumulation
+  scale = optim.loss_scale(state.optimizer) / tf.cast(accumulation.count, tf.float32)
+  mean = [total.read_value() * scale for total in accumulation.sums]
+  with tf.control_dependencies(mean):
+    resets = [total.assign(tf.zeros_like(total)) for total in accumulation.sums]
+  with tf.control_dependencies(resets):
+    return [tf.identity(m) for m in mean]
+
+
+def _put_back_stats(strategy, state, stats):
+  """Puts back the non-trainable variables' values of before the step; replicas held
+  the same values then, so the first one's are everyone's."""
+  for variable, value in zip(state.model.non_trainable_variables, stats):
+    variable.assign(strategy.experimental_local_results(value)[0])
+
+
+def _skip(strategy, state, stats):
+  _put_back_stats(strategy, state, stats)
+  state.skipped.assign_add(1)
+
+
+def _lower_scale(strategy, state, stats):
+  optim.lower_loss_scale(state.optimizer)
+  _put_back_stats(strategy, state, stats)
 
 
 def finiteness(loss, grads):
@@ -297,11 +440,6 @@ def finiteness(loss, grads):
   if replica is not None and replica.num_replicas_in_sync > 1:  # One all-reduce for both.
     bad = replica.all_reduce(tf.distribute.ReduceOp.SUM, bad)
   return bad[0] == 0, bad[1] == 0
-
-
-def all_finite(loss, grads):
-  """Whether every replica's loss and `grads` are finite, the same on all replicas."""
-  return finiteness(loss, grads)[1]
 
 
 def eval_step(state, spec, batch):

@@ -124,7 +124,7 @@ def loop_window(config, dataset):
   strategy = tf.distribute.get_strategy()
   state = TrainState(config, strategy, [str(i) for i in range(NUM_CLASSES)])
   train_loop = steps_lib.make_train_loop(
-      state, steps_lib.StepSpec.from_config(config, state.model), strategy)
+      state, steps_lib.StepSpec.from_config(config, state.model, state.rules), strategy)
   iterator = iter(dataset)
   num_steps = tf.constant(config.steps_per_loop)
 
@@ -159,7 +159,7 @@ def fit_window(config, dataset, steps_per_execution):
   keras.mixed_precision.set_global_policy(config.precision)
   model = models.build(config)
   # The same bookkeeping as our step, which also sums top-1 and top-5 accuracy.
-  model.compile(optimizer=optim.build(config, model),
+  model.compile(optimizer=optim.build(config, model, optim.variable_rules(config, model)),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5)],
                 jit_compile=config.jit_compile, steps_per_execution=steps_per_execution)

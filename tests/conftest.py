@@ -70,7 +70,7 @@ def make_runner(config, strategy=None, class_names=None):
   strategy = strategy or tf.distribute.get_strategy()
   names = class_names or [f"class_{i}" for i in range(config.num_classes)]
   state = TrainState(config, strategy, names)
-  return state, steps.Runner(state, steps.StepSpec.from_config(config, state.model), strategy)
+  return state, steps.Runner(state, steps.StepSpec.from_config(config, state.model, state.rules), strategy)
 
 
 @pytest.fixture

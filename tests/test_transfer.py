@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from research import data, distribute, loop, models, steps, transfer
+from research import data, distribute, loop, models, optim, steps, transfer
 from research.config import Config, ConfigError
 from research.models import backbones
 from tests.conftest import make_runner
@@ -372,7 +372,7 @@ def test_freezing_a_model_without_a_head_is_refused(make_config):
                             keras.layers.Dense(4, name="classifier")])
   config = make_config(freeze_epochs=1.0).resolve(192, 4)
   with pytest.raises(ConfigError, match="no layer named 'logits'"):
-    steps.StepSpec.from_config(config, model)
+    steps.StepSpec.from_config(config, model, optim.variable_rules(config, model))
 
 
 def test_weights_file_fills_a_model_without_a_backbone(make_config, tmp_path):
