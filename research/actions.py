@@ -2,7 +2,7 @@
 save the final model and check that a run trained on something.
 
 `--actions` (research/hooks.py) lists them in the order they run; a plugin's hook
-replaces one there or joins them (docs/extending-actions.md). They share what the
+replaces one there or joins them (docs/EXTENDING.md). They share what the
 loop's HookContext holds: the call that ran, the skipped-step count, the result so far.
 """
 

@@ -210,7 +210,7 @@ class Config:
                       "no hooks), e.g. histograms(every=500),profile(start=10,stop=20)")
   actions: str = _field(DEFAULT_ACTIONS, "the loop's work between compiled calls, in "
                         "order, `hooks` standing for --hooks: replace or add an item "
-                        "(docs/extending-actions.md)")
+                        "(docs/EXTENDING.md)")
   plugins: str = _field("", "comma-separated modules (names on PYTHONPATH or .py paths) "
                         "whose registrations join the registries")
 

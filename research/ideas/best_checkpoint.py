@@ -5,7 +5,7 @@
 
 After each evaluation that improves on the best so far (kept in best.json, so a
 resumed run goes on comparing), the model, with its averaged weights if any, is saved
-as best.keras. docs/extending-actions.md walks through it.
+as best.keras. docs/EXTENDING.md walks through it.
 """
 
 import json
