@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from research import checkpoints, files, sources, steps, summaries
 from research.hooks import HOOKS, Hook, Rollback, due
-from research.summaries import Progress
+from research.summaries import Progress, format_seconds
 
 
 class Preempted(Exception):
@@ -180,14 +180,49 @@ def log(config):
 # --- evaluate ------------------------------------------------------------------
 
 
+class _EvalBudget:
+  """Spaces the periodic evaluations by time: one waits while the seconds spent
+  evaluating (with the hooks after it), plus one more like the last, would pass
+  --eval_budget's share of the seconds since training started."""
+
+  def __init__(self, share):
+    self.share, self.began, self.spent, self.last = share, None, 0.0, 0.0
+    self.waited = False  # Said once a run, at the first evaluation that waits.
+
+  def start(self, ctx):
+    del ctx
+    self.began = time.perf_counter()
+
+  def allows(self, step):
+    if not self.share or not self.last:
+      return True
+    elapsed = time.perf_counter() - self.began
+    if self.spent + self.last <= self.share * elapsed:
+      return True
+    if not self.waited:
+      logging.info("step %d: the evaluation waits: evaluations took %s of the %s since "
+                   "training started; each waits until it fits in --eval_budget=%g of "
+                   "the time (the last always runs)", step, format_seconds(self.spent),
+                   format_seconds(elapsed), self.share)
+      self.waited = True
+    return False
+
+  def add(self, seconds):
+    self.spent, self.last = self.spent + seconds, seconds
+
+
 @HOOKS.register("evaluate")
 def evaluate(config):
-  """Evaluates the eval split every --eval_every steps and at the end, then sends
-  after_eval to every hook."""
+  """Evaluates the eval split every --eval_every steps (within --eval_budget) and at the
+  end, then sends after_eval to every hook."""
+  budget = _EvalBudget(config.eval_budget)
+
   def run(ctx):
-    if ctx.data.eval is None:
+    final = ctx.step == config.train_steps
+    if ctx.data.eval is None or not (final or budget.allows(ctx.step)):
       return
-    tta = "none" if config.tta_final_only and ctx.step < config.train_steps else config.tta
+    began = time.perf_counter()
+    tta = "none" if config.tta_final_only and not final else config.tta
     with sources.naming_bad_files(ctx.data.eval, lambda: np.arange(len(ctx.data.eval)),
                                   f"evaluating at step {ctx.step}"):
       metrics = ctx.runner.evaluate(ctx.data.eval, config.global_eval_batch_size, tta)
@@ -198,7 +233,9 @@ def evaluate(config):
                  ctx.data.eval_name, f" (tta {tta})" if tta != "none" else "",
                  summaries.format_metrics(metrics))
     ctx.emit("after_eval")
-  return Hook(every=config.eval_every, at_steps=(config.train_steps,), on_step=run)
+    budget.add(time.perf_counter() - began)
+  return Hook(every=config.eval_every, at_steps=(config.train_steps,), on_step=run,
+              at_start=budget.start)
 
 
 # --- checkpoint ----------------------------------------------------------------

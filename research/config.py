@@ -190,7 +190,13 @@ class Config:
   loop_seconds: float = _field(5.0, "once the step time is known, calls are cut to about "
                                "this long, so Ctrl-C, logs and the ETA answer on slow "
                                "machines (0: --steps_per_loop only)")
-  eval_every: int = _field(0, "steps between evaluations (0: once per epoch)")
+  eval_every: int = _field(0, "steps between evaluations (0: once per epoch, within "
+                           "--eval_budget)")
+  eval_budget: float = _field(0.1, "with --eval_every=0, the share of the run's wall time "
+                              "that evaluations and their figures may take: an epoch's "
+                              "evaluation waits while it would pass this share of the time "
+                              "since training started; the last one always runs (0: every "
+                              "epoch; off under multi_worker, where workers evaluate together)")
   log_every: int = _field(100, "steps between console and TensorBoard logs")
   progress_seconds: float = _field(30.0, "between logs, print the pace and ETA on the "
                                    "console this often, and once as soon as the pace is "
@@ -319,6 +325,8 @@ class Config:
     if not 0.0 <= self.max_skipped_fraction <= 1.0:
       raise ConfigError(f"--max_skipped_fraction must be in [0, 1], got "
                         f"{self.max_skipped_fraction}")
+    if not 0.0 <= self.eval_budget <= 1.0:
+      raise ConfigError(f"--eval_budget must be in [0, 1], got {self.eval_budget}")
     if not 0.0 <= self.val_split < 1.0:
       raise ConfigError(f"--val_split must be in [0, 1), got {self.val_split}")
 
@@ -419,6 +427,9 @@ class Config:
         warmup_steps=int(round(self.warmup_epochs * steps_per_epoch)),
         freeze_steps=freeze_steps,
         eval_every=self.eval_every or steps_per_epoch,
+        # Workers must agree on every evaluation: their clocks would not.
+        eval_budget=0.0 if self.eval_every or self.strategy == "multi_worker" else
+        self.eval_budget,
         checkpoint_every=self.checkpoint_every or steps_per_epoch,
         model_dir=self.run_dir)
 

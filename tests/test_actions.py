@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import time
 
 import keras
 import pytest
@@ -126,3 +127,23 @@ def test_an_order_error_stops_the_run_before_it_reads_anything(make_config):
   with pytest.raises(ConfigError, match="'best_checkpoint' runs after 'evaluate', which"):
     loop.train(config)
   assert not os.path.exists(config.model_dir)
+
+
+@hooks.HOOKS.register("test_slow_figures")
+def _slow_figures(config, seconds=1.0):
+  """Sleeps after each evaluation, as a hook drawing a slow figure would."""
+  del config
+  return Hook(after_eval=lambda ctx: time.sleep(seconds))
+
+
+def test_epoch_evaluations_wait_within_the_eval_budget(make_config):
+  # Epochs of a few milliseconds, and evaluations of over a second.
+  config = make_config(hooks="test_slow_figures(seconds=1.0)", batch_size=90,
+                       train_steps=8, eval_every=0, checkpoint_every=8)
+  every_epoch = config.replace(eval_budget=0.0, model_dir=config.model_dir + "_every")
+  epochs = [s for s, _ in loop.train(every_epoch).eval_history]
+  assert len(epochs) >= 4 and epochs[-1] == 8
+  budgeted = [s for s, _ in loop.train(config).eval_history]
+  assert budgeted == [epochs[0], 8]  # The first, then the last, which always runs.
+  explicit = config.replace(eval_every=epochs[0], model_dir=config.model_dir + "_explicit")
+  assert [s for s, _ in loop.train(explicit).eval_history] == epochs
