@@ -59,7 +59,6 @@ def train(config, strategy=None):
   The chief holds the model dir's lock from before the data is read to the end.
   """
   plugins.validate(config)
-  hooks_lib.build(config)  # Their order's errors too, before any data is read.
   config = config.replace(model_dir=config.run_dir)
   strategy = strategy or distribute.make_strategy(config.strategy, config.cpu_devices,
                                                  config.cluster_resolver, config.port_base)

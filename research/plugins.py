@@ -169,6 +169,7 @@ def validate(config):
                            f"--image_size is {config.image_size}")
     except (SpecError, ValueError) as e:
       raise ConfigError(f"--{flag}: {e}") from None
+  hooks.build(config)  # The order of --actions and --hooks: a cycle, an unknown name.
   _build_optimizers(config)
   _run_augmentations(config)
   if config.weights == "imagenet":  # Refused before any data is read, not after.
