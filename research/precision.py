@@ -1,14 +1,19 @@
 """`--precision=auto`: the mixed-precision policy that fits this machine's hardware.
 
-bfloat16 only pays where the hardware computes it natively: on a CPU without AMX or
-AVX512_BF16, TensorFlow's bf16 convolutions fall back to kernels 6-12x slower than
-float32 (docs/BENCHMARKS.md). float16 needs a GPU's tensor cores and loss scaling.
+bfloat16 only pays where the hardware computes it faster than float32: on CPUs, AMX's
+tiles (about 3.5x float32 for the fast recipe's step). AVX512_BF16 alone computes it
+natively but, in TensorFlow 2.21's oneDNN kernels, slower than float32 (a 2-core Xeon
+with avx512_bf16 and no AMX: matmuls at 0.5-0.8x, the fast recipe's step at 0.58x), and
+without either the bf16 convolutions fall back to kernels 6-12x slower (docs/BENCHMARKS.md).
+float16 needs a GPU's tensor cores and loss scaling.
 """
 
 from absl import logging
 
-# /proc/cpuinfo flags of native bfloat16 arithmetic on x86 CPUs.
+# /proc/cpuinfo flags of native bfloat16 arithmetic on x86 CPUs; of those, the ones that
+# make it faster than float32.
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+FAST_BF16_CPU_FLAGS = ("amx_bf16",)
 # GPUs from Ampere on (compute capability 8.0) have bf16 tensor cores; older ones fp16.
 BF16_GPU_CAPABILITY = (8, 0)
 
@@ -45,8 +50,11 @@ def choose(gpu_capabilities, flags):
       return "mixed_bfloat16", f"{name} has bfloat16 tensor cores"
     return "mixed_float16", f"{name} has float16 but no bfloat16 tensor cores"
   native = native_bf16_flags(flags)
-  if native:
+  if any(f in FAST_BF16_CPU_FLAGS for f in native):
     return "mixed_bfloat16", f"the CPU computes bfloat16 natively ({', '.join(native)})"
+  if native:
+    return "float32", (f"the CPU computes bfloat16 natively ({', '.join(native)}) but "
+                       "without AMX, slower than float32")
   return "float32", ("the CPU has no native bfloat16 (no " + " or ".join(NATIVE_BF16_CPU_FLAGS)
                      + "): bfloat16 would be several times slower")
 
@@ -76,9 +84,8 @@ def chosen(requested):
 def resolve(requested):
   """The policy to run for `requested` (`auto` or a policy), logging the choice.
 
-  An explicit `mixed_bfloat16` on a CPU-only machine without native bf16, or
-  `mixed_float16` on one without a GPU (CPUs have no float16 arithmetic units), still
-  runs, with a warning.
+  An explicit `mixed_bfloat16` on a CPU-only machine without AMX, or `mixed_float16` on
+  one without a GPU (CPUs have no float16 arithmetic units), still runs, with a warning.
   """
   gpus = gpu_capabilities()
   if requested == "auto":
@@ -86,10 +93,16 @@ def resolve(requested):
     logging.info("precision: %s (--precision=auto: %s); oneDNN CPU kernels %s", policy,
                  reason, "on" if onednn_enabled() else "off")
     return policy
-  if requested == "mixed_bfloat16" and not gpus and not native_bf16_flags():
+  native = native_bf16_flags()
+  if requested == "mixed_bfloat16" and not gpus and not native:
     logging.warning("--precision=mixed_bfloat16 on a CPU without native bfloat16 (no %s) "
                     "will be several times slower than float32; use --precision=auto or "
                     "--precision=float32", " or ".join(NATIVE_BF16_CPU_FLAGS))
+  elif (requested == "mixed_bfloat16" and not gpus
+        and not any(f in FAST_BF16_CPU_FLAGS for f in native)):
+    logging.warning("--precision=mixed_bfloat16 on a CPU with %s but no AMX will be slower "
+                    "than float32; use --precision=auto or --precision=float32",
+                    ", ".join(native))
   if requested == "mixed_float16" and not gpus:
     logging.warning("--precision=mixed_float16 without a GPU: the CPU computes float16 "
                     "by converting to and from float32: several times slower than "

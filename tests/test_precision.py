@@ -17,7 +17,8 @@ AVX2 = frozenset({"avx2", "fma"})
 
 @pytest.mark.parametrize("gpus, flags, expected", [
     ([], AMX, "mixed_bfloat16"),
-    ([], AVX512_BF16, "mixed_bfloat16"),
+    ([], AVX512_BF16, "float32"),  # Native, but slower than float32 without AMX.
+    ([], AMX | AVX512_BF16, "mixed_bfloat16"),
     ([], AVX2, "float32"),
     ([], frozenset(), "float32"),
     ([(8, 0)], AVX2, "mixed_bfloat16"),
@@ -59,9 +60,12 @@ def test_explicit_bf16_without_native_support_warns(monkeypatch):
   assert precision.resolve("mixed_bfloat16") == "mixed_bfloat16"
   assert len(warnings) == 1 and "several times slower" in warnings[0]
   assert "--precision=auto" in warnings[0]
+  monkeypatch.setattr(precision, "cpu_flags", lambda: AVX512_BF16)
+  assert precision.resolve("mixed_bfloat16") == "mixed_bfloat16"
+  assert len(warnings) == 2 and "avx512_bf16 but no AMX will be slower" in warnings[1]
   monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
   assert precision.resolve("mixed_bfloat16") == "mixed_bfloat16"
-  assert len(warnings) == 1
+  assert len(warnings) == 2
 
 
 def test_explicit_fp16_without_a_gpu_warns(monkeypatch):
