@@ -5,7 +5,7 @@ A 3x3 conv to 16 channels, then 3 stages of (depth - 4) / 6 pre-activation block
 third stage starting at stride 2, then BN-ReLU, global average pooling and the head.
 
   --model=wrn                                WRN-16-4: 2.75M parameters
-  --model="wrn(depth=28, width=10)"          WRN-28-10: 36.5M parameters, 5.25 GMACs
+  --model="wrn(depth=28, width=10)"          WRN-28-10: 36.5M parameters, 5.24 GMACs
   --model="wrn(depth=28, width=10, dropout=0.3)"  the paper's dropout variant
 """
 
