@@ -7,7 +7,8 @@ from research.models.batchnorm import FusedBatchNorm
 from research.models.registry import MODELS, logits, standardized_input, training_defaults
 
 
-def _conv_bn(x, filters, strides=1, relu=True, gamma="ones"):
+def conv_bn(x, filters, strides=1, relu=True, gamma="ones"):
+  """3x3 conv (no bias, He-normal) -> BatchNorm -> ReLU (none if not `relu`)."""
   x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
                     kernel_initializer="he_normal")(x)
   x = FusedBatchNorm(momentum=0.9, gamma_initializer=gamma)(x)
@@ -21,8 +22,8 @@ def basic_block(x, filters, strides, zero_init_residual=False, branch=None):
   if strides != 1 or x.shape[-1] != filters:
     shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(x)
     shortcut = FusedBatchNorm(momentum=0.9)(shortcut)
-  y = _conv_bn(x, filters, strides)
-  y = _conv_bn(y, filters, relu=False, gamma="zeros" if zero_init_residual else "ones")
+  y = conv_bn(x, filters, strides)
+  y = conv_bn(y, filters, relu=False, gamma="zeros" if zero_init_residual else "ones")
   if branch is not None:
     y = branch(y)
   return layers.ReLU()(layers.Add()([shortcut, y]))
@@ -36,7 +37,7 @@ def cifar_resnet(depth, num_classes, image_size, zero_init_residual=False, branc
   in (0, 1] (stochastic depth's rate grows with it: research/ideas/stochastic_depth.py)."""
   blocks = (depth - 2) // 6
   inputs, x = standardized_input(image_size)
-  x = _conv_bn(x, 16)
+  x = conv_bn(x, 16)
   for n in range(3 * blocks):
     stage, i = divmod(n, blocks)
     x = basic_block(x, (16, 32, 64)[stage], 2 if stage and i == 0 else 1, zero_init_residual,
