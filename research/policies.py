@@ -35,22 +35,44 @@ def apply(images, op, magnitude, interpolation="NEAREST"):
   """Image i with op `OPS[op[i]]` applied at `magnitude[i]` (signed, in the op's unit:
   shear factor, pixels (truncated), degrees counter-clockwise, enhance factor - 1,
   bits kept, solarize threshold; unused by the others). Off-image pixels are 0 (black),
-  torchvision's default fill."""
+  torchvision's default fill. The batch is partitioned by op, each op computed on its
+  part (the geometric ones together) and the parts stitched back in order."""
   images = tf.clip_by_value(tf.round(images), 0.0, 255.0)
   op, magnitude = tf.convert_to_tensor(op, tf.int32), tf.cast(magnitude, tf.float32)
-  is_op = lambda *names: tf.reduce_any(
-      tf.stack([tf.equal(op, OPS.index(n)) for n in names]), 0)[:, None, None, None]
-  each = magnitude[:, None, None, None]
-  degenerate = tf.where(is_op("color"), _grey(images),
-                        tf.where(is_op("contrast"), _mean_grey(images),
-                                 tf.where(is_op("sharpness"), _smooth(images), 0.0)))
-  out = tf.where(is_op(*_GEOMETRIC), _geometric(images, op, magnitude, interpolation),
-                 images)
-  out = tf.where(is_op(*_ENHANCE), _blend(degenerate, images, 1.0 + each), out)
-  out = tf.where(is_op("posterize"), _posterize(images, each), out)
-  out = tf.where(is_op("solarize"), tf.where(images >= each, 255.0 - images, images), out)
-  out = tf.where(is_op("autocontrast"), _autocontrast(images), out)
-  return tf.where(is_op("equalize"), _equalize(images), out)
+  group = tf.gather(tf.constant([_group_of(name) for name in OPS], tf.int32), op)
+  part = lambda x: tf.dynamic_partition(x, group, len(_GROUPS))
+  parts = zip(part(images), part(op), part(magnitude))
+  outs = [fn(x, o, m[:, None, None, None], interpolation) for fn, (x, o, m) in zip(
+      _GROUPS.values(), parts)]
+  out = tf.dynamic_stitch(part(tf.range(tf.shape(op)[0])), outs)
+  out.set_shape(images.shape)
+  return out
+
+
+def _blend(degenerate, images, factor):
+  """Image.blend(degenerate, image, factor), ImageEnhance's step: truncated to uint8."""
+  return tf.clip_by_value(tf.floor(degenerate + factor * (images - degenerate)), 0.0, 255.0)
+
+
+# Each op, or group of ops computed together: fn(images, op, magnitude [B, 1, 1, 1],
+# interpolation) -> images.
+_GROUPS = {
+    ("identity",): lambda x, op, m, interpolation: x,
+    _GEOMETRIC: lambda x, op, m, interpolation: _geometric(x, op, m[:, 0, 0, 0],
+                                                           interpolation),
+    ("brightness",): lambda x, op, m, interpolation: _blend(0.0, x, 1.0 + m),
+    ("color",): lambda x, op, m, interpolation: _blend(_grey(x), x, 1.0 + m),
+    ("contrast",): lambda x, op, m, interpolation: _blend(_mean_grey(x), x, 1.0 + m),
+    ("sharpness",): lambda x, op, m, interpolation: _blend(_smooth(x), x, 1.0 + m),
+    ("posterize",): lambda x, op, m, interpolation: _posterize(x, m),
+    ("solarize",): lambda x, op, m, interpolation: tf.where(x >= m, 255.0 - x, x),
+    ("autocontrast",): lambda x, op, m, interpolation: _autocontrast(x),
+    ("equalize",): lambda x, op, m, interpolation: _equalize(x),
+}
+
+
+def _group_of(name):
+  return next(i for i, names in enumerate(_GROUPS) if name in names)
 
 
 def _geometric(images, op, magnitude, interpolation):
@@ -78,11 +100,6 @@ def _geometric(images, op, magnitude, interpolation):
       images=images, transforms=transforms, output_shape=tf.constant([height, width]),
       fill_value=0.0, interpolation=interpolation, fill_mode="CONSTANT")
   return tf.round(out)
-
-
-def _blend(degenerate, images, factor):
-  """Image.blend(degenerate, image, factor), ImageEnhance's step: truncated to uint8."""
-  return tf.clip_by_value(tf.floor(degenerate + factor * (images - degenerate)), 0.0, 255.0)
 
 
 def _grey(images):
@@ -114,33 +131,42 @@ def _posterize(images, bits):
 
 
 def _autocontrast(images):
-  """ImageOps.autocontrast: each channel stretched to [0, 255], truncated; a constant
-  channel kept."""
-  values = tf.cast(images, tf.float64)
-  low = tf.reduce_min(values, [1, 2], keepdims=True)
-  high = tf.reduce_max(values, [1, 2], keepdims=True)
+  """ImageOps.autocontrast: each channel stretched to [0, 255], truncated (its table
+  computed in float64 as PIL's Python does); a constant channel kept."""
+  low = tf.cast(tf.reduce_min(images, [1, 2]), tf.float64)[..., None]  # [B, 3, 1]
+  high = tf.cast(tf.reduce_max(images, [1, 2]), tf.float64)[..., None]
   scale = tf.math.divide_no_nan(tf.constant(255.0, tf.float64), high - low)
-  stretched = tf.clip_by_value(tf.floor(values * scale - low * scale), 0.0, 255.0)
-  return tf.cast(tf.where(high > low, stretched, values), tf.float32)
+  levels = tf.range(256, dtype=tf.float64)
+  lut = tf.where(high > low, tf.clip_by_value(tf.floor(levels * scale + -low * scale), 0, 255),
+                 levels)
+  return _lookup(_table_index(images), lut)
 
 
 def _equalize(images):
   """ImageOps.equalize per channel: with `step` = (pixels - the top value's count) // 256,
   value v becomes (step // 2 + pixels below v) // step, at most 255 (as Image.point
   clips its table); unchanged where `step` is 0."""
-  size, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
-  values = tf.reshape(tf.transpose(tf.cast(images, tf.int32), [0, 3, 1, 2]),
-                      [size, 3, height * width])
-  bins = (tf.range(size)[:, None, None] * 3 + tf.range(3)[None, :, None]) * 256 + values
-  histogram = tf.reshape(tf.math.bincount(tf.reshape(bins, [-1]), minlength=size * 768,
-                                          maxlength=size * 768), [size, 3, 256])
-  top = tf.gather(histogram, tf.reduce_max(values, -1), batch_dims=2)  # [B, 3]
-  step = ((height * width - top) // 256)[..., None]
+  index, size = _table_index(images), tf.shape(images)[0]
+  histogram = tf.reshape(tf.math.bincount(index, minlength=size * 768, maxlength=size * 768),
+                         [size, 3, 256])
+  top = tf.gather(histogram, tf.cast(tf.reduce_max(images, [1, 2]), tf.int32), batch_dims=2)
+  step = ((images.shape[1] * images.shape[2] - top) // 256)[..., None]  # [B, 3, 1]
   below = tf.cumsum(histogram, -1, exclusive=True)
   lut = tf.where(step > 0, tf.minimum((step // 2 + below) // tf.maximum(step, 1), 255),
                  tf.range(256))
-  out = tf.reshape(tf.gather(lut, values, batch_dims=2), [size, 3, height, width])
-  return tf.cast(tf.transpose(out, [0, 2, 3, 1]), tf.float32)
+  return _lookup(index, lut)
+
+
+def _table_index(images):
+  """[B, H, W, 3] int32: where each value is in per-(image, channel) tables of 256,
+  flattened."""
+  image, channel = tf.range(tf.shape(images)[0])[:, None, None, None], tf.range(3)
+  return (image * 3 + channel) * 256 + tf.cast(images, tf.int32)
+
+
+def _lookup(index, lut):
+  """The float32 images of entries `index` of the tables `lut` [B, 3, 256]."""
+  return tf.cast(tf.gather(tf.reshape(lut, [-1]), index), tf.float32)
 
 
 # --- policies --------------------------------------------------------------------
@@ -242,8 +268,7 @@ def _augmix_ops(severity, size, all_ops):
   """[(op, magnitude of the level in [0.1, severity] out of 10, signed)]: AugMix's
   reference operations (augmentations.py), the colour ones only with `all_ops`."""
   whole = lambda top: lambda level: tf.floor(level * top / 10.0)
-  ops = [("autocontrast", lambda level: 0.0 * level, False),
-         ("equalize", lambda level: 0.0 * level, False),
+  ops = [("autocontrast", tf.zeros_like, False), ("equalize", tf.zeros_like, False),
          ("posterize", lambda level: 4.0 - whole(4.0)(level), False),
          ("rotate", whole(30.0), True),
          ("solarize", lambda level: 256.0 - whole(256.0)(level), False),
@@ -285,7 +310,7 @@ def augmix(severity=3, width=3, depth=-1, alpha=1.0, all_ops=False):
     for layer in range(layers):
       pick = draw(10 + 3 * layer, [width], 0, len(ops), tf.int32)
       level = draw(11 + 3 * layer, [width], 0.1, severity)
-      values = tf.stack([of(level) + tf.zeros_like(level) for _, of, _ in ops], -1)
+      values = tf.stack([of(level) for _, of, _ in ops], -1)  # [width, b, ops]
       value = tf.gather(values, pick[..., None], batch_dims=2)[..., 0]  # [width, b]
       negate = (draw(12 + 3 * layer, [width]) < 0.5) & tf.gather(
           tf.constant([signed for *_, signed in ops]), pick)
