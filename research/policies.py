@@ -8,9 +8,9 @@ and random erasing, as sharded batch ops.
 Each image op (`OPS`) follows PIL's definition on uint8 images (Image.transform and
 rotate, ImageEnhance, ImageOps), as torchvision applies it: images are rounded to the
 uint8 grid first and results floored or rounded where PIL truncates or rounds, so
-tests/test_policies.py compares every op with PIL's. `apply` computes each op on the
-whole batch and picks per example with tf.where; the geometric ones are one projective
-transform with a matrix per example. Every draw is per example through
+tests/test_policies.py compares every op with PIL's. `apply` partitions the batch by op
+and computes each op on its part at once (the geometric ones as one projective transform
+with a matrix per example), no per-example loop. Every draw is per example through
 `augment.uniform` (one draw over the global batch, sliced), so the policies are sharded
 and stateless by (seed, step, example): a resumed run gets the same batches.
 keras.layers.RandAugment draws from a stateful SeedGenerator and picks one list of ops
