@@ -1,9 +1,11 @@
 """The augmentation policies papers compare against: RandAugment, TrivialAugment, AugMix
 and random erasing, as sharded batch ops.
 
-    --augment="randaugment(num_ops=2, magnitude=9),crop,flip"
-    --augment="trivial_augment,crop,flip"      --augment="crop,flip,augmix"
+    --augment="crop,flip,randaugment(num_ops=2, magnitude=9)"
+    --augment="crop,flip,trivial_augment"      --augment="crop,flip,augmix"
     --augment="crop,flip,random_erasing(probability=0.5)"
+
+(after the crop and flip, as the papers' CIFAR recipes).
 
 Each image op (`OPS`) follows PIL's definition on uint8 images (Image.transform and
 rotate, ImageEnhance, ImageOps), as torchvision applies it: images are rounded to the

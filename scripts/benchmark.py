@@ -33,7 +33,7 @@ flags.DEFINE_integer("pipeline_examples", None, "synthetic images of the pipelin
                      "benchmark (default 45000)")
 flags.DEFINE_multi_string("pipeline_augment", [], "an --augment list whose input pipeline "
                           "is timed too, and compared with training; repeat the flag for "
-                          "more (--pipeline_augment=randaugment,crop,flip)")
+                          "more (--pipeline_augment=crop,flip,randaugment)")
 flags.DEFINE_integer("matmul_size", None, "side of the peak-FLOP/s matmul (default 4096)")
 flags.DEFINE_bool("jit_compile", False, "compile both sides' steps with XLA")
 flags.DEFINE_bool("quick", False, "tiny sizes: checks the script runs, measures nothing")
