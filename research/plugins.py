@@ -29,8 +29,8 @@ from research.registry import SpecError
 
 # Importing each fills its registries; `registries()` maps flags to them. Every module
 # of research/ideas (one idea per file) is imported after these.
-BUILTIN_MODULES = ("research.augment", "research.gradients", "research.losses",
-                   "research.metrics", "research.probes",
+BUILTIN_MODULES = ("research.augment", "research.policies", "research.gradients",
+                   "research.losses", "research.metrics", "research.probes",
                    "research.regularizers", "research.steps", "research.optim",
                    "research.models", "research.actions", "research.tensorboard_hooks",
                    "research.sources.datasets")

@@ -31,6 +31,9 @@ flags.DEFINE_integer("airbench_batch_size", None, "images per step of the airben
                      "precision and utilization runs (default 512)")
 flags.DEFINE_integer("pipeline_examples", None, "synthetic images of the pipeline "
                      "benchmark (default 45000)")
+flags.DEFINE_multi_string("pipeline_augment", [], "an --augment list whose input pipeline "
+                          "is timed too, and compared with training; repeat the flag for "
+                          "more (--pipeline_augment=crop,flip,randaugment)")
 flags.DEFINE_integer("matmul_size", None, "side of the peak-FLOP/s matmul (default 4096)")
 flags.DEFINE_bool("jit_compile", False, "compile both sides' steps with XLA")
 flags.DEFINE_bool("quick", False, "tiny sizes: checks the script runs, measures nothing")
@@ -44,7 +47,8 @@ def main(argv):
   del argv
   from scripts import benchmark_lib as benchmark  # pylint: disable=g-import-not-at-top
   overrides = {name: FLAGS[name].value for name in _SIZES if FLAGS[name].value is not None}
-  overrides.update(models=tuple(FLAGS.models), jit_compile=FLAGS.jit_compile)
+  overrides.update(models=tuple(FLAGS.models), jit_compile=FLAGS.jit_compile,
+                   pipeline_augment=tuple(FLAGS.pipeline_augment))
   if FLAGS.quick:
     overrides.setdefault("models", ())
     settings = benchmark.Settings.quick(**{k: v for k, v in overrides.items() if v})

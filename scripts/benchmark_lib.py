@@ -66,6 +66,7 @@ class Settings:
   matmul_size: int = 4096      # side of the square matmul that measures the peak
   pipeline_examples: int = 45000  # synthetic training set of the pipeline benchmark
   pipeline_steps: int = 20     # batches per timed window of the pipeline
+  pipeline_augment: tuple = ()  # more --augment lists whose pipelines are timed too
 
   @classmethod
   def quick(cls, **overrides):
@@ -253,8 +254,9 @@ def pipeline_rate(split, config, steps, repeats, extra=None):
 
 
 def pipeline_rates(settings, log=print):
-  """Images/s of our fast-recipe, crop+flip and `tutorial` pipelines, and the Keras
-  tutorial's preprocessing layers mapped over the same (unaugmented) batches."""
+  """Images/s of our fast-recipe, crop+flip and `tutorial` pipelines, the Keras tutorial's
+  preprocessing layers mapped over the same (unaugmented) batches, and the pipelines of
+  `settings.pipeline_augment`."""
   split, _ = synthetic(settings.pipeline_examples, settings.image_size,
                                 NUM_CLASSES)
   keras.mixed_precision.set_global_policy("float32")
@@ -268,7 +270,9 @@ def pipeline_rates(settings, log=print):
   cases = {"crop,alternating_flip": (base, None),
            "crop,flip": (base.replace(augment="crop,flip"), None),
            "tutorial (ours)": (base.replace(augment="tutorial"), None),
-           "tutorial (keras layers)": (base.replace(augment=""), keras_augment)}
+           "tutorial (keras layers)": (base.replace(augment=""), keras_augment),
+           **{augment: (base.replace(augment=augment), None)
+              for augment in settings.pipeline_augment}}
   rates = {}
   for name, (config, extra) in cases.items():
     rates[name] = pipeline_rate(split, config, settings.pipeline_steps, settings.repeats,
@@ -372,6 +376,8 @@ def run(settings, log=print):
   summary["pipeline_vs_tutorial"] = (pipes["crop,alternating_flip"]
                                      / pipes["tutorial (keras layers)"])
   rows += [(f"pipeline {name} images/s", f"{value:.0f}") for name, value in pipes.items()]
+  rows += [(f"pipeline {augment} / airbench training images/s",
+            f"{pipes[augment] / training:.1f}") for augment in settings.pipeline_augment]
 
   log("op determinism (--deterministic): off vs on")
   det = determinism_cost(settings, dataset, log)

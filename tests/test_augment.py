@@ -158,5 +158,5 @@ def test_pipeline_chains_in_order_and_empty_is_identity():
 def test_registry_refuses_duplicates_and_lists_names():
   with pytest.raises(ValueError, match="already registered"):
     augment.AUGMENTATIONS.register("flip")(lambda: None)
-  with pytest.raises(KeyError, match="known: alternating_flip, crop, cutmix, cutout, flip"):
+  with pytest.raises(KeyError, match="known: alternating_flip, augmix, crop, cutmix, cutout, flip"):
     augment.AUGMENTATIONS.get("twirl")
