@@ -82,11 +82,18 @@ def compiled_probabilities(model, tta="none"):
 
 
 def probabilities(model, images, tta="none", batch_size=250, compiled=None):
-  """Softmax probabilities, float32 numpy [N, K], of N > 0 uint8 or float images.
+  """Softmax probabilities, float32 numpy [N, K], of N > 0 uint8 or float images,
+  `batch_size` at a time.
 
   `compiled`: a `compiled_probabilities(model, tta)` to reuse, for a caller that predicts
   again and again (a hook after every evaluation) and would otherwise trace each time.
   """
   run = compiled or compiled_probabilities(model, tta)
-  return np.concatenate([run(images[i:i + batch_size]).numpy()
-                         for i in range(0, len(images), batch_size)])
+  size, parts = min(batch_size, len(images)), []
+  for i in range(0, len(images), size):
+    chunk = np.asarray(images[i:i + size])
+    short = size - len(chunk)  # The last chunk, padded: every call has one shape, one trace.
+    if short:
+      chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
+    parts.append(run(chunk).numpy()[:size - short])
+  return np.concatenate(parts)

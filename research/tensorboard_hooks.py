@@ -52,14 +52,15 @@ def train_images(config, every=1000):
 
 
 def prediction_figures(model, split, class_names, count=0, tta="none", matrix=None,
-                       compiled=None):
+                       compiled=None, batch_size=250):
   """{name: Figure}: prediction grid, confusion matrix, confident mistakes of `count`
-  examples of `split` (0: all) spread over its classes, predicted with TTA `tta` (through
-  `compiled`, a predict.compiled_probabilities, if given). `matrix`, when given, is the
-  confusion matrix of the whole split (an evaluation's), drawn instead."""
+  examples of `split` (0: all) spread over its classes, predicted `batch_size` at a time
+  with TTA `tta` (through `compiled`, a predict.compiled_probabilities, if given).
+  `matrix`, when given, is the confusion matrix of the whole split (an evaluation's),
+  drawn instead."""
   part = split.sample(count or len(split))
   images, labels = part.head(len(part)), part.labels
-  probs = predict.probabilities(model, images, tta, compiled=compiled)
+  probs = predict.probabilities(model, images, tta, batch_size, compiled=compiled)
   guesses = probs.argmax(-1)
   wrong = np.flatnonzero(guesses != labels)
   worst = wrong[np.argsort(-probs[wrong, guesses[wrong]], kind="stable")][:MISTAKES]
@@ -102,7 +103,9 @@ def predictions(config, examples=250):
       figures = prediction_figures(ctx.state.model, ctx.data.eval, ctx.data.class_names,
                                    examples, tta,
                                    matrix=ctx.eval_metrics["confusion_matrix"],
-                                   compiled=compiled[tta])
+                                   compiled=compiled[tta],
+                                   # No more activations at once than an evaluation's.
+                                   batch_size=ctx.config.global_eval_batch_size)
     write_figures(ctx.writers.eval, ctx.step, figures)
   return Hook(chief_only=True, after_eval=write, eval_metrics=("confusion_matrix",))
 
