@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from research import checkpoints, data, distribute, hooks, loop, losses, state as state_lib
 from research import steps
-from tests.conftest import ROOT, make_runner
+from tests.conftest import ROOT, make_runner, tiny_config
 
 # 192 train examples / 24 = 8 steps an epoch; checkpoints every 3 steps.
 RUN_FLAGS = ["--dataset=synthetic", "--synthetic_examples=256", "--val_split=0.25",
@@ -100,14 +100,25 @@ def test_sigterm_then_sigkill_then_resume_is_bitwise_exact(tmp_path):
   assert steps == sorted(set(steps)) == list(range(1, 25))
 
 
-def _checkpointed_run(make_config, steps=6):
-  config = make_config(train_steps=steps, checkpoint_every=2, keep_checkpoints=5)
+@pytest.fixture(scope="module")
+def six_steps(tmp_path_factory):
+  """A 6-step run checkpointed every 2 steps, trained once for the tests below."""
+  config = tiny_config(tmp_path_factory.mktemp("six_steps"), train_steps=6,
+                       checkpoint_every=2, keep_checkpoints=5)
   loop.train(config)
+  return config
+
+
+@pytest.fixture
+def checkpointed_run(six_steps, tmp_path):
+  """(config, checkpoint directory) of this test's own copy of `six_steps`, to damage."""
+  config = six_steps.replace(model_dir=str(tmp_path / "run"))
+  shutil.copytree(six_steps.model_dir, config.model_dir)
   return config, os.path.join(config.model_dir, "checkpoints")
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous(make_config, caplog):
-  config, directory = _checkpointed_run(make_config)
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(checkpointed_run, caplog):
+  config, directory = checkpointed_run
   data_file = glob.glob(f"{directory}/ckpt-6.data-*")[0]
   with open(data_file, "r+b") as f:
     f.truncate(os.path.getsize(data_file) // 2)
@@ -116,8 +127,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(make_config, caplo
   assert "ckpt-6 is unreadable" in caplog.text
 
 
-def test_kill_during_save_leaves_the_previous_checkpoint(make_config):
-  config, directory = _checkpointed_run(make_config)
+def test_kill_during_save_leaves_the_previous_checkpoint(checkpointed_run):
+  config, directory = checkpointed_run
   # What a kill mid-save leaves: a newer index and a torn data file, state not updated.
   with open(f"{directory}/ckpt-8.index", "wb") as f:
     f.write(b"\x00" * 10)
@@ -127,15 +138,15 @@ def test_kill_during_save_leaves_the_previous_checkpoint(make_config):
   assert [s for s, _ in result.train_history] == [9]  # Resumed at 6, not at 8 or 0.
 
 
-def test_lost_state_file_still_resumes(make_config):
-  config, directory = _checkpointed_run(make_config)
+def test_lost_state_file_still_resumes(checkpointed_run):
+  config, directory = checkpointed_run
   os.remove(f"{directory}/checkpoint")
   result = loop.train(config.replace(train_steps=9))
   assert [s for s, _ in result.train_history] == [9]
 
 
-def test_no_readable_checkpoint_stops_instead_of_restarting(make_config):
-  config, directory = _checkpointed_run(make_config)
+def test_no_readable_checkpoint_stops_instead_of_restarting(checkpointed_run):
+  config, directory = checkpointed_run
   for path in glob.glob(f"{directory}/ckpt-*.data-*"):
     with open(path, "wb") as f:
       f.write(b"garbage")
@@ -173,10 +184,11 @@ def test_the_first_log_after_a_resume_averages_the_same_steps(make_config, caplo
   leave them out, saying so."""
   config = make_config(train_steps=4, log_every=4, checkpoint_every=2, deterministic=True,
                        schedule="constant", warmup_epochs=0)
-  whole = loop.train(config.replace(model_dir=config.model_dir + "_whole")).train_history
+  whole_dir = config.model_dir + "_whole"
+  whole = loop.train(config.replace(model_dir=whole_dir)).train_history
   for resume_metrics in ("", "ece"):
     shutil.rmtree(config.model_dir, ignore_errors=True)
-    loop.train(config)
+    shutil.copytree(whole_dir, config.model_dir)  # The same run, trained once.
     # Back to the checkpoint of step 2, between two logs, as if stopped there.
     directory = os.path.join(config.model_dir, "checkpoints")
     for path in glob.glob(f"{directory}/ckpt-4.*") + [f"{directory}/checkpoint"]:
@@ -256,13 +268,20 @@ def test_a_run_resumed_after_a_rollback_reads_the_reseeded_data(make_config, cap
   config = make_config(train_steps=8, checkpoint_every=2, on_nan="rollback",
                        hooks="test_nan_weights_once_at(step=3)", steps_per_loop=1,
                        deterministic=True)
-  loop.train(config.replace(model_dir=config.model_dir + "_whole"))
+  loop.train(config)
   assert "rolled back to step 2, reseeding the data (try 1 of 3)" in caplog.text
-  loop.train(config.replace(train_steps=6))  # Rolls back, then stops at step 6...
-  saved = tf.train.load_checkpoint(f"{config.model_dir}/checkpoints/ckpt-6")
+  whole = weights(config.model_dir)
+  # Back to the checkpoint of step 6, after the rollback, as if stopped there...
+  directory = f"{config.model_dir}/checkpoints"
+  for path in glob.glob(f"{directory}/ckpt-8.*") + [f"{directory}/checkpoint"]:
+    os.remove(path)
+  saved = tf.train.load_checkpoint(f"{directory}/ckpt-6")
   assert saved.get_tensor("rollbacks/.ATTRIBUTES/VARIABLE_VALUE") == 1
+  caplog.clear()
+  caplog.set_level(logging.INFO)
   loop.train(config)  # ...and the resumed steps 7-8 read the data of the rollback's seed.
-  for a, b in zip(weights(config.model_dir), weights(config.model_dir + "_whole")):
+  assert "resumed at step 6 from" in caplog.text
+  for a, b in zip(weights(config.model_dir), whole):
     np.testing.assert_array_equal(a, b)
 
 RECORDED = []  # (step, example ids) of test_record_batch.

@@ -19,10 +19,12 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from research import config as config_lib, loop, plugins
 from tests.conftest import ROOT
 
 FLAGS = ["--dataset=synthetic", "--synthetic_examples=512", "--image_size=32",
@@ -65,6 +67,18 @@ def _train(model_dir, strategy, tf_config=None, env_vars=None, *extra):
   return subprocess.Popen([sys.executable, "train.py", f"--strategy={strategy}",
                            f"--model_dir={model_dir}", *FLAGS, *extra], cwd=ROOT, env=env,
                           text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _train_here(model_dir):
+  """The run of `train.py --strategy=default` on FLAGS (parsed and given the model's
+  training defaults as train.py does), in this process: its TensorFlow is loaded."""
+  values = flags.FlagValues()
+  config_lib.define_flags(values)
+  values(["train.py", "--strategy=default", f"--model_dir={model_dir}", *FLAGS])
+  config = config_lib.from_flags(values).validate()
+  config = config.with_model_defaults(plugins.model_defaults(config),
+                                      config_lib.explicit_fields(values))
+  return loop.train(plugins.validate(config.validate()))
 
 
 def _slurm_workers(model_dir, port_base):
@@ -110,13 +124,14 @@ def _two_workers_train_like_one_process(tmp_path):
            for i in range(2)]
   logs = [p.stderr.read() for p in procs]
   assert [p.wait(timeout=300) for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-  single = _train(tmp_path / "single", "default")
-  single_log = single.stderr.read()
-  assert single.wait(timeout=300) == 0
+  result = _train_here(tmp_path / "single")
+  # As the log has them: the steps' losses (steps 3 and 6), then the evaluation's.
+  single = [m["loss"] for _, m in result.train_history] + [result.final_eval["loss"]]
 
   # Both workers step together on the same global batches as one process would.
   assert _losses(logs[0]) == _losses(logs[1])
-  for a, b in zip(_losses(logs[0]), _losses(single_log)):
+  assert len(_losses(logs[0])) == len(single) == 3
+  for a, b in zip(_losses(logs[0]), single):
     assert abs(a - b) <= 1e-3 * max(1.0, abs(b))
   assert "eval at step 6: 51 validation examples" in logs[0]
   # Only the chief writes the run's files.

@@ -1,5 +1,9 @@
 """Per-variable rules: which optimizer, learning-rate scale, decay and training span."""
 
+import glob
+import logging
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -75,12 +79,18 @@ def test_a_rule_shorter_than_a_step_trains_one_step_then_stays(make_config):
   for a, b in zip(after_one, head):
     np.testing.assert_array_equal(a, b.numpy())
 
-def test_several_optimizers_checkpoint_and_resume(make_config):
+def test_several_optimizers_checkpoint_and_resume(make_config, caplog):
   config = make_config(param_rules="kernels(rank=4, optimizer='adam')", train_steps=6,
                        checkpoint_every=3, deterministic=True)
-  whole = loop.train(config.replace(model_dir=config.model_dir + "_whole"))
-  loop.train(config.replace(train_steps=3))
+  whole = loop.train(config)
+  # Back to the checkpoint of step 3, as if stopped there: both optimizers' slots and
+  # step counts come from it (one run fewer than stopping a second run at step 3).
+  directory = os.path.join(config.model_dir, "checkpoints")
+  for path in glob.glob(f"{directory}/ckpt-6.*") + [f"{directory}/checkpoint"]:
+    os.remove(path)
+  caplog.set_level(logging.INFO)
   resumed = loop.train(config)
+  assert "resumed at step 3 from" in caplog.text
   assert resumed.final_eval["loss"] == whole.final_eval["loss"]
 
 
