@@ -60,7 +60,7 @@ def prediction_figures(model, split, class_names, count=0, tta="none", matrix=No
   drawn instead."""
   part = split.sample(count or len(split))
   images, labels = part.head(len(part)), part.labels
-  probs = predict.probabilities(model, images, tta, batch_size, compiled=compiled)
+  probs = predict.probabilities(model, images, tta, batch_size=batch_size, compiled=compiled)
   guesses = probs.argmax(-1)
   wrong = np.flatnonzero(guesses != labels)
   worst = wrong[np.argsort(-probs[wrong, guesses[wrong]], kind="stable")][:MISTAKES]
