@@ -36,6 +36,11 @@ def native_bf16_flags(flags=None):
   return [f for f in NATIVE_BF16_CPU_FLAGS if f in flags]
 
 
+def bf16_is_fast(native):
+  """Whether the native-bf16 flags `native` make bfloat16 faster than float32 (AMX)."""
+  return any(f in FAST_BF16_CPU_FLAGS for f in native)
+
+
 def choose(gpu_capabilities, flags):
   """(policy, reason) for `--precision=auto`.
 
@@ -50,7 +55,7 @@ def choose(gpu_capabilities, flags):
       return "mixed_bfloat16", f"{name} has bfloat16 tensor cores"
     return "mixed_float16", f"{name} has float16 but no bfloat16 tensor cores"
   native = native_bf16_flags(flags)
-  if any(f in FAST_BF16_CPU_FLAGS for f in native):
+  if bf16_is_fast(native):
     return "mixed_bfloat16", f"the CPU computes bfloat16 natively ({', '.join(native)})"
   if native:
     return "float32", (f"the CPU computes bfloat16 natively ({', '.join(native)}) but "
@@ -98,8 +103,7 @@ def resolve(requested):
     logging.warning("--precision=mixed_bfloat16 on a CPU without native bfloat16 (no %s) "
                     "will be several times slower than float32; use --precision=auto or "
                     "--precision=float32", " or ".join(NATIVE_BF16_CPU_FLAGS))
-  elif (requested == "mixed_bfloat16" and not gpus
-        and not any(f in FAST_BF16_CPU_FLAGS for f in native)):
+  elif requested == "mixed_bfloat16" and not gpus and not bf16_is_fast(native):
     logging.warning("--precision=mixed_bfloat16 on a CPU with %s but no AMX will be slower "
                     "than float32; use --precision=auto or --precision=float32",
                     ", ".join(native))
