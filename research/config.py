@@ -106,6 +106,12 @@ class Config:
   eval_data_dir: str = _field("", "with --dataset=folder --val_split=0: a folder with the "
                               "same classes (or some of them) to evaluate on")
   image_size: int = _field(32, "images are resized to this square size")
+  low_res_epochs: float = _field(0.0, "progressive resizing: train the first this many "
+                                 "epochs on images downscaled to --low_res_size (fewer "
+                                 "FLOPs while the model learns coarse features), then at "
+                                 "--image_size; evaluation is always at --image_size")
+  low_res_size: int = _field(0, "the image size of the --low_res_epochs (0: three "
+                             "quarters of --image_size)")
   num_classes: int = _field(0, "set from the data; given only for synthetic data")
   synthetic_examples: int = _field(1024, "training examples of --dataset=synthetic")
   augment: str = _field("crop,flip", "comma-separated augmentations, in order, each "
@@ -224,6 +230,7 @@ class Config:
   steps_per_epoch: int = _field(0, "set from the data")
   warmup_steps: int = _field(0, "set from --warmup_epochs")
   freeze_steps: int = _field(0, "set from --freeze_epochs")
+  low_res_steps: int = _field(0, "set from --low_res_epochs")
   model_defaults: str = _field("", "the model's training defaults this run took: the "
                                "fields no flag set")
 
@@ -342,8 +349,12 @@ class Config:
     """The learning rate, its schedule's shape, momentum and weight decay."""
     if not self.learning_rate > 0:
       raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
-    if self.weight_decay < 0 or self.warmup_epochs < 0 or self.freeze_epochs < 0:
-      raise ConfigError("--weight_decay, --warmup_epochs and --freeze_epochs must be >= 0")
+    if min(self.weight_decay, self.warmup_epochs, self.freeze_epochs, self.low_res_epochs) < 0:
+      raise ConfigError("--weight_decay, --warmup_epochs, --freeze_epochs and "
+                        "--low_res_epochs must be >= 0")
+    if self.low_res_epochs and not 0 <= self.low_res_size < self.image_size:
+      raise ConfigError(f"--low_res_size must be smaller than --image_size="
+                        f"{self.image_size}, got {self.low_res_size}")
     if not self.backbone_lr_scale > 0:
       raise ConfigError(f"--backbone_lr_scale must be > 0, got {self.backbone_lr_scale} "
                         "(to keep the backbone fixed all run: --freeze_epochs=--epochs)")
@@ -416,22 +427,42 @@ class Config:
       # Rounded first: 1.1 epochs of 90 steps are 99 steps, not 99.00000000000001 -> 100.
       updates = math.ceil(round(self.epochs * steps_per_epoch / self.grad_accum_steps, 6))
       train_steps = self.grad_accum_steps * max(1, updates)
-    freeze_steps = int(round(self.freeze_epochs * steps_per_epoch))
-    if self.freeze_epochs:  # At least one update, and whole ones: none mixes the phases.
-      freeze_steps = self.grad_accum_steps * max(1, math.ceil(freeze_steps /
-                                                              self.grad_accum_steps))
     return self.replace(
         num_classes=num_classes,
         steps_per_epoch=steps_per_epoch,
         train_steps=train_steps,
         warmup_steps=int(round(self.warmup_epochs * steps_per_epoch)),
-        freeze_steps=freeze_steps,
+        freeze_steps=self._phase_steps(self.freeze_epochs, steps_per_epoch),
+        low_res_steps=self._phase_steps(self.low_res_epochs, steps_per_epoch),
         eval_every=self.eval_every or steps_per_epoch,
         # Workers must agree on every evaluation: their clocks would not.
         eval_budget=0.0 if self.eval_every or self.strategy == "multi_worker" else
         self.eval_budget,
         checkpoint_every=self.checkpoint_every or steps_per_epoch,
         model_dir=self.run_dir)
+
+  def _phase_steps(self, epochs, steps_per_epoch):
+    """The steps of a phase of `epochs` at the start of the run: at least one update,
+    and whole ones, so that no update mixes two phases."""
+    if not epochs:
+      return 0
+    steps = int(round(epochs * steps_per_epoch))
+    return self.grad_accum_steps * max(1, math.ceil(steps / self.grad_accum_steps))
+
+  @property
+  def low_res_image_size(self):
+    """--low_res_size, or its default."""
+    return self.low_res_size or max(1, round(0.75 * self.image_size))
+
+  def image_size_at(self, step):
+    """The training images' size at `step` (0-based) of a resolved config: the low-res
+    phase's, then --image_size."""
+    return self.low_res_image_size if step < self.low_res_steps else self.image_size
+
+  def phase_end(self, step):
+    """The first step after `step` where the training input changes size (the run's
+    end when none does): a train call or an input pipeline stops there."""
+    return self.low_res_steps if step < self.low_res_steps else self.train_steps
 
   @property
   def run_dir(self):
@@ -537,7 +568,8 @@ def read_flagfile(path):
 
 def fields():
   """(name, type, default, help) of every user-settable field, for flag definitions."""
-  derived = {"steps_per_epoch", "warmup_steps", "freeze_steps", "model_defaults"}
+  derived = {"steps_per_epoch", "warmup_steps", "freeze_steps", "low_res_steps",
+             "model_defaults"}
   return [(f.name, f.type, f.default, f.metadata["help"])
           for f in dataclasses.fields(Config) if f.name not in derived]
 

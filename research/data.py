@@ -179,32 +179,41 @@ def _resize_split(split, size, chunk=1024):
 
 def train_dataset(source, config, start_step, input_context, shard=True, *, seed=None,
                   stop_step=None):
-  """The per-replica training batches of steps [start_step, stop_step) (default: to
-  `config.train_steps`) of the run whose data is seeded by `seed` (default `config.seed`;
-  a rollback's retry draws another).
+  """The per-replica training batches of steps [start_step, stop_step) (default: to the
+  end of start_step's phase, `config.phase_end`) of the run whose data is seeded by `seed`
+  (default `config.seed`; a rollback's retry draws another).
 
   The global batch of a step is the next `config.batch_size` examples of its epoch's
   order. Each input pipeline reads and augments its share of it (seeded by (seed,
   step)) as a dict (`image` float32, `label` int32, `target` one-hot float32 over
   `config.num_classes`, `index` example ids) and yields one element per local replica,
   the order tf.distribute hands them out in. Its share: its replicas' examples, or the
-  whole batch when an augmentation mixes examples across it (or `shard` is False).
+  whole batch when an augmentation mixes examples across it (or `shard` is False). In
+  the low-res phase (--low_res_epochs) the augmented images are then downscaled to
+  --low_res_size; the steps of one pipeline are all of one phase.
   """
   seed = config.seed if seed is None else seed
-  steps = (start_step, config.train_steps if stop_step is None else stop_step)
+  steps = (start_step, config.phase_end(start_step) if stop_step is None else stop_step)
+  size = config.image_size_at(start_step)
+  if config.image_size_at(steps[1] - 1) != size:
+    raise ValueError(f"steps [{steps[0]}, {steps[1]}) span two image sizes: the low-res "
+                     f"phase ends at step {config.low_res_steps}")
   batch = config.batch_size
   steps_per_epoch = len(source) // batch
   ops = augment_lib.pipeline(config.augment, seed, config.train_steps, steps_per_epoch)
-  offset, size = share(batch, input_context) if ops.sharded and shard else (0, batch)
+  offset, share_size = share(batch, input_context) if ops.sharded and shard else (0, batch)
 
   def make_batch(step, examples):
-    examples = {key: value[offset:offset + size] for key, value in examples.items()}
+    examples = {key: value[offset:offset + share_size] for key, value in examples.items()}
     label = examples["label"]
     built = {"image": tf.cast(source.read(examples["payload"]), tf.float32), "label": label,
              "target": tf.one_hot(label, config.num_classes), "index": examples["index"]}
     step_seed = tf.stack([tf.constant(seed, tf.int64), step])
-    return ops(built, step_seed, ops.context(step, step // steps_per_epoch, batch, offset,
-                                             size))
+    built = ops(built, step_seed, ops.context(step, step // steps_per_epoch, batch, offset,
+                                              share_size))
+    if size != config.image_size:
+      built["image"] = tf.image.resize(built["image"], (size, size), antialias=True)
+    return built
 
   if config.data_service:
     ds = _served(source, batch, seed, steps, make_batch, config.data_service)

@@ -121,6 +121,11 @@ def _run_calls(config, actions, ctx, train_input):
       logging.info("step %d: the head-only phase (--freeze_epochs) is over; every "
                    "variable trains from here", ctx.step)
       step_seconds = None  # The next call compiles the loop of the new phase.
+    if ctx.step == config.low_res_steps and ctx.call.start < ctx.step < config.train_steps:
+      logging.info("step %d: the low-res phase (--low_res_epochs) is over; training at "
+                   "%d px from here", ctx.step, config.image_size)
+      train_input.restart(ctx.step)  # Same seed: the next phase's pipeline.
+      step_seconds = None
     try:
       hooks_lib.dispatch_call(actions, ctx)
     except hooks_lib.Rollback:
@@ -130,8 +135,9 @@ def _run_calls(config, actions, ctx, train_input):
 
 def _call_steps(config, actions, step, step_seconds):
   """Steps of the next call: up to the next step a hook (an action's cadence) or the
-  end of the head-only phase names; one while compiling; about --loop_seconds long."""
-  num = min(config.steps_per_loop, config.train_steps - step,
+  end of the head-only or low-res phase names; one while compiling; about --loop_seconds
+  long."""
+  num = min(config.steps_per_loop, config.phase_end(step) - step,
             *([config.freeze_steps - step] if step < config.freeze_steps else []),
             *(n for n in (hooks_lib.steps_to_next(h, step) for h in actions) if n))
   if step_seconds is None:
@@ -164,7 +170,8 @@ class _TrainInput:
     self.restart(step)
 
   def restart(self, step):
-    """A new input from `step` on (after a rollback: reseeded); returns its seed."""
+    """A new input from `step` to the end of its phase (after a rollback: reseeded);
+    returns its seed."""
     self.seed = self.config.seed + 1000 * int(self.state.rollbacks.numpy())
     _LAST_INPUT.clear()  # A rollback's new input replaces the old one here.
     _LAST_INPUT.append(iter(self.strategy.distribute_datasets_from_function(

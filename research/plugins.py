@@ -196,6 +196,8 @@ def _check_model(config):
   policy = keras.mixed_precision.global_policy()
   try:
     model = models.build(nominal)
+    if config.low_res_epochs:
+      _check_low_res(config, model)
     rules = optim.variable_rules(nominal, model)
     steps.StepSpec.from_config(nominal, model, rules)
     optim.build(nominal, model, rules)
@@ -206,6 +208,14 @@ def _check_model(config):
     keras.mixed_precision.set_global_policy(policy)
   if too_large:
     raise ConfigError(too_large)
+
+
+def _check_low_res(config, model):
+  try:
+    models.at_image_size(model, config.low_res_image_size)
+  except ValueError as e:
+    raise ConfigError(f"--low_res_size={config.low_res_image_size}: --model={config.model} "
+                      f"cannot take images of that size: {reason(e)}") from None
 
 
 def _build_optimizers(config):

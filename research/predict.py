@@ -8,6 +8,8 @@ saved, so a run is scored the same way everywhere.
 import numpy as np
 import tensorflow as tf
 
+from research import models
+
 
 class NonFiniteError(Exception):
   """A model whose outputs are NaN or infinite: the message says on how many images."""
@@ -32,9 +34,10 @@ def outputs(model, images, training=False):
   """The model's outputs as a dict whose `logits` are float32.
 
   A model returns logits, or a dict of outputs with `logits` among them (an auxiliary
-  head, features for a distillation loss).
+  head, features for a distillation loss). Images of another size than the model's
+  input (the low-res phase of --low_res_epochs) go through its copy at their size.
   """
-  out = model(images, training=training)
+  out = models.at_image_size(model, images.shape[1])(images, training=training)
   if not isinstance(out, dict):
     out = {"logits": out}
   return {**out, "logits": tf.cast(out["logits"], tf.float32)}

@@ -6,7 +6,7 @@ Importing this package registers every family below.
 """
 
 from research.models.registry import MODELS, TRAINING_DEFAULTS, build, defaults_of  # noqa: F401
-from research.models.registry import HEAD_LAYER, head_indices  # noqa: F401
+from research.models.registry import HEAD_LAYER, at_image_size, head_indices  # noqa: F401
 from research.models.registry import init_from_data, training_defaults  # noqa: F401
 # Each module registers its models.
 from research.models import airbench, backbones, cnn, resnet  # noqa: F401,E402

@@ -1,5 +1,7 @@
 """The registry and the pieces every architecture shares."""
 
+import weakref
+
 import keras
 from keras import layers
 import numpy as np
@@ -43,6 +45,29 @@ def build(config):
   except ValueError as e:  # Keras' shape checks: the images too small for the network.
     raise ConfigError(f"--model={config.model} cannot be built for --image_size="
                       f"{config.image_size}: {reason(e)}") from None
+
+
+_AT_SIZE = weakref.WeakKeyDictionary()  # model -> {image size: the model at that size}
+
+
+def at_image_size(model, size):
+  """`model` on size x size images: itself at its own input size (or any size), else a
+  functional copy on the same layers, so the same variables, made once per size
+  (progressive resizing, --low_res_epochs, trains through it). A ValueError if its layers
+  cannot take that size."""
+  try:
+    own = tuple(model.inputs[0].shape[1:3])
+  except (AttributeError, IndexError, TypeError, ValueError):
+    return model  # A subclassed model takes what its layers take.
+  if own in ((size, size), (None, None)):
+    return model
+  copies = _AT_SIZE.setdefault(model, {})
+  if size not in copies:
+    shape = (size, size, *model.inputs[0].shape[3:])
+    copies[size] = keras.models.clone_model(
+        model, input_tensors=keras.Input(shape, name=model.inputs[0].name),
+        clone_function=lambda layer: layer)
+  return copies[size]
 
 
 def standardized_input(image_size, name="images"):

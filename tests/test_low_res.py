@@ -1,0 +1,99 @@
+"""Progressive resizing (--low_res_epochs): the first epochs at a lower resolution."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from research import data, loop, models, probes
+from research.config import Config, ConfigError
+from research.sources.datasets import synthetic
+
+
+def _images(split, config, start, stop=None):
+  ds = data.train_dataset(split, config, start, None, stop_step=stop)
+  return [batch["image"].numpy() for batch in ds]
+
+
+def test_the_low_res_phase_is_the_full_batches_downscaled_then_full_size():
+  split, _ = synthetic(96, 16, 4)  # 6 steps an epoch of 16.
+  full = Config(batch_size=16, train_steps=9, augment="crop,flip,cutout", seed=3,
+                image_size=16).resolve(96, 4)
+  low = full.replace(low_res_epochs=0.5, low_res_size=12).resolve(96, 4)
+  assert low.low_res_steps == 3
+  assert [low.image_size_at(s) for s in (0, 2, 3, 8)] == [12, 12, 16, 16]
+  reference = _images(split, full, 0)
+  first, then = _images(split, low, 0), _images(split, low, 3)  # Each stops at its phase's end.
+  assert len(first) == 3 and len(then) == 6
+  for got, whole in zip(first, reference):  # The same examples, augmented alike.
+    np.testing.assert_allclose(got, tf.image.resize(whole, (12, 12), antialias=True),
+                               atol=1e-4)
+  for got, whole in zip(then, reference[3:]):
+    np.testing.assert_array_equal(got, whole)
+  with pytest.raises(ValueError, match="span two image sizes"):
+    data.train_dataset(split, low, 1, None, stop_step=5)
+
+
+@pytest.mark.parametrize("overrides, size, steps", [
+    (dict(), 12, 3),                          # Three quarters of --image_size by default.
+    (dict(grad_accum_steps=2), 12, 4),        # Whole updates: none mixes two sizes.
+    (dict(low_res_size=8, grad_accum_steps=3), 8, 3),
+])
+def test_the_phase_is_whole_updates_and_its_size_defaults(overrides, size, steps):
+  config = Config(image_size=16, batch_size=32, low_res_epochs=0.6,
+                  **overrides).resolve(160, 4)  # 5 steps an epoch: 0.6 epochs are 3.
+  assert (config.low_res_image_size, config.low_res_steps) == (size, steps)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(low_res_epochs=-1.0), "--low_res_epochs must be >= 0"),
+    (dict(low_res_epochs=1.0, low_res_size=16), "--low_res_size must be smaller than "
+                                                "--image_size=16, got 16"),
+])
+def test_bad_settings_are_one_line(make_config, overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    make_config(**overrides)
+
+
+def test_a_model_that_cannot_take_the_low_res_size_is_refused_before_any_data(make_config):
+  # Its position embeddings are for (16 / 4)^2 patches; 12 px gives 9.
+  with pytest.raises(ConfigError, match=r"--low_res_size=12: --model=vit\(.*\) cannot take "
+                                        r"images of that size"):
+    make_config(model="vit(patch_size=4, dim=16, depth=1, heads=2)", low_res_epochs=0.5,
+                low_res_size=12)
+
+
+def test_the_copy_at_another_size_shares_every_variable():
+  model = models.build(Config(model="resnet8", image_size=16, num_classes=3))
+  low = models.at_image_size(model, 12)
+  assert low is models.at_image_size(model, 12)  # Made once.
+  assert models.at_image_size(model, 16) is model
+  assert [id(v) for v in low.variables] == [id(v) for v in model.variables]
+  assert low(tf.zeros([2, 12, 12, 3])).shape == (2, 3)
+
+
+TRACED_SIZES = []
+
+
+@probes.PROBES.register("test_traced_image_size")
+def _traced_image_size():
+  """Records the size of the images each trace of the step trains on."""
+  def values(step):
+    TRACED_SIZES.append(step.batch["image"].shape[1])
+    return {"test_traced_image_size": tf.constant(0.0)}
+  return probes.Probe(values)
+
+
+def test_a_run_trains_at_low_res_then_full_size_and_saves_the_full_size_model(
+    make_config, caplog):
+  # 190 training examples, 5 steps an epoch: the first 3 at 12 px.
+  config = make_config(low_res_epochs=0.6, train_steps=6, probes="test_traced_image_size")
+  TRACED_SIZES.clear()
+  with caplog.at_level("INFO"):
+    result = loop.train(config)
+  assert TRACED_SIZES[0] == 12 and TRACED_SIZES[-1] == 16, TRACED_SIZES
+  assert result.step == 6 and np.isfinite(result.final_eval["loss"])
+  assert "step 3: the low-res phase (--low_res_epochs) is over; training at 16 px" \
+      in caplog.text
+  saved = keras.models.load_model(f"{config.model_dir}/model.keras")
+  assert saved.inputs[0].shape[1:3] == (16, 16)
