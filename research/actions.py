@@ -106,7 +106,8 @@ class _Log:
                      on_step=self.on_step, after_rollback=self.after_rollback)
 
   def at_start(self, ctx):
-    self.progress = Progress(self.config.train_steps, ctx.step, self.config.steps_per_epoch)
+    self.progress = Progress(self.config.train_steps, ctx.step, self.config.steps_per_epoch,
+                             self.config.training_work)
 
   def after_call(self, ctx):
     if ctx.call.compiling:

@@ -459,6 +459,12 @@ class Config:
     phase's, then --image_size."""
     return self.low_res_image_size if step < self.low_res_steps else self.image_size
 
+  def training_work(self, first, last):
+    """The cost of steps [first, last) in steps at --image_size: a low-res step counts as
+    its share of the pixels (about its share of a convnet's FLOPs)."""
+    low = max(0, min(last, self.low_res_steps) - first)
+    return last - first - low + low * (self.low_res_image_size / self.image_size) ** 2
+
   def phase_end(self, step):
     """The first step after `step` where the training input changes size (the run's
     end when none does): a train call or an input pipeline stops there."""

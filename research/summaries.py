@@ -34,8 +34,11 @@ class Writers:
 class Progress:
   """`step 1200/35000 (3.4%) ep 3.1 | 2345 img/s | ETA 12m03s | loss ...` lines."""
 
-  def __init__(self, total_steps, start_step, steps_per_epoch):
+  def __init__(self, total_steps, start_step, steps_per_epoch, work=None):
+    """`work(first, last)`: the cost of steps [first, last) in full steps (default: their
+    count), so that the cheap steps of a low-res phase do not make the ETA short."""
     self.total, self.steps_per_epoch = total_steps, steps_per_epoch
+    self.work = work or (lambda first, last: last - first)
     self.restart(start_step)
 
   def restart(self, step):
@@ -45,8 +48,8 @@ class Progress:
   def line(self, step, images_per_second, metrics=None):
     """`images_per_second` None: not measured yet (only the compiling call has run);
     `metrics` None: a line between logs, with no metrics."""
-    done = step - self.start
-    eta = ((self.total - step) * (time.perf_counter() - self.started) / done
+    done = self.work(self.start, step)
+    eta = (self.work(step, self.total) * (time.perf_counter() - self.started) / done
            if done else float("nan"))
     speed = "? img/s" if images_per_second is None else f"{images_per_second:.0f} img/s"
     return (f"step {step}/{self.total} ({100 * step / self.total:.1f}%) "
