@@ -17,6 +17,7 @@ from research.registry import split_list
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 CLUSTER_RESOLVERS = ("tf_config", "slurm")
 DATA_CACHE = ("auto", "memory", "none")
+LOW_RES_MODES = ("resize", "crop")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 TTA = ("none", "flip", "flip_translate")
 ON_NAN = ("skip", "rollback", "halt")
@@ -112,6 +113,9 @@ class Config:
                                  "--image_size; evaluation is always at --image_size")
   low_res_size: int = _field(0, "the image size of the --low_res_epochs (0: three "
                              "quarters of --image_size)")
+  low_res_mode: str = _field("resize", "how the --low_res_epochs' images are made from the "
+                             "augmented ones: resize (downscaled whole) or crop (a random "
+                             "crop at full scale, as the evaluation sees objects)")
   num_classes: int = _field(0, "set from the data; given only for synthetic data")
   synthetic_examples: int = _field(1024, "training examples of --dataset=synthetic")
   augment: str = _field("crop,flip", "comma-separated augmentations, in order, each "
@@ -313,6 +317,7 @@ class Config:
     _choice("data_cache", self.data_cache, DATA_CACHE)
     _choice("precision", self.precision, PRECISIONS)
     _choice("on_nan", self.on_nan, ON_NAN)
+    _choice("low_res_mode", self.low_res_mode, LOW_RES_MODES)
     _choice("tta", self.tta, TTA)
 
   def _check_averaging(self):

@@ -189,8 +189,8 @@ def train_dataset(source, config, start_step, input_context, shard=True, *, seed
   `config.num_classes`, `index` example ids) and yields one element per local replica,
   the order tf.distribute hands them out in. Its share: its replicas' examples, or the
   whole batch when an augmentation mixes examples across it (or `shard` is False). In
-  the low-res phase (--low_res_epochs) the augmented images are then downscaled to
-  --low_res_size; the steps of one pipeline are all of one phase.
+  the low-res phase (--low_res_epochs) the augmented images are then made
+  --low_res_size (`low_res`); the steps of one pipeline are all of one phase.
   """
   seed = config.seed if seed is None else seed
   steps = (start_step, config.phase_end(start_step) if stop_step is None else stop_step)
@@ -209,10 +209,13 @@ def train_dataset(source, config, start_step, input_context, shard=True, *, seed
     built = {"image": tf.cast(source.read(examples["payload"]), tf.float32), "label": label,
              "target": tf.one_hot(label, config.num_classes), "index": examples["index"]}
     step_seed = tf.stack([tf.constant(seed, tf.int64), step])
-    built = ops(built, step_seed, ops.context(step, step // steps_per_epoch, batch, offset,
-                                              share_size))
-    if size != config.image_size:
-      built["image"] = tf.image.resize(built["image"], (size, size), antialias=True)
+    context = ops.context(step, step // steps_per_epoch, batch, offset, share_size)
+    built = ops(built, step_seed, context)
+    if size != config.image_size:  # Its draws seeded as one more op's after them.
+      built["image"] = low_res(built["image"], size, config.low_res_mode,
+                               tf.random.experimental.stateless_fold_in(step_seed,
+                                                                        len(ops.ops)),
+                               context)
     return built
 
   if config.data_service:
@@ -221,6 +224,17 @@ def train_dataset(source, config, start_step, input_context, shard=True, *, seed
     ds = _local(source, batch, seed, steps).map(
         make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return _per_replica(ds, input_context, batch, offset).prefetch(tf.data.AUTOTUNE)
+
+
+def low_res(images, size, mode, seed, context):
+  """The low-res phase's size x size `images` (--low_res_mode): downscaled whole
+  (`resize`), or a random crop of each at full scale (`crop`, drawn per example)."""
+  if mode == "resize":
+    return tf.image.resize(images, (size, size), antialias=True)
+  offsets = augment_lib.uniform(seed, context, [2], 0, images.shape[1] - size + 1, tf.int32)
+  rows = offsets[0][:, None] + tf.range(size)[None]  # [B, size]
+  cols = offsets[1][:, None] + tf.range(size)[None]
+  return tf.gather(tf.gather(images, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
 
 
 def _local(source, batch, seed, steps):

@@ -34,6 +34,24 @@ def test_the_low_res_phase_is_the_full_batches_downscaled_then_full_size():
     data.train_dataset(split, low, 1, None, stop_step=5)
 
 
+def test_the_crop_mode_takes_a_full_scale_window_of_each_image_drawn_per_example():
+  split, _ = synthetic(96, 16, 4)
+  full = Config(batch_size=16, train_steps=6, augment="crop,flip", seed=3,
+                image_size=16).resolve(96, 4)
+  low = full.replace(low_res_epochs=0.5, low_res_size=10, low_res_mode="crop").resolve(96, 4)
+  reference, first = _images(split, full, 0), _images(split, low, 0)
+  assert first[0].shape == (16, 10, 10, 3)
+  windows = set()
+  for got, whole in zip(first, reference):
+    for image, source in zip(got, whole):
+      found = [(y, x) for y in range(7) for x in range(7)
+               if np.array_equal(image, source[y:y + 10, x:x + 10])]
+      assert found, "not a window of its full-size image"
+      windows.add(found[0])
+  assert len(windows) > 10  # Drawn per example, not once a batch.
+  np.testing.assert_array_equal(first[2], _images(split, low, 2)[0])  # By the step alone.
+
+
 @pytest.mark.parametrize("overrides, size, steps", [
     (dict(), 12, 3),                          # Three quarters of --image_size by default.
     (dict(grad_accum_steps=2), 12, 4),        # Whole updates: none mixes two sizes.
@@ -49,6 +67,7 @@ def test_the_phase_is_whole_updates_and_its_size_defaults(overrides, size, steps
     (dict(low_res_epochs=-1.0), "--low_res_epochs must be >= 0"),
     (dict(low_res_epochs=1.0, low_res_size=16), "--low_res_size must be smaller than "
                                                 "--image_size=16, got 16"),
+    (dict(low_res_epochs=1.0, low_res_mode="blur"), "--low_res_mode='blur' is not one of"),
 ])
 def test_bad_settings_are_one_line(make_config, overrides, message):
   with pytest.raises(ConfigError, match=message):
