@@ -29,7 +29,7 @@ def test_default_and_mirrored_give_the_same_losses(make_config):
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_each_precision_trains(precision, make_config):
-  config = make_config(model="baseline_cnn", image_size=32, precision=precision,
+  config = make_config(model="baseline_cnn", image_size=20, precision=precision,
                        train_steps=18, log_every=6, eval_every=18, optimizer="adam",
                        learning_rate=2e-3, weight_decay=0.0)
   history = loop.train(config).train_history
