@@ -77,20 +77,20 @@ def predictions(model, files, top_k):
 
 
 def main(argv):
-  from research import startup  # pylint: disable=g-import-not-at-top
-  startup.import_tensorflow()  # Without its start-up noise before our lines.
-  from research import data, export  # pylint: disable=g-import-not-at-top
   if len(argv) < 2:
     sys.exit("error: name at least one image or directory: predict.py --model=PATH IMAGE ...")
   if FLAGS.top_k < 1:
     sys.exit("error: --top_k must be >= 1")
+  files = image_files(argv[1:])  # Said at once, before TensorFlow and the model load.
+  if not files:
+    sys.exit(f"error: no files in {', '.join(argv[1:])}")
+  from research import startup  # pylint: disable=g-import-not-at-top
+  startup.import_tensorflow()  # Without its start-up noise before our lines.
+  from research import data, export  # pylint: disable=g-import-not-at-top
   try:
     model = export.open_export(FLAGS.model, FLAGS.weights)
   except (export.ExportError, data.DataError) as e:
     sys.exit(f"error: {e}")
-  files = image_files(argv[1:])
-  if not files:
-    sys.exit(f"error: no files in {', '.join(argv[1:])}")
   try:
     entries, not_finite = predictions(model, files, FLAGS.top_k)
   except export.ExportError as e:  # A runtime failing on these images (Node for TF.js).

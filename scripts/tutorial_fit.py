@@ -32,6 +32,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  if not os.path.isdir(FLAGS.data_dir):  # Said at once, not after TensorFlow loads.
+    sys.exit(f"error: --data_dir {FLAGS.data_dir!r} is not a directory")
   from research import data  # pylint: disable=g-import-not-at-top
   from scripts import benchmark_lib as benchmark  # pylint: disable=g-import-not-at-top
   try:

@@ -62,7 +62,7 @@ def test_offline_cifar_is_one_quick_line(tmp_path, monkeypatch):
   startup.check_download("cifar10")  # Cached: nothing to download.
 
 
-def test_help_lists_registered_names_and_startup_noise_is_hidden(tmp_path):
+def test_help_lists_registered_names_and_startup_noise_is_hidden(fast_recipe_run):
   result = run("train.py", "--help")
   assert result.returncode == 0, result.stderr[-2000:]
   text = " ".join(result.stdout.split())
@@ -75,13 +75,8 @@ def test_help_lists_registered_names_and_startup_noise_is_hidden(tmp_path):
          "(--list=model)" in text
   listed = text.split("--list: ")[1].split(" --")[0]
   assert all(flag in listed for flag in plugins.registries()), listed
-  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-  trained = subprocess.run([sys.executable, "train.py", "--dataset=synthetic",
-                "--synthetic_examples=64", "--image_size=16", "--model=resnet8", "--batch_size=16",
-                "--train_steps=2", "--hooks=none", "--strategy=mirrored", "--cpu_devices=2",
-                f"--model_dir={tmp_path / 'run'}"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
-  assert trained.returncode == 0, trained.stderr[-2000:]
+  # A run under MirroredStrategy, with TensorFlow's own log level left unset.
+  trained = fast_recipe_run[1]
   for noise in ("cuInit", "Reduce to", "Sharding callback", "absl::InitializeLog"):
     assert noise not in trained.stderr
 
@@ -149,15 +144,30 @@ def test_train_then_evaluate_a_folder_refusing_unknown_classes(tmp_path):
   assert scored.returncode != 0 and "classes not known to the model: purple" in scored.stderr
 
 
-def test_evaluate_loads_custom_layers_of_the_fast_recipe(tmp_path):
+@pytest.fixture(scope="module")
+def fast_recipe_run(tmp_path_factory):
+  """(image folder, train.py's finished process) of airbench trained 2 steps on a folder
+  under MirroredStrategy on 2 CPU devices, with TF_CPP_MIN_LOG_LEVEL unset as a user's
+  shell leaves it; run once for the two tests that read it."""
+  tmp = tmp_path_factory.mktemp("fast_recipe")
+  data_dir = _folder(tmp / "images", size=32)
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  trained = subprocess.run([sys.executable, "train.py", "--dataset=folder",
+                            f"--data_dir={data_dir}", "--val_split=0.25", "--model=airbench",
+                            "--batch_size=4", "--train_steps=2", "--ema_decay=0.9",
+                            "--tta=flip_translate", "--hooks=none", "--strategy=mirrored",
+                            "--cpu_devices=2", f"--model_dir={tmp / 'run'}",
+                            f"--cache_dir={tmp / 'cache'}"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert trained.returncode == 0, trained.stderr[-2000:]
+  return data_dir, trained
+
+
+def test_evaluate_loads_custom_layers_of_the_fast_recipe(fast_recipe_run):
   """model.keras of airbench holds custom layers (patch whitening): evaluate must load it."""
-  data_dir, model_dir = _folder(tmp_path / "images", size=32), tmp_path / "run"
-  assert run("train.py", "--dataset=folder", f"--data_dir={data_dir}", "--val_split=0.25",
-             "--model=airbench", "--batch_size=4", "--train_steps=2", "--ema_decay=0.9",
-             "--tta=flip_translate", "--hooks=none", f"--model_dir={model_dir}",
-             f"--cache_dir={tmp_path / 'cache'}").returncode == 0
-  scored = run("scripts/evaluate.py", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
-               f"--cache_dir={tmp_path / 'cache'}")
+  data_dir = fast_recipe_run[0]
+  scored = run("scripts/evaluate.py", f"--model_dir={data_dir.parent / 'run'}",
+               f"--data_dir={data_dir}", f"--cache_dir={data_dir.parent / 'cache'}")
   assert scored.returncode == 0, scored.stderr[-2000:]
   assert json.loads(scored.stdout.strip().splitlines()[-1])["examples"] == 12
 

@@ -442,7 +442,10 @@ def test_a_gradient_no_loss_scale_makes_finite_counts_as_skipped(make_config):
   # that a non-finite gradient is a bad step, which --on_nan must see.
   keras.mixed_precision.set_global_policy("mixed_float16")
   try:
-    config = make_config(precision="mixed_float16", loss="test_nan_gradient", train_steps=18)
+    # Small batches of small images: float16 convolutions on a CPU are slow, and the
+    # gradient is NaN whatever the batch.
+    config = make_config(precision="mixed_float16", loss="test_nan_gradient", train_steps=18,
+                         batch_size=8, image_size=8)
     split = data.load(config)
     config = config.resolve(len(split.train), len(split.class_names))
     state, runner = make_runner(config)
@@ -461,7 +464,7 @@ def test_an_overflow_on_one_replica_lowers_the_loss_scale(make_config):
   keras.mixed_precision.set_global_policy("mixed_float16")
   try:
     config = make_config(precision="mixed_float16", loss="test_overflow_on_replica_1",
-                         augment="", weight_decay=0.0)
+                         augment="", weight_decay=0.0, batch_size=8, image_size=8)
     split = data.load(config)
     config = config.resolve(len(split.train), len(split.class_names))
     strategy = distribute.make_strategy("mirrored")

@@ -1,11 +1,12 @@
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from research import data, distribute, loop
 from research.config import ConfigError
-from tests.conftest import make_runner
+from tests.conftest import make_runner, tiny_config
 
 
 def _mirrored():
@@ -29,7 +30,7 @@ def test_default_and_mirrored_give_the_same_losses(make_config):
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_each_precision_trains(precision, make_config):
-  config = make_config(model="baseline_cnn", image_size=32, precision=precision,
+  config = make_config(model="baseline_cnn", image_size=20, precision=precision,
                        train_steps=18, log_every=6, eval_every=18, optimizer="adam",
                        learning_rate=2e-3, weight_decay=0.0)
   history = loop.train(config).train_history
@@ -78,17 +79,23 @@ def test_resume_continues_at_the_saved_step(make_config):
   np.testing.assert_allclose(resumed.final_eval["loss"], whole.final_eval["loss"], rtol=1e-5)
 
 
-def test_finished_run_saves_model_config_and_summaries(make_config):
-  config = make_config()
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """The config of a finished tiny run, trained once for the tests below."""
+  config = tiny_config(tmp_path_factory.mktemp("finished"))
   loop.train(config)
-  names = set(os.listdir(config.model_dir))
+  return config
+
+
+def test_finished_run_saves_model_config_and_summaries(finished_run):
+  names = set(os.listdir(finished_run.model_dir))
   assert {"config.json", "classes.json", "model.keras", "checkpoints", "train",
           "eval"} <= names
 
 
-def test_foreign_model_dir_is_refused(make_config):
-  config = make_config()
-  loop.train(config)
+def test_foreign_model_dir_is_refused(finished_run, tmp_path):
+  config = finished_run.replace(model_dir=str(tmp_path / "run"))  # This test's own copy.
+  shutil.copytree(finished_run.model_dir, config.model_dir)
   with pytest.raises(ConfigError, match="model: 'resnet8' in the model dir"):
     loop.train(config.replace(model="baseline_cnn", image_size=32))
 

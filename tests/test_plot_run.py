@@ -8,16 +8,27 @@ import tensorflow as tf
 
 from research import events, loop, plots
 from scripts import plot_run
+from tests.conftest import tiny_config
 
 
-@pytest.fixture
-def two_runs(make_config):
-  """Two finished 6-step runs that differ in learning rate."""
-  config = make_config(eval_every=3)
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+  """Two finished 6-step runs that differ in learning rate, trained once for the module."""
+  config = tiny_config(tmp_path_factory.mktemp("trained"), eval_every=3)
   runs = [config.model_dir + "_a", config.model_dir + "_b"]
   results = [loop.train(config.replace(model_dir=runs[0])),
              loop.train(config.replace(model_dir=runs[1], learning_rate=0.01))]
   return runs, results
+
+
+@pytest.fixture
+def two_runs(trained_runs, tmp_path):
+  """This test's own copies of `trained_runs` (named run_a, run_b), to plot into or damage."""
+  runs, results = trained_runs
+  copies = [str(tmp_path / os.path.basename(run)) for run in runs]
+  for run, copy in zip(runs, copies):
+    shutil.copytree(run, copy)
+  return copies, results
 
 
 def test_scalars_are_read_back_by_step(two_runs):

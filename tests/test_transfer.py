@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -12,7 +13,7 @@ import tensorflow as tf
 from research import data, distribute, loop, models, optim, steps, transfer
 from research.config import Config, ConfigError
 from research.models import backbones
-from tests.conftest import make_runner
+from tests.conftest import make_runner, tiny_config
 
 
 def _batch(num_classes, size=16, n=8, seed=0):
@@ -53,15 +54,24 @@ def test_the_resnet50_preprocessing_is_keras_own():
                              atol=1e-4)
 
 
-def _finished_run(make_config, model_dir, **overrides):
-  config = make_config(model_dir=str(model_dir), **overrides)
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A finished 6-step run of 4 classes, trained once for the --init_from tests."""
+  config = tiny_config(tmp_path_factory.mktemp("finished"), num_classes=4)
   loop.train(config)
-  return keras.models.load_model(os.path.join(model_dir, "model.keras"))
+  return config.model_dir
 
 
-def test_init_from_loads_matching_variables_and_a_new_head(make_config, tmp_path):
-  source = _finished_run(make_config, tmp_path / "source", num_classes=4)
-  config = make_config(init_from=str(tmp_path / "source"), num_classes=3, train_steps=1,
+@pytest.fixture
+def source_dir(finished_run, tmp_path):
+  """This test's own copy of `finished_run`, in tmp_path/source."""
+  shutil.copytree(finished_run, tmp_path / "source")
+  return tmp_path / "source"
+
+
+def test_init_from_loads_matching_variables_and_a_new_head(make_config, source_dir):
+  source = keras.models.load_model(source_dir / "model.keras")
+  config = make_config(init_from=str(source_dir), num_classes=3, train_steps=1,
                        learning_rate=1e-9, eval_every=1)
   loop.train(config)
   record = json.load(open(os.path.join(config.model_dir, transfer.RECORD_FILE)))
@@ -77,24 +87,22 @@ def test_init_from_loads_matching_variables_and_a_new_head(make_config, tmp_path
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
 
 
-def test_init_from_keeps_the_head_when_the_classes_are_the_same(make_config, tmp_path):
-  _finished_run(make_config, tmp_path / "source")
-  config = make_config(init_from=str(tmp_path / "source"), train_steps=1)
+def test_init_from_keeps_the_head_when_the_classes_are_the_same(make_config, source_dir,
+                                                                tmp_path):
+  config = make_config(init_from=str(source_dir), num_classes=4, train_steps=1)
   split = data.load(config)
   config = config.replace(model_dir=str(tmp_path / "target")).resolve(
       len(split.train), len(split.class_names))
   state, _ = make_runner(config, class_names=split.class_names)
   record = transfer.initialize(state.model, config, split.class_names, write=False)
   assert record["new"] == []
-  source = keras.models.load_model(str(tmp_path / "source" / "model.keras"))
+  source = keras.models.load_model(source_dir / "model.keras")
   for ours, theirs in zip(state.model.weights, source.weights):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
 def test_init_from_a_stopped_run_names_and_takes_init_weights_checkpoint(make_config,
-                                                                         tmp_path):
-  source_dir = tmp_path / "source"
-  _finished_run(make_config, source_dir)
+                                                                         source_dir, tmp_path):
   checkpoint = keras.models.clone_model(keras.models.load_model(source_dir / "model.keras"))
   tf.train.Checkpoint(model=checkpoint).restore(
       tf.train.latest_checkpoint(source_dir / "checkpoints")).expect_partial()
@@ -102,7 +110,7 @@ def test_init_from_a_stopped_run_names_and_takes_init_weights_checkpoint(make_co
   with pytest.raises(ConfigError, match=r"no model.keras\): finish it by rerunning its "
                      r"command, or pass --init_weights=checkpoint"):
     make_config(init_from=str(source_dir))
-  config = make_config(init_from=str(source_dir), init_weights="checkpoint",
+  config = make_config(init_from=str(source_dir), init_weights="checkpoint", num_classes=4,
                        model_dir=str(tmp_path / "target"))
   split = data.load(config)
   config = config.resolve(len(split.train), len(split.class_names))
