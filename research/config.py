@@ -334,6 +334,9 @@ class Config:
     """Counts, sizes and cadences with their lower bounds; fractions within [0, 1]."""
     for name, low in _AT_LEAST:
       _at_least(name, getattr(self, name), low)
+    if self.low_res_epochs and not self.low_res_size < self.image_size:
+      raise ConfigError(f"--low_res_size must be smaller than --image_size="
+                        f"{self.image_size}, got {self.low_res_size}")
     if not 0.0 <= self.max_skipped_fraction <= 1.0:
       raise ConfigError(f"--max_skipped_fraction must be in [0, 1], got "
                         f"{self.max_skipped_fraction}")
@@ -357,9 +360,6 @@ class Config:
     if min(self.weight_decay, self.warmup_epochs, self.freeze_epochs, self.low_res_epochs) < 0:
       raise ConfigError("--weight_decay, --warmup_epochs, --freeze_epochs and "
                         "--low_res_epochs must be >= 0")
-    if self.low_res_epochs and not 0 <= self.low_res_size < self.image_size:
-      raise ConfigError(f"--low_res_size must be smaller than --image_size="
-                        f"{self.image_size}, got {self.low_res_size}")
     if not self.backbone_lr_scale > 0:
       raise ConfigError(f"--backbone_lr_scale must be > 0, got {self.backbone_lr_scale} "
                         "(to keep the backbone fixed all run: --freeze_epochs=--epochs)")
@@ -591,7 +591,7 @@ _AT_LEAST = (("seed", 0), ("nan_retries", 0), ("inject_nan_step", 0), ("batch_si
              ("loop_seconds", 0), ("progress_seconds", 0), ("log_every", 1),
              ("eval_every", 0), ("checkpoint_every", 0), ("keep_checkpoints", 1),
              ("train_steps", 0), ("cpu_devices", 0), ("image_size", 8),
-             ("synthetic_examples", 1), ("num_classes", 0))
+             ("low_res_size", 0), ("synthetic_examples", 1), ("num_classes", 0))
 
 
 def _choice(name, value, choices):

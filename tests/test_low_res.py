@@ -67,6 +67,7 @@ def test_the_phase_is_whole_updates_and_its_size_defaults(overrides, size, steps
     (dict(low_res_epochs=-1.0), "--low_res_epochs must be >= 0"),
     (dict(low_res_epochs=1.0, low_res_size=16), "--low_res_size must be smaller than "
                                                 "--image_size=16, got 16"),
+    (dict(low_res_epochs=1.0, low_res_size=-4), "--low_res_size must be >= 0, got -4"),
     (dict(low_res_epochs=1.0, low_res_mode="blur"), "--low_res_mode='blur' is not one of"),
 ])
 def test_bad_settings_are_one_line(make_config, overrides, message):
