@@ -113,6 +113,9 @@ class Config:
                                  "--image_size; evaluation is always at --image_size")
   low_res_size: int = _field(0, "the image size of the --low_res_epochs (0: three "
                              "quarters of --image_size)")
+  low_res_stages: int = _field(1, "the --low_res_epochs in this many equal stages, their "
+                               "sizes rising evenly from --low_res_size toward --image_size "
+                               "(2 stages from 16 at 32 px: 16, then 24)")
   low_res_mode: str = _field("resize", "how the --low_res_epochs' images are made from the "
                              "augmented ones: resize (downscaled whole) or crop (a random "
                              "crop at full scale, as the evaluation sees objects)")
@@ -459,21 +462,47 @@ class Config:
     """--low_res_size, or its default."""
     return self.low_res_size or max(1, round(0.75 * self.image_size))
 
+  @property
+  def low_res_sizes(self):
+    """The image size of each --low_res_stages, in order: from --low_res_size, rising
+    evenly toward (and always below) --image_size."""
+    low, stages = self.low_res_image_size, self.low_res_stages
+    return [low + (self.image_size - low) * k // stages for k in range(stages)]
+
+  def size_phases(self):
+    """(end step, image size) of each phase of a resolved config, in order, each of
+    another size than the last: the low-res stages (whole updates; one shorter than an
+    update is dropped), then --image_size to the run's end."""
+    phases = [(0, None)]
+    for k, size in enumerate(self.low_res_sizes if self.low_res_steps else []):
+      end = min(self.low_res_steps, self._phase_steps(
+          (k + 1) * self.low_res_epochs / self.low_res_stages, self.steps_per_epoch))
+      if end > phases[-1][0]:
+        phases[-1:] = [(end, size)] if size == phases[-1][1] else [phases[-1], (end, size)]
+    return phases[1:] + [(max(phases[-1][0], self.train_steps), self.image_size)]
+
+  def _phase_at(self, step):
+    phases = self.size_phases()
+    return next((phase for phase in phases if step < phase[0]), phases[-1])
+
   def image_size_at(self, step):
     """The training images' size at `step` (0-based) of a resolved config: the low-res
-    phase's, then --image_size."""
-    return self.low_res_image_size if step < self.low_res_steps else self.image_size
+    stages', then --image_size."""
+    return self._phase_at(step)[1]
 
   def training_work(self, first, last):
     """The cost of steps [first, last) in steps at --image_size: a low-res step counts as
     its share of the pixels (about its share of a convnet's FLOPs)."""
-    low = max(0, min(last, self.low_res_steps) - first)
-    return last - first - low + low * (self.low_res_image_size / self.image_size) ** 2
+    work, start = 0.0, 0
+    for end, size in self.size_phases():
+      work += max(0, min(last, end) - max(first, start)) * (size / self.image_size) ** 2
+      start = end
+    return work
 
   def phase_end(self, step):
     """The first step after `step` where the training input changes size (the run's
     end when none does): a train call or an input pipeline stops there."""
-    return self.low_res_steps if step < self.low_res_steps else self.train_steps
+    return self._phase_at(step)[0]
 
   @property
   def run_dir(self):
@@ -591,7 +620,8 @@ _AT_LEAST = (("seed", 0), ("nan_retries", 0), ("inject_nan_step", 0), ("batch_si
              ("loop_seconds", 0), ("progress_seconds", 0), ("log_every", 1),
              ("eval_every", 0), ("checkpoint_every", 0), ("keep_checkpoints", 1),
              ("train_steps", 0), ("cpu_devices", 0), ("image_size", 8),
-             ("low_res_size", 0), ("synthetic_examples", 1), ("num_classes", 0))
+             ("low_res_size", 0), ("low_res_stages", 1),
+             ("synthetic_examples", 1), ("num_classes", 0))
 
 
 def _choice(name, value, choices):

@@ -189,15 +189,15 @@ def train_dataset(source, config, start_step, input_context, shard=True, *, seed
   `config.num_classes`, `index` example ids) and yields one element per local replica,
   the order tf.distribute hands them out in. Its share: its replicas' examples, or the
   whole batch when an augmentation mixes examples across it (or `shard` is False). In
-  the low-res phase (--low_res_epochs) the augmented images are then made
-  --low_res_size (`low_res`); the steps of one pipeline are all of one phase.
+  the low-res phase (--low_res_epochs) the augmented images are then made the size of
+  the step's stage (`low_res`); the steps of one pipeline are all of one size.
   """
   seed = config.seed if seed is None else seed
   steps = (start_step, config.phase_end(start_step) if stop_step is None else stop_step)
   size = config.image_size_at(start_step)
   if config.image_size_at(steps[1] - 1) != size:
-    raise ValueError(f"steps [{steps[0]}, {steps[1]}) span two image sizes: the low-res "
-                     f"phase ends at step {config.low_res_steps}")
+    raise ValueError(f"steps [{steps[0]}, {steps[1]}) span two image sizes: the size "
+                     f"changes at step {config.phase_end(steps[0])}")
   batch = config.batch_size
   steps_per_epoch = len(source) // batch
   ops = augment_lib.pipeline(config.augment, seed, config.train_steps, steps_per_epoch)

@@ -121,9 +121,12 @@ def _run_calls(config, actions, ctx, train_input):
       logging.info("step %d: the head-only phase (--freeze_epochs) is over; every "
                    "variable trains from here", ctx.step)
       step_seconds = None  # The next call compiles the loop of the new phase.
-    if ctx.step == config.low_res_steps and ctx.call.start < ctx.step < config.train_steps:
-      logging.info("step %d: the low-res phase (--low_res_epochs) is over; training at "
-                   "%d px from here", ctx.step, config.image_size)
+    size = config.image_size_at(ctx.step)
+    if ctx.call.start < ctx.step < config.train_steps and size != config.image_size_at(
+        ctx.step - 1):
+      logging.info("step %d: training at %d px from here (%s)", ctx.step, size,
+                   "the low-res phase, --low_res_epochs, is over"
+                   if size == config.image_size else "the next --low_res_stages")
       train_input.restart(ctx.step)  # Same seed: the next phase's pipeline.
       step_seconds = None
     try:

@@ -211,11 +211,12 @@ def _check_model(config):
 
 
 def _check_low_res(config, model):
-  try:
-    models.at_image_size(model, config.low_res_image_size)
-  except ValueError as e:
-    raise ConfigError(f"--low_res_size={config.low_res_image_size}: --model={config.model} "
-                      f"cannot take images of that size: {reason(e)}") from None
+  for size in config.low_res_sizes:
+    try:
+      models.at_image_size(model, size)
+    except ValueError as e:
+      raise ConfigError(f"--low_res_size={size}: --model={config.model} cannot take "
+                        f"images of that size: {reason(e)}") from None
 
 
 def _build_optimizers(config):

@@ -52,6 +52,31 @@ def test_the_crop_mode_takes_a_full_scale_window_of_each_image_drawn_per_example
   np.testing.assert_array_equal(first[2], _images(split, low, 2)[0])  # By the step alone.
 
 
+def test_stages_rise_evenly_toward_the_full_size_each_its_own_pipeline():
+  split, _ = synthetic(96, 16, 4)  # 6 steps an epoch of 16.
+  full = Config(batch_size=16, train_steps=9, augment="crop,flip", seed=3,
+                image_size=16).resolve(96, 4)
+  low = full.replace(low_res_epochs=1.0, low_res_size=8, low_res_stages=3).resolve(96, 4)
+  assert low.low_res_sizes == [8, 10, 13]
+  assert low.size_phases() == [(2, 8), (4, 10), (6, 13), (9, 16)]
+  assert [low.phase_end(s) for s in (0, 1, 2, 5, 6, 8)] == [2, 2, 4, 6, 9, 9]
+  assert low.training_work(0, 9) == pytest.approx(
+      2 * (8 / 16) ** 2 + 2 * (10 / 16) ** 2 + 2 * (13 / 16) ** 2 + 3)
+  assert low.training_work(3, 7) == pytest.approx((10 / 16) ** 2 + 2 * (13 / 16) ** 2 + 1)
+  reference = _images(split, full, 0)
+  for start, size in ((0, 8), (2, 10), (4, 13)):
+    got = _images(split, low, start)
+    assert len(got) == 2  # Each pipeline stops at its stage's end.
+    for image, whole in zip(got, reference[start:]):
+      np.testing.assert_allclose(image, tf.image.resize(whole, (size, size), antialias=True),
+                                 atol=1e-4)
+  # Stages of one size are one phase; one shorter than an update is dropped.
+  same = full.replace(low_res_epochs=1.0, low_res_size=15, low_res_stages=3).resolve(96, 4)
+  assert same.size_phases() == [(6, 15), (9, 16)]
+  short = full.replace(low_res_epochs=0.2, low_res_size=8, low_res_stages=2).resolve(96, 4)
+  assert short.size_phases() == [(1, 8), (9, 16)]  # 1 step: the second stage has none.
+
+
 @pytest.mark.parametrize("overrides, size, steps", [
     (dict(), 12, 3),                          # Three quarters of --image_size by default.
     (dict(grad_accum_steps=2), 12, 4),        # Whole updates: none mixes two sizes.
@@ -68,6 +93,7 @@ def test_the_phase_is_whole_updates_and_its_size_defaults(overrides, size, steps
     (dict(low_res_epochs=1.0, low_res_size=16), "--low_res_size must be smaller than "
                                                 "--image_size=16, got 16"),
     (dict(low_res_epochs=1.0, low_res_size=-4), "--low_res_size must be >= 0, got -4"),
+    (dict(low_res_epochs=1.0, low_res_stages=0), "--low_res_stages must be >= 1, got 0"),
     (dict(low_res_epochs=1.0, low_res_mode="blur"), "--low_res_mode='blur' is not one of"),
 ])
 def test_bad_settings_are_one_line(make_config, overrides, message):
@@ -113,7 +139,7 @@ def test_a_run_trains_at_low_res_then_full_size_and_saves_the_full_size_model(
     result = loop.train(config)
   assert TRACED_SIZES[0] == 12 and TRACED_SIZES[-1] == 16, TRACED_SIZES
   assert result.step == 6 and np.isfinite(result.final_eval["loss"])
-  assert "step 3: the low-res phase (--low_res_epochs) is over; training at 16 px" \
+  assert "step 3: training at 16 px from here (the low-res phase, --low_res_epochs, is over)" \
       in caplog.text
   saved = keras.models.load_model(f"{config.model_dir}/model.keras")
   assert saved.inputs[0].shape[1:3] == (16, 16)

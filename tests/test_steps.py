@@ -50,7 +50,8 @@ def _weights(config, strategy=None):
     dict(step="sam(rho=0.05)", hooks="histograms(every=100)"),
     dict(grad_accum_steps=2, lookahead_every=2),
     dict(model="improved_cnn"),  # Dropout: its masks' generator state is checkpointed.
-    dict(low_res_epochs=0.8),  # 5 steps an epoch: resumed at 3, at 12 px to step 4.
+    # 5 steps an epoch: at 12 px, then at 14 from step 2 (resumed at 3), at 16 from 4.
+    dict(low_res_epochs=0.8, low_res_stages=2),
 ])
 def test_resume_is_bitwise_exact(overrides, make_config):
   # Checkpoints at 3 and 6: with --grad_accum_steps=2, in the middle of an update.
