@@ -42,12 +42,10 @@ def load_run(model_dir, weights="model", flag="--weights"):
 
 def _run_config(model_dir):
   """(config, class names) of the run in `model_dir`, its plugins loaded."""
-  if not os.path.isdir(model_dir):
-    raise data_lib.DataError(f"run dir {model_dir!r} " + (
-        "is a file, not a run's model dir" if os.path.exists(model_dir) else "does not exist"))
+  problem = model_dir_lib.run_problem(model_dir)
+  if problem:
+    raise data_lib.DataError(problem)
   config_path = os.path.join(model_dir, "config.json")
-  if not os.path.exists(config_path):
-    raise data_lib.DataError(f"{model_dir!r} holds no training run (no config.json)")
   try:
     config = Config.load(config_path)
   except (ValueError, TypeError) as e:  # Not JSON, or not a config's JSON.

@@ -59,6 +59,17 @@ def prepare(path):
     raise ConfigError(f"--model_dir {path!r} is not writable")
 
 
+def run_problem(path):
+  """Why `path` holds no run to read (evaluation.load_run), in one line; None if it has
+  its config.json. Needs no TensorFlow: the scripts say it before loading it."""
+  if not os.path.isdir(path):
+    return f"run dir {path!r} " + (
+        "is a file, not a run's model dir" if os.path.exists(path) else "does not exist")
+  if not os.path.exists(os.path.join(path, "config.json")):
+    return f"{path!r} holds no training run (no config.json)"
+  return None
+
+
 class Lock:
   """An exclusive lock on a model dir, released when the process ends however it ends.
 

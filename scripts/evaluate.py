@@ -40,7 +40,10 @@ def main(argv):
   if not FLAGS.data_dir and FLAGS.split != "validation":
     sys.exit("error: --data_dir=DIR is needed: a folder of the run's classes to score "
              "(or --split=validation: a folder run's held-out split of its own folder)")
-  from research import startup  # pylint: disable=g-import-not-at-top
+  from research import model_dir, startup  # pylint: disable=g-import-not-at-top
+  problem = model_dir.run_problem(FLAGS.model_dir)  # Said before TensorFlow loads.
+  if problem:
+    sys.exit(f"error: {problem}")
   startup.import_tensorflow()  # Without its start-up noise before our lines.
   from research import data, evaluation, predict  # pylint: disable=g-import-not-at-top
   if FLAGS.batch_size < 1:

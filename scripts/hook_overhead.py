@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from research import hooks, loop, plugins  # noqa: E402
+from research import hooks  # noqa: E402  (no TensorFlow: loop and plugins load it, in main)
 from research.registry import split_list  # noqa: E402
 from research.config import Config  # noqa: E402
 from scripts import cli  # noqa: E402
@@ -53,6 +53,7 @@ def register_timed(name, spec, seconds, calls):
 
 
 def timed_run(config):
+  from research import loop  # pylint: disable=g-import-not-at-top
   began = time.perf_counter()
   loop.train(config)
   return time.perf_counter() - began
@@ -61,6 +62,8 @@ def timed_run(config):
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments: {' '.join(argv[1:])}")
+  from research import plugins, startup  # pylint: disable=g-import-not-at-top
+  startup.import_tensorflow()  # Without its start-up noise before the script's lines.
   args = FLAGS
   plugins.load()
   seconds, calls = {}, {}

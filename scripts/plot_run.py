@@ -23,14 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags, logging  # noqa: E402
 
-from research import startup  # noqa: E402
 from scripts import cli  # noqa: E402
 
-if __name__ == "__main__":
-  startup.import_tensorflow()  # Without its start-up noise before the script's lines.
-
-from research import data, evaluation, events, plots, tensorboard_hooks  # noqa: E402
-
+# The research modules that draw import TensorFlow: each function imports them where it
+# needs them, so that an argument error or --help is one quick line without it.
 FLAGS = flags.FLAGS
 
 
@@ -57,6 +53,7 @@ def curve_figures(runs):
   has logged any."""
   if not runs:
     return {}
+  from research import plots  # pylint: disable=g-import-not-at-top
   return {"curves": plots.curves_figure(runs),
           "learning_rate": plots.line_figure(runs, "train", "learning_rate", "learning rate"),
           "images_per_second": plots.line_figure(runs, "train", "images_per_second",
@@ -66,6 +63,7 @@ def curve_figures(runs):
 def model_figures(run_dir, examples, weights="model"):
   """{file stem: Figure} of the run's model (evaluation.load_run) on its own evaluation
   data."""
+  from research import data, evaluation, tensorboard_hooks  # pylint: disable=g-import-not-at-top
   config, class_names, model = evaluation.load_run(run_dir, weights)
   split = data.load(config).eval
   if split is None:  # Trained on a whole folder with nothing to evaluate on.
@@ -76,6 +74,7 @@ def model_figures(run_dir, examples, weights="model"):
 def all_figures(run_dirs, examples, predictions=True, weights="model"):
   """({file stem: Figure} of what `run_dirs` have to draw, [what they lack, one line
   each])."""
+  from research import evaluation, events  # pylint: disable=g-import-not-at-top
   scalars = {run_name(r): events.run_scalars(r) for r in run_dirs}
   logged = {name: splits for name, splits in scalars.items() if any(splits.values())}
   missing = [f"{r} has logged no scalars yet (the first come after --log_every steps)"
@@ -95,6 +94,7 @@ def all_figures(run_dirs, examples, predictions=True, weights="model"):
 def plot_runs(run_dirs, out_dir, examples, predictions=True, weights="model"):
   """Writes every figure of `run_dirs` to `out_dir`; returns (the PNG paths, [what the
   runs lack, one line each]), or raises NothingToDraw."""
+  from research import plots  # pylint: disable=g-import-not-at-top
   figures, missing = all_figures(run_dirs, examples, predictions, weights)
   if not figures:
     raise NothingToDraw("; ".join(missing))
@@ -107,9 +107,8 @@ def plot_runs(run_dirs, out_dir, examples, predictions=True, weights="model"):
   return paths, missing
 
 
-def plot(run_dirs, out_dir="", examples=0, predictions=True, weights="model"):
-  """The script without its flags: plots `run_dirs`, prints the paths; one `error:`
-  line (SystemExit) for what cannot be drawn."""
+def check_arguments(run_dirs, examples):
+  """One `error:` line (SystemExit) for arguments that name nothing to draw."""
   if not run_dirs:
     sys.exit("error: name at least one run dir: plot_run.py RUN [RUN ...]")
   if examples < 0:
@@ -117,6 +116,13 @@ def plot(run_dirs, out_dir="", examples=0, predictions=True, weights="model"):
   missing = [r for r in run_dirs if not os.path.isdir(os.path.join(r, "train"))]
   if missing:
     sys.exit(f"error: no TensorBoard events (RUN/train) in: {', '.join(missing)}")
+
+
+def plot(run_dirs, out_dir="", examples=0, predictions=True, weights="model"):
+  """The script without its flags: plots `run_dirs`, prints the paths; one `error:`
+  line (SystemExit) for what cannot be drawn."""
+  check_arguments(run_dirs, examples)
+  from research import data  # pylint: disable=g-import-not-at-top
   out_dir = out_dir or (os.path.join(run_dirs[0], "plots") if len(run_dirs) == 1
                         else "plots")
   try:
@@ -134,6 +140,9 @@ def plot(run_dirs, out_dir="", examples=0, predictions=True, weights="model"):
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # Not TensorBoard's event-reading INFO lines.
+  check_arguments(argv[1:], FLAGS.examples)  # Before TensorFlow loads.
+  from research import startup  # pylint: disable=g-import-not-at-top
+  startup.import_tensorflow()  # Without its start-up noise before the script's lines.
   plot(argv[1:], FLAGS.out_dir, FLAGS.examples, not FLAGS.no_predictions, FLAGS.weights)
 
 

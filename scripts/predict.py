@@ -84,6 +84,8 @@ def main(argv):
   files = image_files(argv[1:])  # Said at once, before TensorFlow and the model load.
   if not files:
     sys.exit(f"error: no files in {', '.join(argv[1:])}")
+  if not os.path.exists(FLAGS.model):  # A mistyped path, also said before TensorFlow.
+    sys.exit(f"error: {FLAGS.model} does not exist")
   from research import startup  # pylint: disable=g-import-not-at-top
   startup.import_tensorflow()  # Without its start-up noise before our lines.
   from research import data, export  # pylint: disable=g-import-not-at-top

@@ -27,14 +27,16 @@ def test_builds_with_float32_logits_under_bf16(name):
 # at other widths, and airbench_noidentity and airbench_nowhiten airbench's without one
 # of its layers (their builds are tested above); training them here would only take
 # minutes. The ImageNet backbones train in test_transfer; wrn, resnet18 and vit, at their
-# default sizes 40-120 s each here, train tiny in test_baseline_networks.
+# default sizes 40-120 s each here, train tiny in test_baseline_networks. For the same
+# reason resnet_drop_path trains at resnet8's depth (its blocks are the same at 20).
 @pytest.mark.parametrize("name", [n for n in models.MODELS.names()
                                   if n not in ("resnet20", "resnet56", "airbench_noidentity",
                                                "airbench_nowhiten", "airbench_wide", "wrn",
                                                "resnet18", "vit")
                                   and n not in backbones.BACKBONES])
 def test_trains_with_falling_loss(name, make_config):
-  config = make_config(model=name, image_size=32, train_steps=16, log_every=4,
+  spec = {"resnet_drop_path": "resnet_drop_path(depth=8)"}.get(name, name)
+  config = make_config(model=spec, image_size=32, train_steps=16, log_every=4,
                        eval_every=16, optimizer="adam", learning_rate=2e-3,
                        weight_decay=0.0, augment="", precision="float32")
   history = loop.train(config).train_history

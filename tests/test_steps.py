@@ -1,5 +1,8 @@
 """Step kinds and what plugs into the step: SAM, mixup, metrics, regularizers."""
 
+import glob
+import os
+import shutil
 import types
 
 import keras
@@ -54,13 +57,22 @@ def _weights(config, strategy=None):
     dict(low_res_epochs=0.8, low_res_stages=2),
 ])
 def test_resume_is_bitwise_exact(overrides, make_config):
-  # Checkpoints at 3 and 6: with --grad_accum_steps=2, in the middle of an update.
+  # Checkpoints at 3, 6 and 8: with --grad_accum_steps=2, 3 is in the middle of an update.
   config = make_config(train_steps=8, checkpoint_every=3, eval_every=8, deterministic=True,
-                       **overrides)
-  whole = _weights(config.replace(model_dir=config.model_dir + "_whole"))
-  loop.train(config.replace(train_steps=3))  # Stops at step 3 with a checkpoint...
-  resumed = _weights(config)                  # ...and the same command resumes it.
-  for a, b in zip(whole, resumed):
+                       keep_checkpoints=3, **overrides)
+  whole_dir = config.model_dir + "_whole"
+  whole = _weights(config.replace(model_dir=whole_dir))
+  # The same run stopped at step 3 (trained once): its checkpoints after 3, and the
+  # model.keras it had not written yet, removed...
+  shutil.copytree(whole_dir, config.model_dir)
+  directory = os.path.join(config.model_dir, "checkpoints")
+  for path in glob.glob(f"{directory}/ckpt-[68].*") + [f"{directory}/checkpoint",
+                                                       f"{config.model_dir}/model.keras"]:
+    os.remove(path)
+  assert sorted(os.listdir(directory)) == ["ckpt-3.data-00000-of-00001", "ckpt-3.index"]
+  resumed = loop.train(config)  # ...and the same command resumes it, from step 3.
+  assert [step for step, _ in resumed.train_history] == [6, 8]
+  for a, b in zip(whole, keras.models.load_model(f"{config.model_dir}/model.keras").get_weights()):
     np.testing.assert_array_equal(a, b)
 
 

@@ -2,6 +2,7 @@
 --backbone_lr_scale."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -277,13 +278,22 @@ def test_the_head_only_phase_is_whole_updates(freeze_epochs, accumulate, steps,
   config = make_config(freeze_epochs=freeze_epochs, grad_accum_steps=accumulate)
   assert config.resolve(192, 4).freeze_steps == steps
 
-def test_the_head_phase_survives_a_kill_and_resume_bitwise(make_config, tmp_path):
+def test_the_head_phase_survives_a_kill_and_resume_bitwise(make_config, tmp_path, caplog):
   # The phase ends at step 3 (half of a 6-step epoch); the resumed run starts inside it.
   config = make_config(freeze_epochs=0.5, backbone_lr_scale=0.1, train_steps=6,
-                       checkpoint_every=2, deterministic=True)
+                       checkpoint_every=2, keep_checkpoints=3, deterministic=True)
   whole = loop.train(config.replace(model_dir=str(tmp_path / "whole")))
-  loop.train(config.replace(train_steps=2))
+  # The same run stopped at step 2 (trained once): its later checkpoints, and the
+  # model.keras it had not written yet, removed.
+  shutil.copytree(tmp_path / "whole", config.model_dir)
+  directory = os.path.join(config.model_dir, "checkpoints")
+  for path in os.listdir(directory):
+    if not path.startswith("ckpt-2."):
+      os.remove(os.path.join(directory, path))
+  os.remove(os.path.join(config.model_dir, "model.keras"))
+  caplog.set_level(logging.INFO)
   resumed = loop.train(config)
+  assert "resumed at step 2 from" in caplog.text
   assert resumed.final_eval["loss"] == whole.final_eval["loss"]
   for a, b in zip(keras.models.load_model(str(tmp_path / "whole" / "model.keras")).weights,
                   keras.models.load_model(os.path.join(config.model_dir, "model.keras")).weights):
