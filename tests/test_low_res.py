@@ -75,6 +75,9 @@ def test_stages_rise_evenly_toward_the_full_size_each_its_own_pipeline():
   assert same.size_phases() == [(6, 15), (9, 16)]
   short = full.replace(low_res_epochs=0.2, low_res_size=8, low_res_stages=2).resolve(96, 4)
   assert short.size_phases() == [(1, 8), (9, 16)]  # 1 step: the second stage has none.
+  # A run shorter than the low-res phase (--train_steps=3 of it) is low-res to its end.
+  cut = low.replace(train_steps=3)
+  assert [cut.image_size_at(s) for s in (1, 2, 3)] == [8, 10, 10] and cut.phase_end(2) == 4
 
 
 @pytest.mark.parametrize("overrides, size, steps", [
