@@ -473,13 +473,16 @@ class Config:
     """(end step, image size) of each phase of a resolved config, in order, each of
     another size than the last: the low-res stages (whole updates; one shorter than an
     update is dropped), then --image_size to the run's end."""
-    phases = [(0, None)]
+    phases, start = [], 0
     for k, size in enumerate(self.low_res_sizes if self.low_res_steps else []):
       end = min(self.low_res_steps, self._phase_steps(
           (k + 1) * self.low_res_epochs / self.low_res_stages, self.steps_per_epoch))
-      if end > phases[-1][0]:
-        phases[-1:] = [(end, size)] if size == phases[-1][1] else [phases[-1], (end, size)]
-    return phases[1:] + [(max(phases[-1][0], self.train_steps), self.image_size)]
+      if phases and phases[-1][1] == size:
+        phases[-1] = (end, size)  # Stages of one size are one phase.
+      elif end > start:
+        phases.append((end, size))
+      start = max(start, end)
+    return phases + [(max(start, self.train_steps), self.image_size)]
 
   def _phase_at(self, step):
     phases = self.size_phases()

@@ -215,8 +215,9 @@ def _check_low_res(config, model):
     try:
       models.at_image_size(model, size)
     except ValueError as e:
-      raise ConfigError(f"--low_res_size={size}: --model={config.model} cannot take "
-                        f"images of that size: {reason(e)}") from None
+      raise ConfigError(f"--low_res_size={config.low_res_image_size}: --model="
+                        f"{config.model} cannot take images of {size} px: "
+                        f"{reason(e)}") from None
 
 
 def _build_optimizers(config):

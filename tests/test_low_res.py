@@ -107,7 +107,7 @@ def test_bad_settings_are_one_line(make_config, overrides, message):
 def test_a_model_that_cannot_take_the_low_res_size_is_refused_before_any_data(make_config):
   # Its position embeddings are for (16 / 4)^2 patches; 12 px gives 9.
   with pytest.raises(ConfigError, match=r"--low_res_size=12: --model=vit\(.*\) cannot take "
-                                        r"images of that size"):
+                                        r"images of 12 px"):
     make_config(model="vit(patch_size=4, dim=16, depth=1, heads=2)", low_res_epochs=0.5,
                 low_res_size=12)
 
