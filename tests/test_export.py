@@ -159,19 +159,19 @@ def test_test_time_augmentation_is_built_into_the_export(run_dir, tmp_path):
                              predict.probabilities(model, images, run_tta), atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt, output, kwargs, message", [
-    ("keras", "model.keras", dict(tta="flip"), "its test-time augmentation cannot go in"),
-    ("keras", "model.tflite", {}, "--format=keras writes a .keras file"),
-    ("tfjs", "tfjs", dict(latency=True), "--latency: a TF.js call"),
-])
 def test_arguments_that_cannot_export_are_refused_before_an_earlier_export_is_replaced(
-    run_dir, tmp_path, fmt, output, kwargs, message):
+    run_dir, tmp_path):
   earlier = str(tmp_path / "model.tflite")
-  export.export(run_dir, "litert", earlier, max_examples=4)
-  with pytest.raises(export.ExportError, match=message):
-    export.export(run_dir, fmt, str(tmp_path / output), **kwargs)
-  assert os.path.exists(earlier) and os.path.exists(earlier + export.META_SUFFIX)
-  assert not os.path.exists(tmp_path / "model.keras") and not os.path.exists(tmp_path / "tfjs")
+  export.export(run_dir, "litert", earlier, max_examples=4)  # One for every refusal.
+  for fmt, output, kwargs, message in (
+      ("keras", "model.keras", dict(tta="flip"), "its test-time augmentation cannot go in"),
+      ("keras", "model.tflite", {}, "--format=keras writes a .keras file"),
+      ("tfjs", "tfjs", dict(latency=True), "--latency: a TF.js call")):
+    with pytest.raises(export.ExportError, match=message):
+      export.export(run_dir, fmt, str(tmp_path / output), **kwargs)
+    assert os.path.exists(earlier) and os.path.exists(earlier + export.META_SUFFIX)
+    assert not os.path.exists(tmp_path / "model.keras")
+    assert not os.path.exists(tmp_path / "tfjs")
 
 
 def test_a_directory_output_with_a_trailing_slash_keeps_its_metadata_beside_it(run_dir,
