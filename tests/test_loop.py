@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from research import data, distribute, loop
+from research import data, distribute, hooks, loop
 from research.config import ConfigError
 from tests.conftest import make_runner, tiny_config
 
@@ -38,15 +38,32 @@ def test_each_precision_trains(precision, make_config):
   assert all(np.isfinite(m["loss"]) for _, m in history)
 
 
+EVAL_COUNTS = {}
+
+
+@hooks.HOOKS.register("test_eval_counts")
+def _eval_counts(config):
+  """At the end of the run, the examples its runner's evaluation counts at other global
+  batch sizes, by size, in EVAL_COUNTS: the loop's own evaluations call it so."""
+  del config
+
+  def count(ctx):
+    for batch in (22, 512):
+      EVAL_COUNTS[batch] = ctx.runner.evaluate(ctx.data.eval, batch)["examples"]
+  return hooks.Hook(at_end=count)
+
+
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
-@pytest.mark.parametrize("eval_batch", [16, 22, 512])
-def test_eval_counts_every_example(strategy, eval_batch, make_config):
-  # 66 validation examples: 16 does not divide them, 22 does, 512 exceeds them.
-  config = make_config(model="resnet8", eval_batch_size=eval_batch, train_steps=3,
-                       eval_every=3)
+def test_eval_counts_every_example(strategy, make_config):
+  # 66 validation examples: the run's 16 does not divide them, 22 does, 512 exceeds
+  # them. One run for the three sizes: they evaluate the same 3 trained steps.
+  config = make_config(model="resnet8", eval_batch_size=16, train_steps=3, eval_every=3,
+                       hooks="test_eval_counts")
   assert len(data.load(config).eval) == 66
+  EVAL_COUNTS.clear()
   result = loop.train(config, distribute.make_strategy(strategy))
   assert result.final_eval["examples"] == 66
+  assert EVAL_COUNTS == {22: 66, 512: 66}
 
 
 def test_eval_is_independent_of_batch_size_and_strategy(make_config):
