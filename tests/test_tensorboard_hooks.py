@@ -1,6 +1,7 @@
 import glob
 import io
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -229,10 +230,12 @@ def test_model_summary_text_and_graph(run):
   assert len(train.Graph().node) > 10
 
 
-def test_a_resumed_run_writes_its_graph_once(make_config):
-  config = make_config(hooks="model_summary", train_steps=2)
-  loop.train(config)
-  loop.train(config.replace(train_steps=4))
+def test_a_resumed_run_writes_its_graph_once(run, tmp_path):
+  # A copy of `run` (its graph written by model_summary at its start), resumed.
+  config = run[0].replace(hooks="model_summary", train_steps=8,
+                          model_dir=str(tmp_path / "run"))
+  shutil.copytree(run[0].model_dir, config.model_dir)
+  assert [s for s, _ in loop.train(config).train_history] == [8]  # Resumed at 6.
   graphs = sum(bool(event.graph_def) for path in glob.glob(
       os.path.join(config.model_dir, "train", "events.out.tfevents.*"))
                for event in tf.compat.v1.train.summary_iterator(path))
