@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from research import evaluation, files, loop, model_dir
 from research.sources import DataError
 from research.config import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_config
 
 HOLD = """
 import sys, time
@@ -89,12 +90,26 @@ def test_resuming_with_another_experiment_is_refused_unless_allowed(make_config,
       (0, 32), (3, 32), (6, 16)]
 
 
-def test_rerunning_a_finished_run_says_so(make_config, caplog):
-  config = make_config(train_steps=2)
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """The config of a finished tiny run (6 steps), trained once for the tests below."""
+  config = tiny_config(tmp_path_factory.mktemp("finished"))
   loop.train(config)
+  return config
+
+
+@pytest.fixture
+def finished_copy(finished_run, tmp_path):
+  """The config of this test's own copy of `finished_run`."""
+  config = finished_run.replace(model_dir=str(tmp_path / "finished"))
+  shutil.copytree(finished_run.model_dir, config.model_dir)
+  return config
+
+
+def test_rerunning_a_finished_run_says_so(finished_copy, caplog):
   with caplog.at_level(logging.INFO):
-    assert loop.train(config).step == 2
-  assert "the run is already finished (step 2 of 2)" in caplog.text
+    assert loop.train(finished_copy).step == 6
+  assert "the run is already finished (step 6 of 6)" in caplog.text
 
 
 def test_the_same_data_dir_by_another_path_is_the_same_experiment(make_config, tmp_path,
@@ -153,12 +168,11 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path):
 
 
 def test_evaluation_says_what_is_wrong_with_a_run_and_scores_checkpoints_without_a_model(
-    make_config, tmp_path):
+    finished_copy, tmp_path):
   from research import data, evaluation  # pylint: disable=g-import-not-at-top
   with pytest.raises(data.DataError, match="does not exist"):
     evaluation.load_run(str(tmp_path / "nope"))
-  config = make_config()
-  loop.train(config)
+  config = finished_copy
   final = evaluation.load_run(config.model_dir)[2].get_weights()
   path = os.path.join(config.model_dir, "model.keras")
   with open(path, "r+b") as f:
