@@ -62,7 +62,7 @@ def test_offline_cifar_is_one_quick_line(tmp_path, monkeypatch):
   startup.check_download("cifar10")  # Cached: nothing to download.
 
 
-def test_help_lists_registered_names_and_startup_noise_is_hidden(fast_recipe_run):
+def test_help_lists_registered_names():
   result = run("train.py", "--help")
   assert result.returncode == 0, result.stderr[-2000:]
   text = " ".join(result.stdout.split())
@@ -75,10 +75,6 @@ def test_help_lists_registered_names_and_startup_noise_is_hidden(fast_recipe_run
          "(--list=model)" in text
   listed = text.split("--list: ")[1].split(" --")[0]
   assert all(flag in listed for flag in plugins.registries()), listed
-  # A run under MirroredStrategy, with TensorFlow's own log level left unset.
-  trained = fast_recipe_run[1]
-  for noise in ("cuInit", "Reduce to", "Sharding callback", "absl::InitializeLog"):
-    assert noise not in trained.stderr
 
 
 def test_short_help_exits_zero_too():
@@ -144,30 +140,27 @@ def test_train_then_evaluate_a_folder_refusing_unknown_classes(tmp_path):
   assert scored.returncode != 0 and "classes not known to the model: purple" in scored.stderr
 
 
-@pytest.fixture(scope="module")
-def fast_recipe_run(tmp_path_factory):
-  """(image folder, train.py's finished process) of airbench trained 2 steps on a folder
-  under MirroredStrategy on 2 CPU devices, with TF_CPP_MIN_LOG_LEVEL unset as a user's
-  shell leaves it; run once for the two tests that read it."""
-  tmp = tmp_path_factory.mktemp("fast_recipe")
-  data_dir = _folder(tmp / "images", size=32)
+def test_the_fast_recipe_hides_startup_noise_and_evaluate_loads_its_custom_layers(tmp_path):
+  """airbench trained 2 steps on a folder under MirroredStrategy on 2 CPU devices, with
+  TF_CPP_MIN_LOG_LEVEL unset as a user's shell leaves it: TensorFlow's start-up noise stays
+  hidden, and its model.keras, which holds custom layers (patch whitening), loads in
+  evaluate. One test for both: as a module fixture, the run was trained on every xdist
+  worker that ran one of two tests."""
+  data_dir = _folder(tmp_path / "images", size=32)
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   trained = subprocess.run([sys.executable, "train.py", "--dataset=folder",
                             f"--data_dir={data_dir}", "--val_split=0.25", "--model=airbench",
                             "--batch_size=4", "--train_steps=2", "--ema_decay=0.9",
                             "--tta=flip_translate", "--hooks=none", "--strategy=mirrored",
-                            "--cpu_devices=2", f"--model_dir={tmp / 'run'}",
-                            f"--cache_dir={tmp / 'cache'}"], cwd=ROOT, env=env,
+                            "--cpu_devices=2", f"--model_dir={tmp_path / 'run'}",
+                            f"--cache_dir={tmp_path / 'cache'}"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
   assert trained.returncode == 0, trained.stderr[-2000:]
-  return data_dir, trained
+  for noise in ("cuInit", "Reduce to", "Sharding callback", "absl::InitializeLog"):
+    assert noise not in trained.stderr
 
-
-def test_evaluate_loads_custom_layers_of_the_fast_recipe(fast_recipe_run):
-  """model.keras of airbench holds custom layers (patch whitening): evaluate must load it."""
-  data_dir = fast_recipe_run[0]
-  scored = run("scripts/evaluate.py", f"--model_dir={data_dir.parent / 'run'}",
-               f"--data_dir={data_dir}", f"--cache_dir={data_dir.parent / 'cache'}")
+  scored = run("scripts/evaluate.py", f"--model_dir={tmp_path / 'run'}",
+               f"--data_dir={data_dir}", f"--cache_dir={tmp_path / 'cache'}")
   assert scored.returncode == 0, scored.stderr[-2000:]
   assert json.loads(scored.stdout.strip().splitlines()[-1])["examples"] == 12
 
